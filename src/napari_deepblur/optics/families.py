@@ -1,0 +1,400 @@
+"""Blur operator families ``A(γ)`` with a low-dimensional parameter ``γ`` (Deep-Blur §2).
+
+Every family shares one interface:
+
+- ``num_parameters`` — the length K of γ;
+- ``operator(γ, image_shape)`` — the operator bound to γ (kernels/OTFs computed once);
+- ``forward(x, γ)``, ``adjoint(y, γ)``, ``regularized_inverse(y, γ, λ)`` — shortcuts;
+- ``parameter_scale`` — a typical magnitude of γ (networks predict ``γ / scale`` ≈ [−1, 1]);
+- ``config()`` / ``tensors()`` and :func:`family_from_state` — to save it in a model file.
+
+Families:
+
+1. :class:`ZernikeConvolution` (Model 2.3): PSF of a pupil with phase ``2π Σ γ_k Z_k``.
+2. :class:`EigenPSFConvolution` (Model 2.1): ``A(γ)x = (Σ_k γ_k e_k) ⋆ x``, basis by PCA.
+3. :class:`ProductConvolution` (Model 2.2), space-varying:
+   ``A(γ)x = Σ_i e_i ⋆ ((Σ_j γ[i,j] f_j) ⊙ x)``, eigen-PSFs ``e_i``, spatial maps ``f_j``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .convolution import Convolution
+from .psf import zernike_psf
+from .zernike import DEFAULT_NOLL_INDICES, is_even_order, zernike_name
+
+
+class OperatorFamily:
+    """Base class: the shortcuts shared by all families."""
+
+    num_parameters: int
+    kernel_size: int
+    parameter_scale: float = 1.0
+    kind: str = "family"
+
+    def operator(self, gamma: torch.Tensor, image_shape: tuple[int, int]):
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        return self.operator(gamma, x.shape[-2:]).forward(x)
+
+    def adjoint(self, y: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        return self.operator(gamma, y.shape[-2:]).adjoint(y)
+
+    def regularized_inverse(self, y: torch.Tensor, gamma: torch.Tensor, lam) -> torch.Tensor:
+        return self.operator(gamma, y.shape[-2:]).regularized_inverse(y, lam)
+
+    def config(self) -> dict:
+        raise NotImplementedError
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {}
+
+
+class _KernelFamily(OperatorFamily):
+    """A convolution family: one kernel per γ, ``psf(γ)`` defines everything."""
+
+    boundary: str = "reflect"
+
+    def psf(self, gamma: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def operator(self, gamma, image_shape):
+        return Convolution(self.psf(gamma), image_shape, self.boundary)
+
+
+class ZernikeConvolution(_KernelFamily):
+    """Convolution with the PSF of Zernike coefficients γ (waves RMS) at cutoff ``fc``.
+
+    ``parameter_scale`` is the half-width η of the training range ``γ_k ~ U[−η, η]``.
+    """
+
+    kind = "zernike"
+
+    def __init__(
+        self,
+        fc: float = 0.2,
+        noll_indices: Iterable[int] = DEFAULT_NOLL_INDICES,
+        kernel_size: int = 31,
+        parameter_scale: float = 0.15,
+        boundary: str = "reflect",
+    ):
+        self.fc = float(fc)
+        self.noll_indices = tuple(int(j) for j in noll_indices)
+        self.kernel_size = int(kernel_size)
+        self.parameter_scale = float(parameter_scale)
+        self.boundary = boundary
+        self.num_parameters = len(self.noll_indices)
+
+    @property
+    def names(self) -> list[str]:
+        return [zernike_name(j) for j in self.noll_indices]
+
+    @property
+    def even_mask(self) -> torch.Tensor:
+        """1 for even-order terms (sign not observable in focus), 0 for odd-order ones."""
+        return torch.tensor([float(is_even_order(j)) for j in self.noll_indices])
+
+    def psf(self, gamma):
+        return zernike_psf(gamma, self.fc, self.kernel_size, self.noll_indices)
+
+    def canonical(self, gamma: torch.Tensor) -> torch.Tensor:
+        """The representative of ``{γ, γ with even terms negated}`` with defocus ≥ 0.
+
+        Both give the same in-focus PSF; the sign is set by the first even term (defocus in
+        the default family), so reported coefficients are unique.
+        """
+        even = self.even_mask.to(gamma)
+        first_even = int(torch.nonzero(even)[0]) if even.any() else None
+        if first_even is None:
+            return gamma
+        flip = (gamma[..., first_even : first_even + 1] < 0).to(gamma.dtype)
+        return gamma * (1 - 2 * flip * even)
+
+    def config(self):
+        return {
+            "kind": self.kind,
+            "fc": self.fc,
+            "noll_indices": list(self.noll_indices),
+            "kernel_size": self.kernel_size,
+            "parameter_scale": self.parameter_scale,
+            "boundary": self.boundary,
+        }
+
+
+@dataclass
+class PCAReport:
+    """How well a PCA basis explains a sampled PSF family."""
+
+    num_components: int
+    variance_captured: float  # fraction of the family's energy Σ‖h‖² kept by the basis
+    max_relative_error: float  # max over the family of ‖h − ĥ‖ / ‖h‖
+    mean_relative_error: float
+
+
+def pca_basis(psfs: torch.Tensor, num_components: int) -> tuple[torch.Tensor, PCAReport]:
+    """Uncentred PCA of kernels ``(S, k, k)``: the top ``num_components`` eigen-PSFs.
+
+    Uncentred, because Model 2.1 writes the PSF as ``Σ γ_k e_k`` with no mean term.
+    """
+    flat = psfs.reshape(psfs.shape[0], -1).to(torch.float64)
+    _, singular, vh = torch.linalg.svd(flat, full_matrices=False)
+    basis = vh[:num_components]
+    recon = (flat @ basis.T) @ basis
+    rel = (flat - recon).norm(dim=1) / flat.norm(dim=1)
+    report = PCAReport(
+        num_components=num_components,
+        variance_captured=float((singular[:num_components] ** 2).sum() / (singular**2).sum()),
+        max_relative_error=float(rel.max()),
+        mean_relative_error=float(rel.mean()),
+    )
+    return basis.reshape(num_components, *psfs.shape[-2:]).to(psfs.dtype), report
+
+
+class EigenPSFConvolution(_KernelFamily):
+    """Convolution with ``h(γ) = Σ_k γ_k e_k`` for a fixed basis ``e (K, k, k)``."""
+
+    kind = "eigen_psf"
+
+    def __init__(
+        self, basis: torch.Tensor, parameter_scale: float = 1.0, boundary: str = "reflect"
+    ):
+        self.basis = torch.as_tensor(basis)
+        self.num_parameters = self.basis.shape[0]
+        self.kernel_size = self.basis.shape[-1]
+        self.parameter_scale = float(parameter_scale)
+        self.boundary = boundary
+
+    @classmethod
+    def from_psfs(cls, psfs: torch.Tensor, num_components: int, **kwargs):
+        """Build the family from sampled PSFs ``(S, k, k)``; returns ``(family, report)``.
+
+        ``parameter_scale`` defaults to the largest |coefficient| of the samples.
+        """
+        basis, report = pca_basis(psfs, num_components)
+        coeffs = psfs.reshape(psfs.shape[0], -1) @ basis.reshape(num_components, -1).T
+        kwargs.setdefault("parameter_scale", float(coeffs.abs().max()))
+        return cls(basis, **kwargs), report
+
+    def coefficients_of(self, psfs: torch.Tensor) -> torch.Tensor:
+        """Projection of kernels ``(…, k, k)`` on the basis: ``(…, K)``."""
+        return torch.tensordot(psfs, self.basis.to(psfs), dims=([-2, -1], [-2, -1]))
+
+    def psf(self, gamma):
+        return torch.tensordot(gamma, self.basis.to(gamma), dims=([-1], [0]))
+
+    def config(self):
+        return {
+            "kind": self.kind,
+            "parameter_scale": self.parameter_scale,
+            "boundary": self.boundary,
+        }
+
+    def tensors(self):
+        return {"basis": self.basis}
+
+
+class ProductConvolutionOperator:
+    """``A x = Σ_i e_i ⋆ (m_i ⊙ x)`` with multipliers ``m_i = Σ_j γ[i,j] f_j``."""
+
+    def __init__(
+        self,
+        eigen_psfs: torch.Tensor,
+        multipliers: torch.Tensor,
+        boundary: str = "reflect",
+        cg_iterations: int = 20,
+    ):
+        self.multipliers = multipliers  # (…, I, H, W)
+        self.conv = Convolution(eigen_psfs, multipliers.shape[-2:], boundary)  # (I, k, k)
+        self.cg_iterations = cg_iterations
+
+    def forward(self, x):
+        return self.conv.forward(self.multipliers * x.unsqueeze(-3)).sum(-3)
+
+    def adjoint(self, y):
+        return (self.multipliers * self.conv.adjoint(y.unsqueeze(-3))).sum(-3)
+
+    def regularized_inverse(self, y, lam, x0=None):
+        """``(AᵀA + λI)⁻¹Aᵀ y`` by conjugate gradient (``cg_iterations`` steps)."""
+        lam = torch.as_tensor(lam, dtype=y.dtype, device=y.device)
+        if lam.ndim and lam.shape[-2:] != (1, 1):
+            lam = lam.reshape(*lam.shape, 1, 1)
+        return conjugate_gradient(
+            lambda v: self.adjoint(self.forward(v)) + lam * v,
+            self.adjoint(y),
+            self.cg_iterations,
+            x0,
+        )
+
+
+def conjugate_gradient(
+    apply, rhs: torch.Tensor, iterations: int, x0: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Solve ``apply(x) = rhs`` for a symmetric positive definite ``apply``, batched over
+    leading axes (one scalar step per image ``(…, H, W)``)."""
+
+    def dot(a, b):
+        return (a * b).sum(dim=(-2, -1), keepdim=True)
+
+    x = torch.zeros_like(rhs) if x0 is None else x0
+    r = rhs - apply(x) if x0 is not None else rhs
+    p = r
+    rr = dot(r, r)
+    tiny = torch.finfo(rhs.dtype).tiny
+    for _ in range(iterations):
+        ap = apply(p)
+        alpha = rr / dot(p, ap).clamp_min(tiny)
+        x = x + alpha * p
+        r = r - alpha * ap
+        rr_new = dot(r, r)
+        p = r + (rr_new / rr.clamp_min(tiny)) * p
+        rr = rr_new
+    return x
+
+
+class ProductConvolution(OperatorFamily):
+    """Space-varying blur ``A(γ)x = Σ_i e_i ⋆ ((Σ_j γ[i,j] f_j) ⊙ x)``.
+
+    ``eigen_psfs (I, k, k)``; ``maps (J, Hm, Wm)`` spatial functions over the whole field of
+    view, resampled (bilinear, corners aligned) to the image size; γ has ``I·J`` entries,
+    row-major ``γ[i, j]``. The regularized inverse uses conjugate gradient.
+    """
+
+    kind = "product_convolution"
+
+    def __init__(
+        self,
+        eigen_psfs: torch.Tensor,
+        maps: torch.Tensor,
+        parameter_scale: float = 1.0,
+        boundary: str = "reflect",
+        cg_iterations: int = 20,
+    ):
+        self.eigen_psfs = torch.as_tensor(eigen_psfs)
+        self.maps = torch.as_tensor(maps)
+        self.num_psfs = self.eigen_psfs.shape[0]
+        self.num_maps = self.maps.shape[0]
+        self.num_parameters = self.num_psfs * self.num_maps
+        self.kernel_size = self.eigen_psfs.shape[-1]
+        self.parameter_scale = float(parameter_scale)
+        self.boundary = boundary
+        self.cg_iterations = cg_iterations
+
+    def maps_at(self, image_shape, like: torch.Tensor) -> torch.Tensor:
+        """The spatial maps resampled to ``image_shape``: ``(J, H, W)``."""
+        maps = self.maps.to(like)
+        if tuple(maps.shape[-2:]) == tuple(image_shape):
+            return maps
+        return torch.nn.functional.interpolate(
+            maps[None], size=tuple(image_shape), mode="bilinear", align_corners=True
+        )[0]
+
+    def multipliers(self, gamma: torch.Tensor, image_shape) -> torch.Tensor:
+        """``m_i = Σ_j γ[i,j] f_j``: ``(…, I, H, W)``."""
+        g = gamma.reshape(*gamma.shape[:-1], self.num_psfs, self.num_maps)
+        return torch.tensordot(g, self.maps_at(image_shape, gamma), dims=([-1], [0]))
+
+    def operator(self, gamma, image_shape):
+        return ProductConvolutionOperator(
+            self.eigen_psfs.to(gamma),
+            self.multipliers(gamma, image_shape),
+            self.boundary,
+            self.cg_iterations,
+        )
+
+    def psf_at(self, gamma: torch.Tensor, y: float, x: float) -> torch.Tensor:
+        """The local kernel ``Σ_i m_i(y, x) e_i`` at a field position given as fractions of
+        the field in [0, 1] (0 = top/left edge). Returns ``(…, k, k)``."""
+        grid = torch.tensor([[[[2 * x - 1, 2 * y - 1]]]], dtype=gamma.dtype, device=gamma.device)
+        at = torch.nn.functional.grid_sample(
+            self.maps.to(gamma)[None], grid, mode="bilinear", align_corners=True
+        )
+        f = at.reshape(self.num_maps)  # (J,)
+        g = gamma.reshape(*gamma.shape[:-1], self.num_psfs, self.num_maps)
+        weights = g @ f  # (…, I)
+        return torch.tensordot(weights, self.eigen_psfs.to(gamma), dims=([-1], [0]))
+
+    @classmethod
+    def from_psf_field(
+        cls,
+        psfs: torch.Tensor,
+        positions: torch.Tensor,
+        num_psfs: int = 4,
+        map_degree: int = 2,
+        map_shape: tuple[int, int] = (64, 64),
+        **kwargs,
+    ):
+        """Build the family from PSFs ``(S, k, k)`` sampled at field positions ``(S, 2)``
+        (``(y, x)`` fractions of the field in [0, 1]).
+
+        Eigen-PSFs by PCA; spatial maps are the 2D Legendre polynomials of total degree
+        ≤ ``map_degree`` (J = (d+1)(d+2)/2); γ is the least-squares fit of the PCA weights.
+        Returns ``(family, γ (I·J,), report)``; the report's errors are for the complete
+        model (PCA and smooth maps) at the sample positions.
+        """
+        eigen_psfs, report = pca_basis(psfs, num_psfs)
+        flat = psfs.reshape(psfs.shape[0], -1).to(torch.float64)
+        weights = flat @ eigen_psfs.reshape(num_psfs, -1).to(torch.float64).T  # (S, I)
+        design = legendre_maps(positions.to(torch.float64), map_degree)  # (S, J)
+        gamma, *_ = torch.linalg.lstsq(design, weights)  # (J, I)
+        gamma = gamma.T.contiguous()  # (I, J)
+        yy, xx = torch.meshgrid(
+            torch.linspace(0, 1, map_shape[0], dtype=torch.float64),
+            torch.linspace(0, 1, map_shape[1], dtype=torch.float64),
+            indexing="ij",
+        )
+        grid = torch.stack([yy.reshape(-1), xx.reshape(-1)], dim=1)
+        maps = legendre_maps(grid, map_degree).T.reshape(-1, *map_shape)
+        fitted = (design @ gamma.T) @ eigen_psfs.reshape(num_psfs, -1).to(torch.float64)
+        rel = (flat - fitted).norm(dim=1) / flat.norm(dim=1)
+        report = PCAReport(
+            num_psfs * maps.shape[0], report.variance_captured, float(rel.max()), float(rel.mean())
+        )
+        kwargs.setdefault("parameter_scale", float(gamma.abs().max()))
+        family = cls(eigen_psfs.to(psfs.dtype), maps.to(psfs.dtype), **kwargs)
+        return family, gamma.reshape(-1).to(psfs.dtype), report
+
+    def config(self):
+        return {
+            "kind": self.kind,
+            "parameter_scale": self.parameter_scale,
+            "boundary": self.boundary,
+            "cg_iterations": self.cg_iterations,
+        }
+
+    def tensors(self):
+        return {"eigen_psfs": self.eigen_psfs, "maps": self.maps}
+
+
+def legendre_maps(positions: torch.Tensor, degree: int) -> torch.Tensor:
+    """2D Legendre polynomials ``P_a(y') P_b(x')``, ``a + b ≤ degree``, at positions
+    ``(S, 2)`` in [0, 1]² (mapped to [−1, 1]²). Returns ``(S, J)``."""
+    from numpy.polynomial import legendre
+
+    p = positions.detach().cpu().numpy() * 2 - 1
+    columns = []
+    for total in range(degree + 1):
+        for a in range(total + 1):
+            b = total - a
+            py = legendre.legval(p[:, 0], np.eye(degree + 1)[a])
+            px = legendre.legval(p[:, 1], np.eye(degree + 1)[b])
+            columns.append(py * px)
+    return torch.as_tensor(np.stack(columns, axis=1), dtype=positions.dtype)
+
+
+def family_from_state(config: dict, tensors: dict[str, torch.Tensor]) -> OperatorFamily:
+    """Rebuild a family from ``config()`` and ``tensors()`` (e.g. read from a model file)."""
+    kind = config.get("kind")
+    options = {k: v for k, v in config.items() if k != "kind"}
+    if kind == ZernikeConvolution.kind:
+        return ZernikeConvolution(**options)
+    if kind == EigenPSFConvolution.kind:
+        return EigenPSFConvolution(tensors["basis"], **options)
+    if kind == ProductConvolution.kind:
+        return ProductConvolution(tensors["eigen_psfs"], tensors["maps"], **options)
+    raise ValueError(f"unknown operator family {kind!r}")
