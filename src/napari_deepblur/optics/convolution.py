@@ -80,7 +80,6 @@ class Convolution:
 
     def _embed(self, y: torch.Tensor) -> torch.Tensor:
         """Adjoint of ``_crop``: zeros around ``y`` on the padded grid."""
-        height, width = self.image_shape
         p = self.pad
         return torch.nn.functional.pad(y, (p, p, p, p))
 
@@ -98,16 +97,26 @@ class Convolution:
         """``Aᵀ y``: correlate with the kernel, fold the margins back."""
         return self._fold(self._circulant(self._embed(y), self.otf.conj()))
 
-    def regularized_inverse(self, y: torch.Tensor, lam) -> torch.Tensor:
-        """``(AᵀA + λI)⁻¹Aᵀ y`` in closed form in Fourier (exact for ``circular``).
+    def regularized_inverse(self, y: torch.Tensor, lam, prior: torch.Tensor | None = None):
+        """``(AᵀA + λI)⁻¹(Aᵀy + λ·prior)`` in closed form in Fourier (exact for ``circular``).
 
-        ``lam`` is a positive float or a tensor broadcastable to ``(…, 1, 1)``.
+        Without ``prior`` this is the regularized inverse ``R(y)``; with it, the proximal
+        step of the data term ``½‖A x − y‖²`` at ``prior`` with step ``1/λ``. ``lam`` is a
+        positive float or a tensor broadcastable to the leading axes (e.g. ``(B,)``).
         """
-        lam = torch.as_tensor(lam, dtype=self.otf.real.dtype, device=y.device)
-        if lam.ndim:
-            lam = lam.reshape(*lam.shape, 1, 1) if lam.shape[-2:] != (1, 1) else lam
-        wiener = self.otf.conj() / (self.otf.abs() ** 2 + lam)
-        return self._crop(self._circulant(self._pad(y), wiener))
+        lam = _as_map(lam, y)
+        power = self.otf.real**2 + self.otf.imag**2
+        spectrum = torch.fft.rfft2(self._pad(y), s=self.fft_shape) * self.otf.conj()
+        if prior is not None:
+            spectrum = spectrum + lam * torch.fft.rfft2(self._pad(prior), s=self.fft_shape)
+        out = torch.fft.irfft2(spectrum / (power + lam), s=self.fft_shape)
+        return self._crop(out)
+
+
+def _as_map(lam, like: torch.Tensor) -> torch.Tensor:
+    """A scalar or per-image ``(…,)`` regularisation weight shaped ``(…, 1, 1)``."""
+    lam = torch.as_tensor(lam, dtype=like.dtype, device=like.device)
+    return lam.reshape(*lam.shape, 1, 1) if lam.ndim else lam
 
 
 def otf(psf: torch.Tensor, fft_shape: tuple[int, int]) -> torch.Tensor:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .convolution import Convolution
+from .convolution import Convolution, _as_map
 from .psf import zernike_psf
 from .zernike import DEFAULT_NOLL_INDICES, is_even_order, zernike_name
 
@@ -54,6 +54,16 @@ class OperatorFamily:
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {}
+
+    def equivalent_parameters(self, gamma: torch.Tensor) -> list[torch.Tensor]:
+        """All parameter vectors that give exactly the same operator as ``gamma``."""
+        return [gamma]
+
+    def sample_parameters(self, count: int, generator: torch.Generator | None = None,
+                          device=None) -> torch.Tensor:
+        """Draw ``count`` random parameter vectors ``(count, K)`` for training."""
+        u = torch.rand(count, self.num_parameters, generator=generator, device=device)
+        return (2 * u - 1) * self.parameter_scale
 
 
 class _KernelFamily(OperatorFamily):
@@ -102,6 +112,10 @@ class ZernikeConvolution(_KernelFamily):
 
     def psf(self, gamma):
         return zernike_psf(gamma, self.fc, self.kernel_size, self.noll_indices)
+
+    def equivalent_parameters(self, gamma):
+        """γ and γ with all even-order terms negated: the same in-focus PSF."""
+        return [gamma, gamma * (1 - 2 * self.even_mask.to(gamma))]
 
     def canonical(self, gamma: torch.Tensor) -> torch.Tensor:
         """The representative of ``{γ, γ with even terms negated}`` with defocus ≥ 0.
@@ -219,17 +233,13 @@ class ProductConvolutionOperator:
     def adjoint(self, y):
         return (self.multipliers * self.conv.adjoint(y.unsqueeze(-3))).sum(-3)
 
-    def regularized_inverse(self, y, lam, x0=None):
-        """``(AᵀA + λI)⁻¹Aᵀ y`` by conjugate gradient (``cg_iterations`` steps)."""
-        lam = torch.as_tensor(lam, dtype=y.dtype, device=y.device)
-        if lam.ndim and lam.shape[-2:] != (1, 1):
-            lam = lam.reshape(*lam.shape, 1, 1)
-        return conjugate_gradient(
-            lambda v: self.adjoint(self.forward(v)) + lam * v,
-            self.adjoint(y),
-            self.cg_iterations,
-            x0,
-        )
+    def regularized_inverse(self, y, lam, prior=None):
+        """``(AᵀA + λI)⁻¹(Aᵀy + λ·prior)`` by conjugate gradient (``cg_iterations`` steps,
+        started from ``prior`` when given)."""
+        lam = _as_map(lam, y)
+        rhs = self.adjoint(y) if prior is None else self.adjoint(y) + lam * prior
+        return conjugate_gradient(lambda v: self.adjoint(self.forward(v)) + lam * v,
+                                  rhs, self.cg_iterations, prior)
 
 
 def conjugate_gradient(

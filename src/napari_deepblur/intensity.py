@@ -1,0 +1,50 @@
+"""Intensity normalisation shared by training and the pipeline (one way through).
+
+Images enter the networks mapped linearly so that their robust range (the 1st and 99.9th
+percentiles) becomes [0, 1]; the map is affine, so Poisson–Gaussian noise stays
+Poisson–Gaussian, and outputs are mapped back with the same ``(low, scale)``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+LOW_PERCENTILE = 1.0
+HIGH_PERCENTILE = 99.9
+_MAX_QUANTILE_SAMPLES = 1 << 20
+
+
+class ConstantImageError(ValueError):
+    """The image has (almost) no contrast: there is no blur to estimate."""
+
+
+def robust_range(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(low, scale)`` per image of ``(…, H, W)``: the 1st percentile and the distance to
+    the 99.9th, each shaped ``(…, 1, 1)``. Large images are subsampled on a regular grid."""
+    flat = images.reshape(*images.shape[:-2], -1)
+    if flat.shape[-1] > _MAX_QUANTILE_SAMPLES:
+        step = -(-flat.shape[-1] // _MAX_QUANTILE_SAMPLES)
+        flat = flat[..., ::step]
+    q = torch.tensor([LOW_PERCENTILE / 100, HIGH_PERCENTILE / 100], dtype=flat.dtype,
+                     device=flat.device)
+    low, high = torch.quantile(flat.float(), q.float(), dim=-1).to(flat.dtype)
+    scale = high - low
+    return low[..., None, None], scale[..., None, None]
+
+
+def normalize(images: torch.Tensor, low: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return (images - low) / scale
+
+
+def denormalize(images: torch.Tensor, low: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return images * scale + low
+
+
+def check_contrast(scale: torch.Tensor, low: torch.Tensor) -> None:
+    """Raise :class:`ConstantImageError` when an image's robust range is (almost) zero."""
+    reference = torch.maximum(low.abs(), torch.ones_like(low))
+    if bool((scale <= 1e-6 * reference).any()):
+        raise ConstantImageError(
+            "the image is constant (or nearly so): its 1st and 99.9th percentiles are equal, "
+            "so it shows no structure from which to estimate or remove blur"
+        )

@@ -1,0 +1,316 @@
+"""TIFF / OME-TIFF I/O with pixel size (nm) and JSON metadata, and the PSF export format.
+
+Images are ``(…, Y, X)`` as stored. Pixel sizes are in nanometres (``pixel_size_nm``).
+Writes are atomic (temporary ``.<name>.<id>.partial`` file in the same folder, then
+``os.replace``) and refuse to overwrite unless ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+
+__all__ = [
+    "PSF_FORMAT",
+    "ImageData",
+    "read_image",
+    "read_psf",
+    "to_jsonable",
+    "write_image",
+    "write_psf",
+]
+
+PSF_FORMAT = "napari-deepblur-psf"
+_OUR_FORMAT = "napari-deepblur"
+_BIGTIFF_BYTES = 2**31 - 2**26  # switch to BigTIFF a little below the 4 GB / 2 GB limits
+# Length unit → nanometres.
+_UNIT_NM = {
+    "nm": 1.0,
+    "nanometer": 1.0,
+    "µm": 1e3,
+    "μm": 1e3,
+    "um": 1e3,
+    "micron": 1e3,
+    "microns": 1e3,
+    "micrometer": 1e3,
+    "\\u00b5m": 1e3,
+    "mm": 1e6,
+    "millimeter": 1e6,
+    "cm": 1e7,
+    "centimeter": 1e7,
+    "m": 1e9,
+    "meter": 1e9,
+    "å": 0.1,
+    "angstrom": 0.1,
+}
+# TIFF ResolutionUnit → nanometres per unit (1 = none: no physical size).
+_RESUNIT_NM = {2: 2.54e7, 3: 1e7, 4: 1e6, 5: 1e3}
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert numpy scalars/arrays (and tuples, Paths) to plain JSON types, recursively.
+
+    Raises ``TypeError`` for objects that have no JSON form.
+    """
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"metadata value {obj!r} of type {type(obj).__name__} is not JSON-serialisable")
+
+
+@dataclass
+class ImageData:
+    """An image read from disk.
+
+    ``data``: array as stored (dtype kept, ``(…, Y, X)``); ``pixel_size_nm``: lateral pixel
+    size in nm or None if unknown; ``axes``: tifffile's series axes (e.g. "YX", "TZCYX", "YXS"
+    for RGB); ``metadata``: the JSON metadata written by :func:`write_image`, if any.
+    """
+
+    data: np.ndarray
+    pixel_size_nm: float | None = None
+    axes: str = ""
+    metadata: dict = field(default_factory=dict)
+
+
+def _unit_nm(unit: str | None) -> float | None:
+    if unit is None:
+        return None
+    return _UNIT_NM.get(str(unit).strip().lower().replace("\\u00b5", "µ"))
+
+
+def _json_description(description: str | None) -> dict | None:
+    if not description or not description.lstrip().startswith("{"):
+        return None
+    try:
+        value = json.loads(description)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _ome_pixel_size_nm(ome_xml: str) -> float | None:
+    try:
+        root = ET.fromstring(ome_xml)
+    except ET.ParseError:
+        return None
+    for el in root.iter():
+        if el.tag.rsplit("}", 1)[-1] == "Pixels" and "PhysicalSizeX" in el.attrib:
+            scale = _unit_nm(el.attrib.get("PhysicalSizeXUnit", "µm"))
+            if scale is not None:
+                return float(el.attrib["PhysicalSizeX"]) * scale
+    return None
+
+
+def _x_resolution(page: Any) -> float | None:
+    """XResolution (pixels per unit) of a TIFF page, or None."""
+    tag = page.tags.get("XResolution")
+    if tag is None:
+        return None
+    num, den = tag.value
+    return num / den if num and den else None
+
+
+def _pixel_size_nm(tif: tifffile.TiffFile, description: dict | None) -> float | None:
+    """Pixel size (nm): our JSON > OME PhysicalSizeX > ImageJ unit + XResolution > TIFF tags."""
+    if description and description.get("pixel_size_nm") is not None:
+        return float(description["pixel_size_nm"])
+    if tif.is_ome and tif.ome_metadata:
+        px = _ome_pixel_size_nm(tif.ome_metadata)
+        if px is not None:
+            return px
+    page = tif.pages.first
+    xres = _x_resolution(page)
+    if tif.is_imagej:
+        scale = _unit_nm((tif.imagej_metadata or {}).get("unit"))
+        if scale is not None and xres:
+            return scale / xres
+    unit_tag = page.tags.get("ResolutionUnit")
+    unit = int(unit_tag.value) if unit_tag is not None else 2  # TIFF default: inch
+    if xres and unit in _RESUNIT_NM and not (xres == 1 and unit_tag is None):
+        return _RESUNIT_NM[unit] / xres
+    return None
+
+
+def read_image(path: str | os.PathLike) -> ImageData:
+    """Read a (OME-/ImageJ-) TIFF with its pixel size (nm), axes and our JSON metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            data = series.asarray()
+            axes = series.axes
+            description = _json_description(tif.pages.first.description)
+            pixel_size_nm = _pixel_size_nm(tif, description)
+    except (tifffile.TiffFileError, ValueError, IndexError, KeyError, OSError) as exc:
+        raise ValueError(f"not a readable TIFF: {path} ({exc})") from exc
+    if description is None:
+        metadata = {}
+    elif description.get("format") == _OUR_FORMAT:
+        metadata = description.get("metadata") or {}
+    else:  # someone else's JSON description (e.g. tifffile's "shaped"): keep it, minus shape
+        metadata = {k: v for k, v in description.items() if k != "shape"}
+    return ImageData(data=data, pixel_size_nm=pixel_size_nm, axes=axes, metadata=metadata)
+
+
+def _check_target(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise FileExistsError(
+            f"{path} already exists; pass overwrite=True (--overwrite on the command line)"
+        )
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` on a hidden temporary file next to ``path``, then rename it."""
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.partial"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_image(
+    path: str | os.PathLike,
+    data: np.ndarray,
+    *,
+    pixel_size_nm: float | None = None,
+    metadata: dict | None = None,
+    overwrite: bool = False,
+    axes: str | None = None,
+) -> Path:
+    """Write ``data`` (…, Y, X) to a TIFF with pixel size (nm) and JSON metadata; returns path.
+
+    The ImageDescription is JSON: ``{"format": "napari-deepblur", "shape", "pixel_size_nm",
+    "metadata", ["axes"]}``; the resolution tags hold ``1e7 / pixel_size_nm`` pixels per
+    centimetre (ResolutionUnit CENTIMETER) so Fiji and others see the pixel size. Atomic; refuses
+    to overwrite an existing file unless ``overwrite=True``; BigTIFF above ~2 GB.
+    """
+    path = Path(path)
+    data = np.asarray(data)
+    _check_target(path, overwrite)
+    if pixel_size_nm is not None and not float(pixel_size_nm) > 0:
+        raise ValueError(f"pixel_size_nm must be > 0, got {pixel_size_nm}")
+    description: dict[str, Any] = {
+        "format": _OUR_FORMAT,
+        "shape": list(data.shape),
+        "pixel_size_nm": None if pixel_size_nm is None else float(pixel_size_nm),
+        "metadata": to_jsonable(metadata or {}),
+    }
+    if axes is not None:
+        if len(axes) != data.ndim:
+            raise ValueError(f"axes {axes!r} do not match data of shape {data.shape}")
+        description["axes"] = axes
+    text = json.dumps(description)
+    kwargs: dict[str, Any] = {}
+    if pixel_size_nm is not None:
+        ppcm = 1e7 / float(pixel_size_nm)
+        kwargs.update(resolution=(ppcm, ppcm), resolutionunit="CENTIMETER")
+
+    def write(tmp: Path) -> None:
+        tifffile.imwrite(
+            tmp,
+            data,
+            description=text,
+            metadata=None,
+            photometric="minisblack",
+            bigtiff=data.nbytes > _BIGTIFF_BYTES,
+            **kwargs,
+        )
+
+    _atomic_write(path, write)
+    return path
+
+
+def write_psf(
+    path: str | os.PathLike, psf: np.ndarray, *, metadata: dict, overwrite: bool = False
+) -> tuple[Path, Path]:
+    """Export a PSF: float32 TIFF at ``path`` + JSON sidecar ``path.with_suffix('.json')``.
+
+    A 2D PSF (Y, X) is renormalised to sum 1; a 3D stack (Z, Y, X) is kept as given (float32).
+    The sidecar (and the TIFF description) hold ``metadata`` (expected: optics {na,
+    wavelength_nm, pixel_size_nm, refractive_index, fc}, noll_indices, coefficients_waves_rms,
+    names, model, noise) plus "format", "format_version", "shape" and "sum".
+    Returns (tif path, json path).
+    """
+    path = Path(path)
+    sidecar = path.with_suffix(".json")
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        raise ValueError(f"PSF path must end with .tif or .tiff: {path}")
+    for p in (path, sidecar):
+        _check_target(p, overwrite)
+    psf = np.asarray(psf, dtype=np.float32)
+    if psf.ndim not in (2, 3):
+        raise ValueError(f"PSF must be 2D (Y, X) or 3D (Z, Y, X), got shape {psf.shape}")
+    if psf.ndim == 2:
+        total = float(psf.sum(dtype=np.float64))
+        if not total > 0:
+            raise ValueError("a 2D PSF must have a positive sum")
+        psf = (psf / total).astype(np.float32)
+    meta = to_jsonable(dict(metadata))
+    meta.update(
+        format=PSF_FORMAT,
+        format_version=1,
+        shape=list(psf.shape),
+        sum=float(psf.sum(dtype=np.float64)),
+    )
+    pixel_size_nm = (meta.get("optics") or {}).get("pixel_size_nm")
+    text = json.dumps(meta, indent=2)
+    write_image(
+        path,
+        psf,
+        pixel_size_nm=pixel_size_nm,
+        metadata=meta,
+        overwrite=overwrite,
+        axes="YX" if psf.ndim == 2 else "ZYX",
+    )
+    _atomic_write(sidecar, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return path, sidecar
+
+
+def read_psf(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
+    """Read a PSF exported by :func:`write_psf` from its .tif/.tiff or its .json path.
+
+    Returns (psf float32 array, metadata dict); the sidecar is preferred, the TIFF description
+    is the fallback when the sidecar is missing.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        sidecar = path
+        candidates = [path.with_suffix(".tif"), path.with_suffix(".tiff")]
+        tif = next((p for p in candidates if p.is_file()), None)
+        if tif is None:
+            raise FileNotFoundError(f"PSF TIFF not found next to {path} (looked for .tif/.tiff)")
+    else:
+        tif, sidecar = path, path.with_suffix(".json")
+    image = read_image(tif)
+    if sidecar.is_file():
+        try:
+            metadata = json.loads(sidecar.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise ValueError(f"PSF sidecar is not valid JSON: {sidecar} ({exc})") from exc
+    else:
+        metadata = image.metadata
+    if metadata.get("format") != PSF_FORMAT:
+        raise ValueError(f"{path} is not a {PSF_FORMAT} file (no such 'format' in its metadata)")
+    return np.asarray(image.data, dtype=np.float32), metadata

@@ -1,0 +1,185 @@
+"""Model files: one safetensors file holding both networks and the operator family, and a
+JSON model card beside it (``<name>.json``) with how it was made and how well it does.
+
+Loading is safe (safetensors holds tensors only, no code), checks the card's SHA-256 when
+there is one, and names the file in every error. Shipped models live in ``weights/`` and are
+reachable by name (:func:`list_models`); nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .nets import DeblurringConfig, DeblurringNetwork, IdentificationConfig, IdentificationNetwork
+from .optics import OperatorFamily, family_from_state
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+DEFAULT_MODEL = "zernike-default"
+FORMAT_VERSION = 1
+_METADATA_KEY = "napari_deepblur"
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be used: corrupt, truncated, or of another format."""
+
+
+@dataclass
+class DeepBlurModel:
+    """An operator family with its identification and deblurring networks.
+
+    ``fc`` (cycles/pixel) is the sampling the networks were trained at; images with another
+    sampling are resampled to it by the pipeline.
+    """
+
+    family: OperatorFamily
+    identification: IdentificationNetwork
+    deblurring: DeblurringNetwork | None
+    fc: float
+    name: str = "unsaved"
+    path: Path | None = None
+    card: dict = field(default_factory=dict)
+
+    def to(self, device) -> DeepBlurModel:
+        self.identification.to(device)
+        if self.deblurring is not None:
+            self.deblurring.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.identification.parameters()).device
+
+    def eval(self) -> DeepBlurModel:
+        self.identification.eval()
+        if self.deblurring is not None:
+            self.deblurring.eval()
+        return self
+
+    def config(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "fc": self.fc,
+            "family": self.family.config(),
+            "identification": self.identification.config.to_dict(),
+            "deblurring": None if self.deblurring is None else self.deblurring.config.to_dict(),
+        }
+
+
+def save_model(model: DeepBlurModel, path: str | Path, card: dict | None = None) -> Path:
+    """Write ``path`` (.safetensors) and, with ``card``, ``path.with_suffix('.json')`` whose
+    ``sha256`` is the weights file's. Written atomically (temporary file, then rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {f"identification.{k}": v for k, v in model.identification.state_dict().items()}
+    if model.deblurring is not None:
+        tensors.update({f"deblurring.{k}": v for k, v in model.deblurring.state_dict().items()})
+    tensors.update({f"family.{k}": v for k, v in model.family.tensors().items()})
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    tmp = path.with_name(f".{path.name}.partial")
+    save_file(tensors, str(tmp), metadata={_METADATA_KEY: json.dumps(model.config())})
+    os.replace(tmp, path)
+    if card is not None:
+        card = {**card, "file": path.name, "sha256": sha256(path),
+                "size_bytes": path.stat().st_size}
+        card_path = path.with_suffix(".json")
+        tmp = card_path.with_name(f".{card_path.name}.partial")
+        tmp.write_text(json.dumps(card, indent=2) + "\n")
+        os.replace(tmp, card_path)
+    return path
+
+
+def sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def list_models() -> dict[str, dict]:
+    """Shipped models by name → their model card (``{}`` if a card is missing)."""
+    models = {}
+    for path in sorted(WEIGHTS_DIR.glob("*.safetensors")):
+        card = path.with_suffix(".json")
+        models[path.stem] = json.loads(card.read_text()) if card.exists() else {}
+    return models
+
+
+def resolve_model_path(name_or_path: str | Path | None) -> Path:
+    """A shipped model's name, or a path to a ``.safetensors`` file → its path."""
+    name_or_path = name_or_path or DEFAULT_MODEL
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".safetensors" or candidate.exists() or os.sep in str(name_or_path):
+        if not candidate.exists():
+            raise FileNotFoundError(f"model file not found: {candidate}")
+        return candidate
+    shipped = WEIGHTS_DIR / f"{name_or_path}.safetensors"
+    if not shipped.exists():
+        names = ", ".join(list_models()) or "none"
+        raise FileNotFoundError(
+            f"no shipped model named {name_or_path!r} (looked for {shipped}); available: {names}"
+        )
+    return shipped
+
+
+def load_model(name_or_path: str | Path | None = None, device: str | torch.device = "cpu"
+               ) -> DeepBlurModel:
+    """Load a shipped model by name (default ``zernike-default``) or a model file by path,
+    on ``device`` ("cpu", "cuda", "mps" or "auto"), in eval mode. Cached per file."""
+    from .pipeline import resolve_device
+
+    path = resolve_model_path(name_or_path).resolve()
+    stat = path.stat()
+    model = _load_cached(str(path), stat.st_mtime_ns, stat.st_size)
+    return model.to(resolve_device(device))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(path: str, mtime_ns: int, size: int) -> DeepBlurModel:
+    from safetensors import safe_open
+
+    path = Path(path)
+    card_path = path.with_suffix(".json")
+    card = {}
+    if card_path.exists():
+        try:
+            card = json.loads(card_path.read_text())
+        except json.JSONDecodeError as err:
+            raise ModelFileError(f"the model card {card_path} is not valid JSON: {err}") from err
+        if card.get("sha256") and card["sha256"] != sha256(path):
+            raise ModelFileError(
+                f"the model file {path} does not match the checksum in its card {card_path}: "
+                "the file is corrupt or was replaced; reinstall the package or retrain"
+            )
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        config = json.loads(metadata[_METADATA_KEY])
+    except (OSError, KeyError, json.JSONDecodeError, Exception) as err:  # noqa: BLE001
+        raise ModelFileError(f"{path} is not a readable napari-deepblur model file: {err}"
+                             ) from err
+    if config.get("format_version") != FORMAT_VERSION:
+        raise ModelFileError(f"{path}: unsupported model format {config.get('format_version')}")
+
+    def part(prefix):
+        return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+    family = family_from_state(config["family"], part("family"))
+    identification = IdentificationNetwork(IdentificationConfig.from_dict(config["identification"]))
+    identification.load_state_dict(part("identification"))
+    deblurring = None
+    if config.get("deblurring"):
+        deblurring = DeblurringNetwork(DeblurringConfig.from_dict(config["deblurring"]))
+        deblurring.load_state_dict(part("deblurring"))
+    name = path.stem
+    return DeepBlurModel(family, identification, deblurring, float(config["fc"]), name, path,
+                         card).eval()

@@ -1,0 +1,182 @@
+"""Tests for TIFF I/O with pixel size and metadata, atomic writes and the PSF format."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_deepblur import io
+
+
+def _partials(folder):
+    return [p for p in folder.iterdir() if p.name.endswith(".partial")]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        np.arange(30 * 40, dtype=np.uint16).reshape(30, 40),
+        np.random.default_rng(0).random((3, 16, 20)).astype(np.float32),
+    ],
+)
+def test_round_trip(tmp_path, data):
+    meta = {"na": np.float32(1.4), "noll": np.arange(4, 11), "name": "x", "nested": {"a": [1, 2]}}
+    path = io.write_image(tmp_path / "img.tif", data, pixel_size_nm=65.0, metadata=meta)
+    img = io.read_image(path)
+    assert img.data.dtype == data.dtype
+    np.testing.assert_array_equal(img.data, data)
+    assert img.pixel_size_nm == pytest.approx(65.0)
+    assert img.metadata == {
+        "na": pytest.approx(1.4),
+        "noll": list(range(4, 11)),
+        "name": "x",
+        "nested": {"a": [1, 2]},
+    }
+    assert img.axes.endswith("YX") and len(img.axes) == data.ndim
+    # Other tools see the pixel size through the resolution tags (pixels per centimetre).
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages.first
+        num, den = page.tags["XResolution"].value
+        assert num / den == pytest.approx(1e7 / 65.0, rel=1e-6)
+        assert int(page.tags["ResolutionUnit"].value) == 3
+    assert _partials(tmp_path) == []
+
+
+def test_write_axes(tmp_path):
+    data = np.zeros((2, 3, 8, 9), np.uint8)
+    io.write_image(tmp_path / "a.tif", data, axes="TZYX")
+    assert io.read_image(tmp_path / "a.tif").axes == "TZYX"
+    with pytest.raises(ValueError, match="axes"):
+        io.write_image(tmp_path / "b.tif", data, axes="YX")
+
+
+def test_ome_pixel_size_in_um(tmp_path):
+    path = tmp_path / "ome.ome.tif"
+    data = np.ones((2, 8, 9), np.uint16)
+    meta = {"axes": "ZYX", "PhysicalSizeX": 0.108, "PhysicalSizeXUnit": "µm"}
+    tifffile.imwrite(path, data, ome=True, metadata=meta)
+    img = io.read_image(path)
+    assert img.pixel_size_nm == pytest.approx(108.0)
+    assert img.axes == "ZYX"
+    assert img.metadata == {}
+
+
+def test_imagej_hyperstack(tmp_path):
+    path = tmp_path / "ij.tif"
+    data = np.zeros((2, 3, 2, 8, 9), np.uint16)  # T Z C Y X
+    tifffile.imwrite(
+        path,
+        data,
+        imagej=True,
+        resolution=(1 / 0.25, 1 / 0.25),
+        metadata={"unit": "um", "axes": "TZCYX"},
+    )
+    img = io.read_image(path)
+    assert img.axes == "TZCYX"
+    assert img.data.shape == data.shape
+    assert img.pixel_size_nm == pytest.approx(250.0)
+
+
+def test_plain_resolution_tags(tmp_path):
+    path = tmp_path / "plain.tif"
+    tifffile.imwrite(
+        path, np.zeros((4, 4), np.uint8), resolution=(25400.0, 25400.0), resolutionunit="INCH"
+    )
+    assert io.read_image(path).pixel_size_nm == pytest.approx(1000.0)
+    tifffile.imwrite(path, np.zeros((4, 4), np.uint8))  # no unit: unknown pixel size
+    assert io.read_image(path).pixel_size_nm is None
+
+
+def test_refuses_overwrite(tmp_path):
+    path = tmp_path / "x.tif"
+    io.write_image(path, np.zeros((4, 4), np.uint8))
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        io.write_image(path, np.ones((4, 4), np.uint8))
+    assert io.read_image(path).data.max() == 0
+    io.write_image(path, np.ones((4, 4), np.uint8), overwrite=True)
+    assert io.read_image(path).data.max() == 1
+
+
+def test_bad_metadata_writes_nothing(tmp_path):
+    with pytest.raises(TypeError, match="JSON"):
+        io.write_image(tmp_path / "x.tif", np.zeros((4, 4)), metadata={"f": object()})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "x.tif"
+    io.write_image(path, np.zeros((4, 4), np.uint8))
+    real = tifffile.imwrite
+
+    def broken(file, data, **kwargs):
+        real(file, data[: len(data) // 2], **kwargs)  # a truncated file on disk, then a crash
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tifffile, "imwrite", broken)
+    with pytest.raises(OSError, match="disk full"):
+        io.write_image(path, np.ones((4, 4), np.uint8), overwrite=True)
+    with pytest.raises(OSError, match="disk full"):
+        io.write_image(tmp_path / "new.tif", np.ones((4, 4), np.uint8))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.tif"]
+    monkeypatch.undo()
+    np.testing.assert_array_equal(io.read_image(path).data, np.zeros((4, 4), np.uint8))
+
+
+def test_read_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothere.tif"):
+        io.read_image(tmp_path / "nothere.tif")
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"this is not a tiff at all")
+    with pytest.raises(ValueError, match="not a readable TIFF.*bad.tif"):
+        io.read_image(bad)
+
+
+PSF_META = {
+    "optics": {
+        "na": 1.4,
+        "wavelength_nm": 520.0,
+        "pixel_size_nm": 65.0,
+        "refractive_index": 1.518,
+        "fc": 0.175,
+    },
+    "noll_indices": [4, 5, 6],
+    "coefficients_waves_rms": [0.1, -0.05, 0.0123456789],
+    "names": ["defocus", "astig_0", "astig_45"],
+    "model": "zernike",
+    "noise": {"alpha": 0.01, "beta": 0.02},
+}
+
+
+def test_psf_round_trip_2d(tmp_path):
+    psf = np.random.default_rng(0).random((31, 31)) * 7
+    tif, sidecar = io.write_psf(tmp_path / "psf.tif", psf, metadata=PSF_META)
+    assert sidecar == tmp_path / "psf.json"
+    for p in (tif, sidecar):
+        data, meta = io.read_psf(p)
+        assert data.dtype == np.float32
+        assert data.sum() == pytest.approx(1.0, rel=1e-5)
+        np.testing.assert_allclose(data, psf / psf.sum(), rtol=1e-6)
+        assert {k: meta[k] for k in PSF_META} == PSF_META
+        assert meta["format"] == "napari-deepblur-psf" and meta["format_version"] == 1
+        assert meta["shape"] == [31, 31]
+    assert json.loads(sidecar.read_text()) == meta
+    assert io.read_image(tif).pixel_size_nm == pytest.approx(65.0)
+    # The TIFF description alone carries the same metadata.
+    sidecar.unlink()
+    data2, meta2 = io.read_psf(tif)
+    assert meta2 == meta
+    np.testing.assert_array_equal(data2, data)
+    with pytest.raises(FileExistsError):
+        io.write_psf(tmp_path / "psf.tif", psf, metadata=PSF_META)
+
+
+def test_psf_stack_kept(tmp_path):
+    stack = np.random.default_rng(1).random((3, 9, 9)).astype(np.float32)
+    io.write_psf(tmp_path / "stack.tif", stack, metadata={"model": "zernike"})
+    data, meta = io.read_psf(tmp_path / "stack.json")
+    np.testing.assert_array_equal(data, stack)
+    assert meta["shape"] == [3, 9, 9]
+    assert meta["sum"] == pytest.approx(float(stack.sum(dtype=np.float64)))
+    with pytest.raises(FileNotFoundError):
+        io.read_psf(tmp_path / "other.json")
