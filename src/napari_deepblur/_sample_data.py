@@ -9,7 +9,12 @@ from __future__ import annotations
 import numpy as np
 
 #: The sample's optics: NA 1.4 oil objective, 520 nm emission, 74 nm pixels (fc ≈ 0.2).
-SAMPLE_OPTICS = {"na": 1.4, "wavelength_nm": 520.0, "pixel_size_nm": 74.0, "refractive_index": 1.518}
+SAMPLE_OPTICS = {
+    "na": 1.4,
+    "wavelength_nm": 520.0,
+    "pixel_size_nm": 74.0,
+    "refractive_index": 1.518,
+}
 #: Noll 4–10 coefficients in waves RMS: defocus 0.1, vertical astigmatism 0.05, vertical coma 0.08.
 SAMPLE_COEFFICIENTS = (0.1, 0.0, 0.05, 0.08, 0.0, 0.0, 0.0)
 SAMPLE_NOLL_INDICES = (4, 5, 6, 7, 8, 9, 10)

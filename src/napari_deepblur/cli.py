@@ -23,20 +23,21 @@ USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError)
 _DEFAULT_OPTICS = {"na": 1.4, "wavelength_nm": 520.0, "pixel_size_nm": 74.0}
 
 
-def _floats(text: str) -> list[float]:
-    """Parse a comma-separated list of floats (``"0.1,0,-0.05"``)."""
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+def _number_list(kind: type) -> Callable[[str], list]:
+    """argparse type: a comma-separated list of ``kind`` values (``"0.1,0,-0.05"``)."""
+
+    def parse(text: str) -> list:
+        try:
+            return [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            msg = f"expected comma-separated {kind.__name__} values, got {text!r}"
+            raise argparse.ArgumentTypeError(msg) from None
+
+    return parse
 
 
-def _ints(text: str) -> list[int]:
-    """Parse a comma-separated list of integers (``"4,5,6"``)."""
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+_floats = _number_list(float)
+_ints = _number_list(int)
 
 
 # --- deepblur psf -----------------------------------------------------------------------------
@@ -78,9 +79,7 @@ def _microscope(args: argparse.Namespace):
             wavelength_nm=given.get("wavelength_nm", _DEFAULT_OPTICS["wavelength_nm"]),
             refractive_index=args.refractive_index,
         )
-    return Microscope(
-        **{**_DEFAULT_OPTICS, **given}, refractive_index=args.refractive_index
-    )
+    return Microscope(**{**_DEFAULT_OPTICS, **given}, refractive_index=args.refractive_index)
 
 
 def _add_psf(sub) -> None:
@@ -184,10 +183,81 @@ def _run_bench_psf(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- deepblur train ---------------------------------------------------------------------------
+
+
+def _add_train(sub) -> None:
+    from .training.run import ARCHITECTURES, TrainOptions
+
+    d = TrainOptions(out=None)
+    p = sub.add_parser(
+        "train",
+        help="train the identification then the deblurring network (resumable)",
+        description="Train IN on (y, γ) pairs, then DN with IN's estimate, on synthetic images "
+        "(or --images DIR); writes OUT/model.safetensors and its card OUT/model.json. "
+        "Re-running with the same OUT resumes from the checkpoints there.",
+    )
+    p.add_argument("--out", required=True, help="run folder (checkpoints, model, card)")
+    p.add_argument("--arch", choices=sorted(ARCHITECTURES), default=d.arch)
+    p.add_argument("--stage", choices=("both", "identification", "deblurring"), default="both")
+    p.add_argument("--fc", type=float, default=d.fc, help="training cutoff, cycles/pixel")
+    p.add_argument("--eta", type=float, default=d.eta, help="γ range ±η, waves RMS")
+    p.add_argument("--noll", type=_ints, default=list(d.noll), help="Noll indices")
+    p.add_argument("--identification-steps", type=int, default=d.identification_steps)
+    p.add_argument("--deblurring-steps", type=int, default=d.deblurring_steps)
+    p.add_argument("--identification-minutes", type=float, help="time budget for IN")
+    p.add_argument("--deblurring-minutes", type=float, help="time budget for DN")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--deblurring-batch-size", type=int, default=d.deblurring_batch_size)
+    p.add_argument("--crop", type=int, default=d.crop, help="training crop, px")
+    p.add_argument("--bank-size", type=int, default=d.bank_size, help="sharp images kept")
+    p.add_argument("--images", help="folder of your own sharp images (TIFF/PNG) to train on")
+    p.add_argument("--kind", choices=("mixed", "dead_leaves", "fluorescence"), default=d.kind)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .training.run import TrainOptions, train_model
+
+    minutes = {
+        "identification_time_s": args.identification_minutes,
+        "deblurring_time_s": args.deblurring_minutes,
+    }
+    path = train_model(
+        TrainOptions(
+            out=Path(args.out),
+            arch=args.arch,
+            fc=args.fc,
+            eta=args.eta,
+            noll=tuple(args.noll),
+            identification_steps=args.identification_steps,
+            deblurring_steps=args.deblurring_steps,
+            batch_size=args.batch_size,
+            deblurring_batch_size=args.deblurring_batch_size,
+            crop=args.crop,
+            bank_size=args.bank_size,
+            images=Path(args.images) if args.images else None,
+            kind=args.kind,
+            seed=args.seed,
+            device=args.device,
+            stage=args.stage,
+            quiet=args.quiet,
+            **{k: v * 60 if v else None for k, v in minutes.items()},
+        )
+    )
+    print(f"model written to {path} (card: {path.with_suffix('.json')})")
+    return 0
+
+
 # --- entry point ------------------------------------------------------------------------------
 
 #: Parser registrations, in the order shown by ``deepblur --help``.
-SUBCOMMANDS: list[Callable] = [_add_psf, _add_bench]
+SUBCOMMANDS: list[Callable] = [_add_psf, _add_train, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

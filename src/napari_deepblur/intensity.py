@@ -25,8 +25,9 @@ def robust_range(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if flat.shape[-1] > _MAX_QUANTILE_SAMPLES:
         step = -(-flat.shape[-1] // _MAX_QUANTILE_SAMPLES)
         flat = flat[..., ::step]
-    q = torch.tensor([LOW_PERCENTILE / 100, HIGH_PERCENTILE / 100], dtype=flat.dtype,
-                     device=flat.device)
+    q = torch.tensor(
+        [LOW_PERCENTILE / 100, HIGH_PERCENTILE / 100], dtype=flat.dtype, device=flat.device
+    )
     low, high = torch.quantile(flat.float(), q.float(), dim=-1).to(flat.dtype)
     scale = high - low
     return low[..., None, None], scale[..., None, None]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .devices import resolve_device
 from .nets import DeblurringConfig, DeblurringNetwork, IdentificationConfig, IdentificationNetwork
 from .optics import OperatorFamily, family_from_state
 
@@ -87,8 +88,12 @@ def save_model(model: DeepBlurModel, path: str | Path, card: dict | None = None)
     save_file(tensors, str(tmp), metadata={_METADATA_KEY: json.dumps(model.config())})
     os.replace(tmp, path)
     if card is not None:
-        card = {**card, "file": path.name, "sha256": sha256(path),
-                "size_bytes": path.stat().st_size}
+        card = {
+            **card,
+            "file": path.name,
+            "sha256": sha256(path),
+            "size_bytes": path.stat().st_size,
+        }
         card_path = path.with_suffix(".json")
         tmp = card_path.with_name(f".{card_path.name}.partial")
         tmp.write_text(json.dumps(card, indent=2) + "\n")
@@ -130,12 +135,11 @@ def resolve_model_path(name_or_path: str | Path | None) -> Path:
     return shipped
 
 
-def load_model(name_or_path: str | Path | None = None, device: str | torch.device = "cpu"
-               ) -> DeepBlurModel:
+def load_model(
+    name_or_path: str | Path | None = None, device: str | torch.device = "cpu"
+) -> DeepBlurModel:
     """Load a shipped model by name (default ``zernike-default``) or a model file by path,
     on ``device`` ("cpu", "cuda", "mps" or "auto"), in eval mode. Cached per file."""
-    from .pipeline import resolve_device
-
     path = resolve_model_path(name_or_path).resolve()
     stat = path.stat()
     model = _load_cached(str(path), stat.st_mtime_ns, stat.st_size)
@@ -165,13 +169,12 @@ def _load_cached(path: str, mtime_ns: int, size: int) -> DeepBlurModel:
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
         config = json.loads(metadata[_METADATA_KEY])
     except (OSError, KeyError, json.JSONDecodeError, Exception) as err:  # noqa: BLE001
-        raise ModelFileError(f"{path} is not a readable napari-deepblur model file: {err}"
-                             ) from err
+        raise ModelFileError(f"{path} is not a readable napari-deepblur model file: {err}") from err
     if config.get("format_version") != FORMAT_VERSION:
         raise ModelFileError(f"{path}: unsupported model format {config.get('format_version')}")
 
     def part(prefix):
-        return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+        return {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
     family = family_from_state(config["family"], part("family"))
     identification = IdentificationNetwork(IdentificationConfig.from_dict(config["identification"]))
@@ -181,5 +184,6 @@ def _load_cached(path: str, mtime_ns: int, size: int) -> DeepBlurModel:
         deblurring = DeblurringNetwork(DeblurringConfig.from_dict(config["deblurring"]))
         deblurring.load_state_dict(part("deblurring"))
     name = path.stem
-    return DeepBlurModel(family, identification, deblurring, float(config["fc"]), name, path,
-                         card).eval()
+    return DeepBlurModel(
+        family, identification, deblurring, float(config["fc"]), name, path, card
+    ).eval()

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from .devices import resolve_device
 from .intensity import check_contrast, denormalize, normalize, robust_range
 from .models import DeepBlurModel, load_model
 from .optics import Convolution, Microscope, ZernikeConvolution, check_fc, zernike_psf
@@ -81,10 +82,18 @@ class BlurEstimate:
         if psf is None:
             psf = zernike_psf(torch.as_tensor(coefficients), d["fc"], 31, noll).numpy()
         unc = d.get("uncertainty")
-        return cls(coefficients, noll, float(d["fc"]), np.asarray(psf, np.float32),
-                   dict(d.get("noise") or {}), list(d.get("names") or []), d.get("model", ""),
-                   d.get("optics"), None if unc is None else np.asarray(unc, np.float32),
-                   list(d.get("tiles") or []))
+        return cls(
+            coefficients,
+            noll,
+            float(d["fc"]),
+            np.asarray(psf, np.float32),
+            dict(d.get("noise") or {}),
+            list(d.get("names") or []),
+            d.get("model", ""),
+            d.get("optics"),
+            None if unc is None else np.asarray(unc, np.float32),
+            list(d.get("tiles") or []),
+        )
 
 
 def _jsonable(obj):
@@ -95,22 +104,7 @@ def _jsonable(obj):
     raise TypeError(f"not JSON serialisable: {type(obj)}")
 
 
-# -- devices and models -------------------------------------------------------------------
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """"auto" → CUDA, then MPS, then CPU; otherwise the named device (checked)."""
-    if device is None or str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; "
-                         "use device='cpu' or 'auto'")
-    return device
-
-
+# -- models ------------------------------------------------------------------------------
 def _model(model, device) -> DeepBlurModel:
     if isinstance(model, DeepBlurModel):
         return model.to(resolve_device(device)).eval()
@@ -122,30 +116,44 @@ def as_image(image, min_size: int = 1) -> np.ndarray:
     """Check that ``image`` is a finite, real 2D array of at least ``min_size`` px a side and
     return it as float32 (a copy: the caller's array is never modified)."""
     array = np.asarray(image)
-    if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer)
-                                   or np.issubdtype(array.dtype, np.floating)):
+    if array.dtype == bool or not (
+        np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+    ):
         raise ValueError(f"expected a real-valued grayscale image, got dtype {array.dtype}")
     if array.ndim == 3 and array.shape[-1] in (3, 4):
         raise ValueError(
             f"this looks like an RGB(A) image (shape {array.shape}); Deep-Blur works on one "
-            "fluorescence channel: split the channels and process each one")
+            "fluorescence channel: split the channels and process each one"
+        )
     if array.ndim != 2:
         raise ValueError(
             f"expected a 2D image (Y, X), got shape {array.shape}; for stacks process each "
-            "plane (napari: the current plane or all planes; CLI: planes are looped over)")
+            "plane (napari: the current plane or all planes; CLI: planes are looped over)"
+        )
     if min(array.shape) < min_size:
-        raise ValueError(f"the image ({array.shape[0]}×{array.shape[1]} px) is too small: "
-                         f"at least {min_size}×{min_size} px are needed")
+        raise ValueError(
+            f"the image ({array.shape[0]}×{array.shape[1]} px) is too small: "
+            f"at least {min_size}×{min_size} px are needed"
+        )
     image32 = array.astype(np.float32, copy=True)
     bad = ~np.isfinite(image32)
     if bad.any():
-        raise ValueError(f"the image has {int(bad.sum())} NaN or infinite pixels; replace them "
-                         "(e.g. with numpy.nan_to_num or an inpainting) before deblurring")
+        raise ValueError(
+            f"the image has {int(bad.sum())} NaN or infinite pixels; replace them "
+            "(e.g. with numpy.nan_to_num or an inpainting) before deblurring"
+        )
     return image32
 
 
-def image_fc(model_fc: float, *, fc=None, pixel_size_nm=None, na=None, wavelength_nm=None,
-             refractive_index=None) -> tuple[float, dict | None]:
+def image_fc(
+    model_fc: float,
+    *,
+    fc=None,
+    pixel_size_nm=None,
+    na=None,
+    wavelength_nm=None,
+    refractive_index=None,
+) -> tuple[float, dict | None]:
     """The image's cutoff (cycles/pixel) from explicit ``fc`` or optics; the model's when
     nothing is given (the image is assumed sampled like the training data)."""
     optics_given = [v is not None for v in (pixel_size_nm, na, wavelength_nm)]
@@ -185,13 +193,15 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
 
 def _blend_window(shape, overlap: int) -> np.ndarray:
     """Separable weights: 1 inside, a raised-cosine ramp over ``overlap`` px at the edges."""
+
     def ramp(n):
         w = np.ones(n, np.float32)
         m = min(overlap, n // 2)
         if m:
             r = 0.5 - 0.5 * np.cos(np.pi * (np.arange(m) + 0.5) / m)
-            w[:m], w[n - m:] = r, r[::-1]
+            w[:m], w[n - m :] = r, r[::-1]
         return w
+
     return ramp(shape[0])[:, None] * ramp(shape[1])[None, :]
 
 
@@ -258,20 +268,38 @@ def _identify_normalised(model: DeepBlurModel, y_n: torch.Tensor, augment: bool)
     return aligned.mean(0), aligned.std(0)
 
 
-def iter_identify(image, model=None, *, fc=None, pixel_size_nm=None, na=None,
-                  wavelength_nm=None, refractive_index=None, device="auto", augment=True,
-                  tile_px: int = DEFAULT_TILE_PX) -> Generator[Progress, None, BlurEstimate]:
+def iter_identify(
+    image,
+    model=None,
+    *,
+    fc=None,
+    pixel_size_nm=None,
+    na=None,
+    wavelength_nm=None,
+    refractive_index=None,
+    device="auto",
+    augment=True,
+    tile_px: int = DEFAULT_TILE_PX,
+) -> Generator[Progress, None, BlurEstimate]:
     """Generator form of :func:`identify`: yields :class:`Progress` per tile."""
     model = _model(model, device)
     min_size = model.identification.config.min_size
     raw = as_image(image, min_size)
-    fc_img, optics = image_fc(model.fc, fc=fc, pixel_size_nm=pixel_size_nm, na=na,
-                              wavelength_nm=wavelength_nm, refractive_index=refractive_index)
+    fc_img, optics = image_fc(
+        model.fc,
+        fc=fc,
+        pixel_size_nm=pixel_size_nm,
+        na=na,
+        wavelength_nm=wavelength_nm,
+        refractive_index=refractive_index,
+    )
     zoom = fc_img / model.fc
     y = resample(raw, zoom)
     if min(y.shape) < min_size:
-        raise ValueError(f"after resampling to the model's sampling the image is "
-                         f"{y.shape[0]}×{y.shape[1]} px, smaller than the {min_size} px needed")
+        raise ValueError(
+            f"after resampling to the model's sampling the image is "
+            f"{y.shape[0]}×{y.shape[1]} px, smaller than the {min_size} px needed"
+        )
     low, scale = robust_range(torch.from_numpy(y))
     check_contrast(scale, low)
     rows, cols = (tile_starts(n, tile_px, TILE_OVERLAP_PX) for n in y.shape)
@@ -280,25 +308,35 @@ def iter_identify(image, model=None, *, fc=None, pixel_size_nm=None, na=None,
     dev = model.device
     with torch.no_grad():
         for i, (top, left) in enumerate((t, l) for t in rows for l in cols):
-            tile = torch.from_numpy(y[top:top + tile_px, left:left + tile_px]).to(dev)
+            tile = torch.from_numpy(y[top : top + tile_px, left : left + tile_px]).to(dev)
             y_n, *_ = network_inputs(tile[None], model.fc)
             gamma, spread = _identify_normalised(model, y_n, augment)
             estimates.append((gamma, spread))
             h, w = tile.shape
-            tiles.append({"y": (top + h / 2) / zoom, "x": (left + w / 2) / zoom,
-                          "coefficients": gamma.cpu().numpy()})
+            tiles.append(
+                {
+                    "y": (top + h / 2) / zoom,
+                    "x": (left + w / 2) / zoom,
+                    "coefficients": gamma.cpu().numpy(),
+                }
+            )
             yield Progress(i + 1, total, f"identified tile {i + 1} of {total}")
     family = model.family
     gammas = torch.stack([g for g, _ in estimates])
     reference = gammas[0]
-    gammas = torch.stack([min(family.equivalent_parameters(g),
-                              key=lambda v: float(((v - reference) ** 2).sum())) for g in gammas])
+    gammas = torch.stack(
+        [
+            min(family.equivalent_parameters(g), key=lambda v: float(((v - reference) ** 2).sum()))
+            for g in gammas
+        ]
+    )
     gamma = gammas.median(0).values if len(gammas) > 2 else gammas.mean(0)
     spreads = [s for _, s in estimates if s is not None]
     uncertainty = torch.stack(spreads).mean(0) if spreads else None
     if len(gammas) > 1:
-        uncertainty = torch.maximum(uncertainty, gammas.std(0)) if uncertainty is not None \
-            else gammas.std(0)
+        uncertainty = (
+            torch.maximum(uncertainty, gammas.std(0)) if uncertainty is not None else gammas.std(0)
+        )
     if isinstance(family, ZernikeConvolution):
         gamma = family.canonical(gamma)
         for t in tiles:
@@ -310,9 +348,17 @@ def iter_identify(image, model=None, *, fc=None, pixel_size_nm=None, na=None,
     noll = tuple(getattr(family, "noll_indices", ()))
     psf = zernike_psf(torch.as_tensor(coefficients), fc_img, 31, noll).numpy()
     return BlurEstimate(
-        coefficients, noll, fc_img, psf, {"alpha": float(alpha[0]), "beta": float(beta[0])},
-        list(getattr(family, "names", [])), model.name, optics,
-        None if uncertainty is None else uncertainty.cpu().numpy().astype(np.float32), tiles)
+        coefficients,
+        noll,
+        fc_img,
+        psf,
+        {"alpha": float(alpha[0]), "beta": float(beta[0])},
+        list(getattr(family, "names", [])),
+        model.name,
+        optics,
+        None if uncertainty is None else uncertainty.cpu().numpy().astype(np.float32),
+        tiles,
+    )
 
 
 def identify(image, model=None, **kwargs) -> BlurEstimate:
@@ -335,8 +381,10 @@ def identify(image, model=None, **kwargs) -> BlurEstimate:
 def _operator_for(model: DeepBlurModel, estimate: BlurEstimate, shape, device):
     """The blur operator for ``estimate`` at the model's sampling, on images ``(1,1,H,W)``."""
     family = model.family
-    same_family = (isinstance(family, ZernikeConvolution)
-                   and tuple(estimate.noll_indices) == family.noll_indices)
+    same_family = (
+        isinstance(family, ZernikeConvolution)
+        and tuple(estimate.noll_indices) == family.noll_indices
+    )
     if same_family:
         gamma = torch.as_tensor(estimate.coefficients, dtype=torch.float32, device=device)
         return family.operator(gamma[None, None], shape)
@@ -345,7 +393,7 @@ def _operator_for(model: DeepBlurModel, estimate: BlurEstimate, shape, device):
         size = psf.shape[-1]
         psf = resample(psf, model.fc / estimate.fc)
         c, h = psf.shape[0] // 2, size // 2
-        psf = np.pad(psf, h)[c:c + size, c:c + size] if psf.shape[0] >= size else psf
+        psf = np.pad(psf, h)[c : c + size, c : c + size] if psf.shape[0] >= size else psf
         psf = psf / psf.sum()
     kernel = torch.as_tensor(psf, device=device)
     if kernel.shape[-1] % 2 == 0:
@@ -353,16 +401,32 @@ def _operator_for(model: DeepBlurModel, estimate: BlurEstimate, shape, device):
     return Convolution(kernel[None, None], shape, family.boundary)
 
 
-def iter_deblur(image, estimate: BlurEstimate | None = None, model=None, *, noise=None,
-                strength: float = 1.0, fc=None, pixel_size_nm=None, na=None,
-                wavelength_nm=None, refractive_index=None, device="auto",
-                tile_px: int = DEFAULT_TILE_PX) -> Generator[Progress, None, np.ndarray]:
+def iter_deblur(
+    image,
+    estimate: BlurEstimate | None = None,
+    model=None,
+    *,
+    noise=None,
+    strength: float = 1.0,
+    fc=None,
+    pixel_size_nm=None,
+    na=None,
+    wavelength_nm=None,
+    refractive_index=None,
+    device="auto",
+    tile_px: int = DEFAULT_TILE_PX,
+) -> Generator[Progress, None, np.ndarray]:
     """Generator form of :func:`deblur`: yields :class:`Progress` per tile."""
     model = _model(model, device)
     if model.deblurring is None:
         raise ValueError(f"the model {model.name!r} has no deblurring network")
-    optics = dict(fc=fc, pixel_size_nm=pixel_size_nm, na=na, wavelength_nm=wavelength_nm,
-                  refractive_index=refractive_index)
+    optics = dict(
+        fc=fc,
+        pixel_size_nm=pixel_size_nm,
+        na=na,
+        wavelength_nm=wavelength_nm,
+        refractive_index=refractive_index,
+    )
     if estimate is None:
         estimate = yield from iter_identify(image, model, device=device, **optics)
     raw = as_image(image, 16)
@@ -373,8 +437,10 @@ def iter_deblur(image, estimate: BlurEstimate | None = None, model=None, *, nois
     y = resample(raw, zoom)
     kernel = model.family.kernel_size
     if min(y.shape) <= kernel // 2:
-        raise ValueError(f"the image ({raw.shape[0]}×{raw.shape[1]} px) is smaller than the "
-                         f"blur kernel ({kernel} px): nothing to deblur")
+        raise ValueError(
+            f"the image ({raw.shape[0]}×{raw.shape[1]} px) is smaller than the "
+            f"blur kernel ({kernel} px): nothing to deblur"
+        )
     y_t = torch.from_numpy(y)
     low, scale = robust_range(y_t)
     check_contrast(scale, low)
@@ -388,7 +454,7 @@ def iter_deblur(image, estimate: BlurEstimate | None = None, model=None, *, nois
     total = len(rows) * len(cols)
     with torch.no_grad():
         for i, (top, left) in enumerate((t, l) for t in rows for l in cols):
-            tile = y_t[top:top + tile_px, left:left + tile_px].to(dev)
+            tile = y_t[top : top + tile_px, left : left + tile_px].to(dev)
             y_n = normalize(tile, low.to(dev), scale.to(dev))[None, None]
             smooth = torch.nn.functional.avg_pool2d(y_n, 3, 1, 1, count_include_pad=False)
             sigma = torch.sqrt(alpha * smooth.clamp_min(0) + beta**2)
@@ -396,8 +462,8 @@ def iter_deblur(image, estimate: BlurEstimate | None = None, model=None, *, nois
             x_n = model.deblurring(y_n, operator, sigma)[0, 0]
             x = denormalize(x_n.cpu(), low, scale).numpy()
             w = _blend_window(tile.shape, TILE_OVERLAP_PX if total > 1 else 0)
-            out[top:top + tile.shape[0], left:left + tile.shape[1]] += x * w
-            weight[top:top + tile.shape[0], left:left + tile.shape[1]] += w
+            out[top : top + tile.shape[0], left : left + tile.shape[1]] += x * w
+            weight[top : top + tile.shape[0], left : left + tile.shape[1]] += w
             yield Progress(i + 1, total, f"deblurred tile {i + 1} of {total}")
     restored = out / weight
     return resample(restored, 1 / zoom, raw.shape).astype(np.float32)

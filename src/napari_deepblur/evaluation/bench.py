@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import platform
 import time
 
 import torch
 
+from ..devices import device_name, resolve_device, synchronize
 from ..optics.psf import default_pupil_samples, zernike_psf
 from ..optics.zernike import DEFAULT_NOLL_INDICES
 
@@ -15,35 +15,6 @@ from ..optics.zernike import DEFAULT_NOLL_INDICES
 BENCH_SIZE = 31
 BENCH_FC = 0.2
 BENCH_GAMMA_MAX = 0.15
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; other names are passed to torch."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but torch sees no CUDA GPU")
-    return dev
-
-
-def device_name(device: torch.device) -> str:
-    """Human-readable name of ``device`` (GPU model or CPU processor)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:  # Linux: the processor model
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def bench_psf(batch: int = 256, device: str = "cpu", seconds: float = 3.0, seed: int = 0) -> dict:
@@ -76,13 +47,13 @@ def bench_psf(batch: int = 256, device: str = "cpu", seconds: float = 3.0, seed:
 
     with torch.no_grad():
         psf = one_batch()  # warm-up: caches, allocator, kernels
-        _sync(dev)
+        synchronize(dev)
         n_batches = 0
         start = time.perf_counter()
         while True:
             one_batch()
             n_batches += 1
-            _sync(dev)
+            synchronize(dev)
             elapsed = time.perf_counter() - start
             if elapsed >= seconds:
                 break

@@ -3,5 +3,10 @@
 from .deblurring import DeblurringConfig, DeblurringNetwork
 from .identification import IdentificationConfig, IdentificationNetwork, count_parameters
 
-__all__ = ["DeblurringConfig", "DeblurringNetwork", "IdentificationConfig",
-           "IdentificationNetwork", "count_parameters"]
+__all__ = [
+    "DeblurringConfig",
+    "DeblurringNetwork",
+    "IdentificationConfig",
+    "IdentificationNetwork",
+    "count_parameters",
+]

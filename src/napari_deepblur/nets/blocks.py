@@ -17,8 +17,10 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.skip = nn.Identity()
         if stride != 1 or in_channels != out_channels:
-            self.skip = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
-                                      nn.BatchNorm2d(out_channels))
+            self.skip = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
 
     def forward(self, x):
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -40,8 +42,11 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, 1, 1), nn.ReLU(inplace=True),
-                                  nn.Conv2d(channels, channels, 3, 1, 1))
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, 1, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, 1, 1),
+        )
 
     def forward(self, x):
         return x + self.body(x)
@@ -70,8 +75,9 @@ class ResidualUNet(nn.Module):
         self.decoders = nn.ModuleList()
         for i in range(len(widths) - 1, 0, -1):
             self.up.append(nn.ConvTranspose2d(widths[i], widths[i - 1], 2, 2))
-            self.decoders.append(nn.Sequential(*[ResidualBlock(widths[i - 1])
-                                                 for _ in range(blocks)]))
+            self.decoders.append(
+                nn.Sequential(*[ResidualBlock(widths[i - 1]) for _ in range(blocks)])
+            )
         self.tail = nn.Conv2d(widths[0], fold * fold, 3, 1, 1)
         nn.init.zeros_(self.tail.weight)
         nn.init.zeros_(self.tail.bias)

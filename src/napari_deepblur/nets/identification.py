@@ -34,8 +34,13 @@ class IdentificationConfig:
     @classmethod
     def paper(cls, num_parameters: int = 7) -> IdentificationConfig:
         """Close to ResNet-18 (≈11 M parameters), as in the paper."""
-        return cls(num_parameters, widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2),
-                   spectrum_widths=(64, 128, 256), hidden=512)
+        return cls(
+            num_parameters,
+            widths=(64, 128, 256, 512),
+            blocks=(2, 2, 2, 2),
+            spectrum_widths=(64, 128, 256),
+            hidden=512,
+        )
 
     @property
     def min_size(self) -> int:
@@ -76,26 +81,37 @@ class IdentificationNetwork(nn.Module):
         self.config = config = config or IdentificationConfig()
         w0 = config.widths[0]
         self.stem = nn.Sequential(
-            nn.Conv2d(1, w0, 5, 2, 2, bias=False), nn.BatchNorm2d(w0), nn.ReLU(inplace=True),
-            nn.Conv2d(w0, w0, 3, 2, 1, bias=False), nn.BatchNorm2d(w0), nn.ReLU(inplace=True),
+            nn.Conv2d(1, w0, 5, 2, 2, bias=False),
+            nn.BatchNorm2d(w0),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(w0, w0, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(w0),
+            nn.ReLU(inplace=True),
         )
         self.image_stages = resnet_stages(w0, config.widths, config.blocks)
         s0 = config.spectrum_widths[0]
         self.spectrum_stem = nn.Sequential(
-            nn.Conv2d(1, s0, 3, 1, 1, bias=False), nn.BatchNorm2d(s0), nn.ReLU(inplace=True))
-        self.spectrum_stages = resnet_stages(s0, config.spectrum_widths,
-                                             (1,) * len(config.spectrum_widths))
+            nn.Conv2d(1, s0, 3, 1, 1, bias=False), nn.BatchNorm2d(s0), nn.ReLU(inplace=True)
+        )
+        self.spectrum_stages = resnet_stages(
+            s0, config.spectrum_widths, (1,) * len(config.spectrum_widths)
+        )
         features = config.widths[-1] + config.spectrum_widths[-1]
-        self.head = nn.Sequential(nn.Linear(features, config.hidden), nn.ReLU(inplace=True),
-                                  nn.Linear(config.hidden, config.num_parameters))
+        self.head = nn.Sequential(
+            nn.Linear(features, config.hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(config.hidden, config.num_parameters),
+        )
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         b = self.config.border
         if min(y.shape[-2:]) < self.config.min_size:
-            raise ValueError(f"the identification network needs images of at least "
-                             f"{self.config.min_size}×{self.config.min_size} px, got "
-                             f"{tuple(y.shape[-2:])}")
-        y = y[..., b:y.shape[-2] - b, b:y.shape[-1] - b]
+            raise ValueError(
+                f"the identification network needs images of at least "
+                f"{self.config.min_size}×{self.config.min_size} px, got "
+                f"{tuple(y.shape[-2:])}"
+            )
+        y = y[..., b : y.shape[-2] - b, b : y.shape[-1] - b]
         image_features = self.image_stages(self.stem(y - 0.5)).mean(dim=(-2, -1))
         spectrum = welch_log_spectrum(y.float(), self.config.spectrum_window).to(y.dtype)
         spectrum_features = self.spectrum_stages(self.spectrum_stem(spectrum / 4))
@@ -107,5 +123,9 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = ["IdentificationConfig", "IdentificationNetwork", "welch_log_spectrum",
-           "count_parameters"]
+__all__ = [
+    "IdentificationConfig",
+    "IdentificationNetwork",
+    "welch_log_spectrum",
+    "count_parameters",
+]

@@ -59,8 +59,9 @@ class OperatorFamily:
         """All parameter vectors that give exactly the same operator as ``gamma``."""
         return [gamma]
 
-    def sample_parameters(self, count: int, generator: torch.Generator | None = None,
-                          device=None) -> torch.Tensor:
+    def sample_parameters(
+        self, count: int, generator: torch.Generator | None = None, device=None
+    ) -> torch.Tensor:
         """Draw ``count`` random parameter vectors ``(count, K)`` for training."""
         u = torch.rand(count, self.num_parameters, generator=generator, device=device)
         return (2 * u - 1) * self.parameter_scale
@@ -238,8 +239,9 @@ class ProductConvolutionOperator:
         started from ``prior`` when given)."""
         lam = _as_map(lam, y)
         rhs = self.adjoint(y) if prior is None else self.adjoint(y) + lam * prior
-        return conjugate_gradient(lambda v: self.adjoint(self.forward(v)) + lam * v,
-                                  rhs, self.cg_iterations, prior)
+        return conjugate_gradient(
+            lambda v: self.adjoint(self.forward(v)) + lam * v, rhs, self.cg_iterations, prior
+        )
 
 
 def conjugate_gradient(

@@ -37,15 +37,20 @@ def add_poisson_gaussian(
 def _highpass_taps(cutoff: float, taps: int = 21) -> torch.Tensor:
     """A linear-phase FIR high-pass (cycles/pixel cutoff), Hamming-windowed sinc."""
     n = torch.arange(taps, dtype=torch.float64) - taps // 2
-    lowpass = 2 * cutoff * torch.sinc(2 * cutoff * n) * torch.hamming_window(
-        taps, periodic=False, dtype=torch.float64)
+    lowpass = (
+        2
+        * cutoff
+        * torch.sinc(2 * cutoff * n)
+        * torch.hamming_window(taps, periodic=False, dtype=torch.float64)
+    )
     lowpass = lowpass / lowpass.sum()
     delta = (n == 0).to(torch.float64)
     return delta - lowpass
 
 
-def estimate_noise(images: torch.Tensor, fc: float, block: int = 8
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def estimate_noise(
+    images: torch.Tensor, fc: float, block: int = 8
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Estimate ``(α, β)`` of ``var = α·x + β²`` from blurred images ``(B, H, W)``.
 
     The blurred signal has no energy beyond the OTF's support (radius ``2·fc``), so a
@@ -61,12 +66,13 @@ def estimate_noise(images: torch.Tensor, fc: float, block: int = 8
     detail = torch.nn.functional.conv2d(detail, taps.reshape(1, 1, 1, -1))
     gain = (taps**2).sum() ** 2  # white-noise power gain of the separable filter
     half = taps.numel() // 2
-    local_mean = x[..., half:x.shape[-2] - half, half:x.shape[-1] - half]
+    local_mean = x[..., half : x.shape[-2] - half, half : x.shape[-1] - half]
     power = torch.nn.functional.avg_pool2d(detail**2, block).flatten(1) / gain
     mean = torch.nn.functional.avg_pool2d(local_mean, block).flatten(1)
     m_centered = mean - mean.mean(1, keepdim=True)
     alpha = (m_centered * (power - power.mean(1, keepdim=True))).mean(1) / (
-        (m_centered**2).mean(1) + 1e-12)
+        (m_centered**2).mean(1) + 1e-12
+    )
     alpha = alpha.clamp_min(0)
     beta2 = (power.mean(1) - alpha * mean.mean(1)).clamp_min(0)
     no_slope = beta2 == 0  # negative intercept: refit β² alone with α from the means

@@ -50,9 +50,14 @@ def _bank_image(args) -> np.ndarray:
     return random_sharp_image(size, np.random.default_rng([seed, index]), kind=kind)
 
 
-def make_image_bank(count: int, size: int, seed: int, kind: str = "mixed",
-                    folder: str | Path | None = None, workers: int | None = None
-                    ) -> torch.Tensor:
+def make_image_bank(
+    count: int,
+    size: int,
+    seed: int,
+    kind: str = "mixed",
+    folder: str | Path | None = None,
+    workers: int | None = None,
+) -> torch.Tensor:
     """``count`` sharp images ``(count, size, size)`` float16 in [0, 1], deterministic in
     ``seed``: synthetic (``kind`` mixed / dead_leaves / fluorescence) or, with ``folder``,
     random crops of the user's images."""
@@ -73,8 +78,15 @@ def make_image_bank(count: int, size: int, seed: int, kind: str = "mixed",
 class BlurredBatches:
     """Random training batches for an operator family, synthesised on ``device``."""
 
-    def __init__(self, family: OperatorFamily, bank: torch.Tensor, crop: int = 128,
-                 noise: NoiseRange = NoiseRange(), seed: int = 0, device="cpu"):
+    def __init__(
+        self,
+        family: OperatorFamily,
+        bank: torch.Tensor,
+        crop: int = 128,
+        noise: NoiseRange = NoiseRange(),
+        seed: int = 0,
+        device="cpu",
+    ):
         if bank.shape[-1] < crop:
             raise ValueError(f"bank images ({bank.shape[-1]} px) smaller than the crop {crop}")
         self.family = family
@@ -110,6 +122,5 @@ class BlurredBatches:
         gamma = self.family.sample_parameters(count, self.generator, self.device)
         clean = self.family.forward(x, gamma)
         alpha, beta = self.noise.sample(count, self.generator, self.device)
-        y = add_poisson_gaussian(clean, alpha[:, None, None], beta[:, None, None],
-                                 self.generator)
+        y = add_poisson_gaussian(clean, alpha[:, None, None], beta[:, None, None], self.generator)
         return Batch(x, y, gamma, alpha, beta)

@@ -7,8 +7,12 @@ import torch
 from ..optics import OperatorFamily
 
 
-def identification_loss(predicted_scaled: torch.Tensor, gamma: torch.Tensor,
-                        family: OperatorFamily, psf_weight: float = 1.0) -> torch.Tensor:
+def identification_loss(
+    predicted_scaled: torch.Tensor,
+    gamma: torch.Tensor,
+    family: OperatorFamily,
+    psf_weight: float = 1.0,
+) -> torch.Tensor:
     """Sign-invariant parameter loss plus a PSF-space loss.
 
     The parameter term is the minimum of the squared error over all parameter vectors that
@@ -17,8 +21,12 @@ def identification_loss(predicted_scaled: torch.Tensor, gamma: torch.Tensor,
     ``‖h(γ̂) − h(γ)‖² / ‖h(γ)‖²`` is what the benchmark's PSF SNR measures.
     """
     scale = family.parameter_scale
-    errors = torch.stack([((predicted_scaled - g / scale) ** 2).mean(-1)
-                          for g in family.equivalent_parameters(gamma)])
+    errors = torch.stack(
+        [
+            ((predicted_scaled - g / scale) ** 2).mean(-1)
+            for g in family.equivalent_parameters(gamma)
+        ]
+    )
     loss = errors.min(0).values
     if psf_weight and hasattr(family, "psf"):
         with torch.autocast(device_type=gamma.device.type, enabled=False):

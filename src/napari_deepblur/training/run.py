@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..devices import device_name, resolve_device
 from ..models import DeepBlurModel, save_model
 from ..nets import (
     DeblurringConfig,
@@ -56,28 +57,42 @@ class TrainOptions:
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, cwd=Path(__file__).parent,
-                               timeout=10).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else "unknown"
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=10,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=10,
+        ).stdout.strip()
+        return (
+            out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else "unknown"
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
 def hardware(device: torch.device) -> dict:
-    info = {"device": str(device), "torch": torch.__version__, "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "platform": platform.platform()}
+    info = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+    }
     if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
+        info["gpu"] = device_name(device)
     return info
 
 
 def train_model(opts: TrainOptions) -> Path:
     """Train (or resume) a Zernike model into ``opts.out``; returns the model file's path."""
-    from ..pipeline import resolve_device
-
     start = time.time()
     device = resolve_device(opts.device)
     torch.manual_seed(opts.seed)
@@ -92,8 +107,9 @@ def train_model(opts: TrainOptions) -> Path:
     bank_size = max(opts.bank_size, 64)
     bank_px = opts.crop + 32
     bank = make_image_bank(bank_size, bank_px, opts.seed, opts.kind, opts.images)
-    held_out = make_image_bank(max(bank_size // 16, 64), bank_px, opts.seed + 1, opts.kind,
-                               opts.images)
+    held_out = make_image_bank(
+        max(bank_size // 16, 64), bank_px, opts.seed + 1, opts.kind, opts.images
+    )
     noise = NoiseRange()
 
     def batches(seed, images):
@@ -102,26 +118,46 @@ def train_model(opts: TrainOptions) -> Path:
     history = {}
     in_ckpt = out / "checkpoint-identification.pt"
     if opts.stage in ("identification", "both"):
-        cfg = LoopConfig(steps=opts.identification_steps, batch_size=opts.batch_size,
-                         time_limit_s=opts.identification_time_s)
+        cfg = LoopConfig(
+            steps=opts.identification_steps,
+            batch_size=opts.batch_size,
+            time_limit_s=opts.identification_time_s,
+        )
         history["identification"] = train_identification(
-            identification, family, opts.fc, batches(opts.seed, bank),
-            batches(opts.seed + 1, held_out), cfg, in_ckpt, opts.quiet)
+            identification,
+            family,
+            opts.fc,
+            batches(opts.seed, bank),
+            batches(opts.seed + 1, held_out),
+            cfg,
+            in_ckpt,
+            opts.quiet,
+        )
     else:
         state = torch.load(in_ckpt, map_location=device, weights_only=True)
         identification.load_state_dict(state["module"])
         history["identification"] = state.get("history", [])
     if opts.stage in ("deblurring", "both"):
-        cfg = LoopConfig(steps=opts.deblurring_steps, batch_size=opts.deblurring_batch_size,
-                         time_limit_s=opts.deblurring_time_s, validate_every=250,
-                         checkpoint_every=250)
+        cfg = LoopConfig(
+            steps=opts.deblurring_steps,
+            batch_size=opts.deblurring_batch_size,
+            time_limit_s=opts.deblurring_time_s,
+            validate_every=250,
+            checkpoint_every=250,
+        )
         history["deblurring"] = train_deblurring(
-            deblurring, identification, family, opts.fc, batches(opts.seed + 2, bank),
-            batches(opts.seed + 3, held_out), cfg, out / "checkpoint-deblurring.pt",
-            opts.quiet)
+            deblurring,
+            identification,
+            family,
+            opts.fc,
+            batches(opts.seed + 2, bank),
+            batches(opts.seed + 3, held_out),
+            cfg,
+            out / "checkpoint-deblurring.pt",
+            opts.quiet,
+        )
 
-    model = DeepBlurModel(family, identification.cpu(), deblurring.cpu(), opts.fc,
-                          name=out.name)
+    model = DeepBlurModel(family, identification.cpu(), deblurring.cpu(), opts.fc, name=out.name)
     card = {
         "name": out.name,
         "family": family.config(),
@@ -135,16 +171,21 @@ def train_model(opts: TrainOptions) -> Path:
         },
         "training": {
             "command": " ".join(shlex.quote(a) for a in ["deepblur", *sys.argv[1:]])
-            if Path(sys.argv[0]).name == "deepblur" else " ".join(map(shlex.quote, sys.argv)),
-            "options": {k: (str(v) if isinstance(v, Path) else v)
-                        for k, v in asdict(opts).items()},
+            if Path(sys.argv[0]).name == "deepblur"
+            else " ".join(map(shlex.quote, sys.argv)),
+            "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
             "seed": opts.seed,
             "identification_steps": history["identification"][-1]["step"]
-            if history["identification"] else 0,
+            if history["identification"]
+            else 0,
             "deblurring_steps": history.get("deblurring", [{}])[-1].get("step", 0),
-            "data": {"images": str(opts.images) if opts.images else f"synthetic:{opts.kind}",
-                     "bank_size": bank_size, "crop_px": opts.crop, "noise": asdict(noise),
-                     "gamma": f"U[-{opts.eta}, {opts.eta}] waves RMS, Noll {list(opts.noll)}"},
+            "data": {
+                "images": str(opts.images) if opts.images else f"synthetic:{opts.kind}",
+                "bank_size": bank_size,
+                "crop_px": opts.crop,
+                "noise": asdict(noise),
+                "gamma": f"U[-{opts.eta}, {opts.eta}] waves RMS, Noll {list(opts.noll)}",
+            },
             "git_commit": git_commit(),
             "wall_time_s": round(time.time() - start, 1),
             "hardware": hardware(device),

@@ -36,8 +36,9 @@ class LoopConfig:
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
 
 
-def network_inputs(y: torch.Tensor, fc: float) -> tuple[torch.Tensor, torch.Tensor,
-                                                       torch.Tensor, torch.Tensor]:
+def network_inputs(
+    y: torch.Tensor, fc: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Raw blurred images ``(B, H, W)`` → ``(y_n (B,1,H,W), σ_n (B,1,H,W), low, scale)``.
 
     ``y_n`` is the robustly normalised image and ``σ_n`` the per-pixel noise std estimated
@@ -48,8 +49,9 @@ def network_inputs(y: torch.Tensor, fc: float) -> tuple[torch.Tensor, torch.Tens
     y_n = normalize(y, low, scale)
     alpha, beta = estimate_noise(y_n, fc)
     smooth = torch.nn.functional.avg_pool2d(y_n[:, None], 3, 1, 1, count_include_pad=False)
-    sigma = torch.sqrt(alpha[:, None, None, None] * smooth.clamp_min(0)
-                       + beta[:, None, None, None] ** 2)
+    sigma = torch.sqrt(
+        alpha[:, None, None, None] * smooth.clamp_min(0) + beta[:, None, None, None] ** 2
+    )
     return y_n[:, None], sigma, low, scale
 
 
@@ -64,8 +66,14 @@ def _learning_rate(cfg: LoopConfig, step: int, elapsed: float) -> float:
 class _Loop:
     """The shared mechanics: optimiser, schedule, checkpoint, progress bar, time budget."""
 
-    def __init__(self, name: str, module: torch.nn.Module, cfg: LoopConfig,
-                 checkpoint: Path | None, device: torch.device):
+    def __init__(
+        self,
+        name: str,
+        module: torch.nn.Module,
+        cfg: LoopConfig,
+        checkpoint: Path | None,
+        device: torch.device,
+    ):
         self.name, self.module, self.cfg, self.device = name, module, cfg, device
         self.checkpoint = checkpoint
         self.optimizer = torch.optim.Adam(module.parameters(), lr=cfg.lr)
@@ -84,9 +92,17 @@ class _Loop:
             return
         self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.checkpoint.with_name(self.checkpoint.name + ".partial")
-        torch.save({"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    "step": self.step, "elapsed": self.elapsed, "history": self.history,
-                    "config": asdict(self.cfg)}, tmp)
+        torch.save(
+            {
+                "module": self.module.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "step": self.step,
+                "elapsed": self.elapsed,
+                "history": self.history,
+                "config": asdict(self.cfg),
+            },
+            tmp,
+        )
         tmp.replace(self.checkpoint)
 
     def autocast(self):
@@ -95,8 +111,9 @@ class _Loop:
 
     def run(self, train_step, validate, quiet: bool = False) -> list[dict]:
         cfg = self.cfg
-        bar = tqdm(total=cfg.steps, initial=self.step, desc=self.name, disable=quiet,
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=cfg.steps, initial=self.step, desc=self.name, disable=quiet, dynamic_ncols=True
+        )
         start = time.perf_counter() - self.elapsed
         samples_t0, t0 = 0, time.perf_counter()
         while self.step < cfg.steps:
@@ -118,23 +135,37 @@ class _Loop:
                 rate = samples_t0 / max(time.perf_counter() - t0, 1e-9)
                 bar.set_postfix(loss=f"{loss.item():.4f}", samples_per_s=f"{rate:.0f}")
             if self.step % cfg.validate_every == 0 or self.step == cfg.steps:
-                self.history.append({"step": self.step, "elapsed_s": round(self.elapsed, 1),
-                                     "loss": float(loss.detach()), **validate()})
+                self.history.append(
+                    {
+                        "step": self.step,
+                        "elapsed_s": round(self.elapsed, 1),
+                        "loss": float(loss.detach()),
+                        **validate(),
+                    }
+                )
                 bar.write(f"{self.name} step {self.step}: {self.history[-1]}")
             if self.step % cfg.checkpoint_every == 0:
                 self.save()
         self.elapsed = time.perf_counter() - start
         if not self.history or self.history[-1]["step"] != self.step:
-            self.history.append({"step": self.step, "elapsed_s": round(self.elapsed, 1),
-                                 **validate()})
+            self.history.append(
+                {"step": self.step, "elapsed_s": round(self.elapsed, 1), **validate()}
+            )
         self.save()
         bar.close()
         return self.history
 
 
-def train_identification(network: IdentificationNetwork, family: OperatorFamily, fc: float,
-                         data: BlurredBatches, validation: BlurredBatches, cfg: LoopConfig,
-                         checkpoint: Path | None = None, quiet: bool = False) -> list[dict]:
+def train_identification(
+    network: IdentificationNetwork,
+    family: OperatorFamily,
+    fc: float,
+    data: BlurredBatches,
+    validation: BlurredBatches,
+    cfg: LoopConfig,
+    checkpoint: Path | None = None,
+    quiet: bool = False,
+) -> list[dict]:
     """Train IN to predict ``γ / parameter_scale``; returns the validation history."""
     device = data.device
     network.to(device)
@@ -160,17 +191,23 @@ def train_identification(network: IdentificationNetwork, family: OperatorFamily,
     return loop.run(train_step, validate, quiet)
 
 
-def estimate_operator(network: IdentificationNetwork, family: OperatorFamily,
-                      y_n: torch.Tensor):
+def estimate_operator(network: IdentificationNetwork, family: OperatorFamily, y_n: torch.Tensor):
     """IN's γ̂ for normalised images ``(B, 1, H, W)`` and the operator bound to it."""
     gamma = network(y_n).float() * family.parameter_scale
     return gamma, family.operator(gamma[:, None], y_n.shape[-2:])
 
 
-def train_deblurring(network: DeblurringNetwork, identification: IdentificationNetwork,
-                     family: OperatorFamily, fc: float, data: BlurredBatches,
-                     validation: BlurredBatches, cfg: LoopConfig,
-                     checkpoint: Path | None = None, quiet: bool = False) -> list[dict]:
+def train_deblurring(
+    network: DeblurringNetwork,
+    identification: IdentificationNetwork,
+    family: OperatorFamily,
+    fc: float,
+    data: BlurredBatches,
+    validation: BlurredBatches,
+    cfg: LoopConfig,
+    checkpoint: Path | None = None,
+    quiet: bool = False,
+) -> list[dict]:
     """Train DN on ``(y, γ̂ = IN(y))`` against the sharp image (L1 in normalised units)."""
     device = data.device
     network.to(device)

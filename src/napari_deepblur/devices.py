@@ -1,0 +1,47 @@
+"""Device choice, in one place for the pipeline, training and benchmarks."""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """ "auto" → CUDA, then MPS, then CPU; otherwise the named device (checked)."""
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            "device 'cuda' was asked for but no CUDA GPU is available; use device='cpu' or 'auto'"
+        )
+    if device.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ValueError("device 'mps' was asked for but MPS is not available")
+    return device
+
+
+def device_name(device: torch.device) -> str:
+    """Human-readable name of ``device`` (GPU model or CPU processor)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:  # Linux: the processor model
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work (so that host timers measure it)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
