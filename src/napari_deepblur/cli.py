@@ -203,6 +203,11 @@ def _add_train(sub) -> None:
     p.add_argument("--fc", type=float, default=d.fc, help="training cutoff, cycles/pixel")
     p.add_argument("--eta", type=float, default=d.eta, help="γ range ±η, waves RMS")
     p.add_argument("--noll", type=_ints, default=list(d.noll), help="Noll indices")
+    p.add_argument(
+        "--identification-from",
+        help="with --stage deblurring: a model file whose identification network to use "
+        "(instead of OUT's checkpoint)",
+    )
     p.add_argument("--identification-steps", type=int, default=d.identification_steps)
     p.add_argument("--deblurring-steps", type=int, default=d.deblurring_steps)
     p.add_argument("--identification-minutes", type=float, help="time budget for IN")
@@ -246,6 +251,9 @@ def _run_train(args: argparse.Namespace) -> int:
             seed=args.seed,
             device=args.device,
             stage=args.stage,
+            identification_from=Path(args.identification_from)
+            if args.identification_from
+            else None,
             quiet=args.quiet,
             **{k: v * 60 if v else None for k, v in minutes.items()},
         )

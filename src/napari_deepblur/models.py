@@ -83,7 +83,11 @@ def save_model(model: DeepBlurModel, path: str | Path, card: dict | None = None)
     if model.deblurring is not None:
         tensors.update({f"deblurring.{k}": v for k, v in model.deblurring.state_dict().items()})
     tensors.update({f"family.{k}": v for k, v in model.family.tensors().items()})
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    # Weights are stored as float16 (half the size; inference upcasts to float32).
+    tensors = {
+        k: (v.half() if v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in tensors.items()
+    }
     tmp = path.with_name(f".{path.name}.partial")
     save_file(tensors, str(tmp), metadata={_METADATA_KEY: json.dumps(model.config())})
     os.replace(tmp, path)
@@ -167,6 +171,7 @@ def _load_cached(path: str, mtime_ns: int, size: int) -> DeepBlurModel:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
         config = json.loads(metadata[_METADATA_KEY])
     except (OSError, KeyError, json.JSONDecodeError, Exception) as err:  # noqa: BLE001
         raise ModelFileError(f"{path} is not a readable napari-deepblur model file: {err}") from err

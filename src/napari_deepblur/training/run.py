@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..devices import device_name, resolve_device
-from ..models import DeepBlurModel, save_model
+from ..models import DeepBlurModel, load_model, save_model
 from ..nets import (
     DeblurringConfig,
     DeblurringNetwork,
@@ -28,6 +28,15 @@ from .train import LoopConfig, train_deblurring, train_identification
 
 ARCHITECTURES = {
     "compact": (IdentificationConfig, DeblurringConfig),
+    "large": (
+        lambda: IdentificationConfig(
+            widths=(48, 96, 192, 384),
+            blocks=(1, 1, 2, 2),
+            spectrum_widths=(48, 96, 192),
+            hidden=384,
+        ),
+        DeblurringConfig,
+    ),
     "paper": (IdentificationConfig.paper, lambda: DeblurringConfig(widths=(64, 128))),
 }
 
@@ -52,6 +61,7 @@ class TrainOptions:
     identification_time_s: float | None = None
     deblurring_time_s: float | None = None
     stage: str = "both"  # identification | deblurring | both
+    identification_from: Path | None = None  # model file whose IN to use for DN training
     quiet: bool = False
 
 
@@ -132,6 +142,18 @@ def train_model(opts: TrainOptions) -> Path:
             cfg,
             in_ckpt,
             opts.quiet,
+        )
+    elif opts.identification_from is not None:
+        source = load_model(opts.identification_from)
+        if source.family.config() != family.config():
+            raise ValueError(
+                f"{opts.identification_from} was trained for another family "
+                f"({source.family.config()}), not {family.config()}"
+            )
+        identification = source.identification
+        in_cfg = identification.config
+        history["identification"] = (
+            source.card.get("training", {}).get("history", {}).get("identification", [])
         )
     else:
         state = torch.load(in_ckpt, map_location=device, weights_only=True)

@@ -135,10 +135,12 @@ class _Loop:
                 rate = samples_t0 / max(time.perf_counter() - t0, 1e-9)
                 bar.set_postfix(loss=f"{loss.item():.4f}", samples_per_s=f"{rate:.0f}")
             if self.step % cfg.validate_every == 0 or self.step == cfg.steps:
+                rate = samples_t0 / max(time.perf_counter() - t0, 1e-9)
                 self.history.append(
                     {
                         "step": self.step,
                         "elapsed_s": round(self.elapsed, 1),
+                        "samples_per_s": round(rate, 1),
                         "loss": float(loss.detach()),
                         **validate(),
                     }
