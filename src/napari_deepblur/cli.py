@@ -205,13 +205,19 @@ def _add_train(sub) -> None:
     p.add_argument("--noll", type=_ints, default=list(d.noll), help="Noll indices")
     p.add_argument(
         "--identification-from",
-        help="with --stage deblurring: a model file whose identification network to use "
-        "(instead of OUT's checkpoint)",
+        help="a model file whose identification network to start from (fine-tuning) or, "
+        "with --stage deblurring, to use",
     )
     p.add_argument("--identification-steps", type=int, default=d.identification_steps)
     p.add_argument("--deblurring-steps", type=int, default=d.deblurring_steps)
     p.add_argument("--identification-minutes", type=float, help="time budget for IN")
     p.add_argument("--deblurring-minutes", type=float, help="time budget for DN")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=d.lr,
+        help="peak learning rate (Adam) of the identification stage",
+    )
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--deblurring-batch-size", type=int, default=d.deblurring_batch_size)
     p.add_argument("--crop", type=int, default=d.crop, help="training crop, px")
@@ -251,6 +257,7 @@ def _run_train(args: argparse.Namespace) -> int:
             seed=args.seed,
             device=args.device,
             stage=args.stage,
+            lr=args.lr,
             identification_from=Path(args.identification_from)
             if args.identification_from
             else None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..evaluation.metrics import psf_snr_db  # noqa: F401  (one implementation, re-exported)
 from ..optics import OperatorFamily
 
 
@@ -35,9 +36,3 @@ def identification_loss(
             psf_error = ((h_hat - h) ** 2).sum((-2, -1)) / (h**2).sum((-2, -1))
         loss = loss + psf_weight * psf_error
     return loss.mean()
-
-
-def psf_snr_db(estimated: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
-    """Paper eq. 6: ``−10 log10(‖ĥ − h‖² / ‖h‖²)`` per kernel ``(…, k, k)``."""
-    error = ((estimated - true) ** 2).sum((-2, -1)) / (true**2).sum((-2, -1))
-    return -10 * torch.log10(error.clamp_min(1e-30))

@@ -61,7 +61,8 @@ class TrainOptions:
     identification_time_s: float | None = None
     deblurring_time_s: float | None = None
     stage: str = "both"  # identification | deblurring | both
-    identification_from: Path | None = None  # model file whose IN to use for DN training
+    identification_from: Path | None = None  # model file whose IN to start from / to use
+    lr: float = 1e-3
     quiet: bool = False
 
 
@@ -126,14 +127,35 @@ def train_model(opts: TrainOptions) -> Path:
         return BlurredBatches(family, images, opts.crop, noise, seed, device)
 
     history = {}
+    initialised_from = None
     in_ckpt = out / "checkpoint-identification.pt"
+    if opts.identification_from is not None:
+        source = load_model(opts.identification_from)
+        if source.family.config() != family.config():
+            raise ValueError(
+                f"{opts.identification_from} was trained for another family "
+                f"({source.family.config()}), not {family.config()}"
+            )
+        identification = source.identification.train()
+        in_cfg = identification.config
+        previous = dict(source.card.get("training", {}))
+        previous.pop("history", None)
+        initialised_from = {
+            "file": str(opts.identification_from),
+            "sha256": source.card.get("sha256"),
+            "training": previous,
+        }
+        history["identification"] = (
+            source.card.get("training", {}).get("history", {}).get("identification", [])
+        )
     if opts.stage in ("identification", "both"):
         cfg = LoopConfig(
             steps=opts.identification_steps,
             batch_size=opts.batch_size,
+            lr=opts.lr,
             time_limit_s=opts.identification_time_s,
         )
-        history["identification"] = train_identification(
+        history["identification"] = history.get("identification", []) + train_identification(
             identification,
             family,
             opts.fc,
@@ -143,19 +165,7 @@ def train_model(opts: TrainOptions) -> Path:
             in_ckpt,
             opts.quiet,
         )
-    elif opts.identification_from is not None:
-        source = load_model(opts.identification_from)
-        if source.family.config() != family.config():
-            raise ValueError(
-                f"{opts.identification_from} was trained for another family "
-                f"({source.family.config()}), not {family.config()}"
-            )
-        identification = source.identification
-        in_cfg = identification.config
-        history["identification"] = (
-            source.card.get("training", {}).get("history", {}).get("identification", [])
-        )
-    else:
+    elif opts.identification_from is None:
         state = torch.load(in_ckpt, map_location=device, weights_only=True)
         identification.load_state_dict(state["module"])
         history["identification"] = state.get("history", [])
@@ -208,6 +218,7 @@ def train_model(opts: TrainOptions) -> Path:
                 "noise": asdict(noise),
                 "gamma": f"U[-{opts.eta}, {opts.eta}] waves RMS, Noll {list(opts.noll)}",
             },
+            "identification_initialised_from": initialised_from,
             "git_commit": git_commit(),
             "wall_time_s": round(time.time() - start, 1),
             "hardware": hardware(device),

@@ -1,0 +1,78 @@
+"""``deepblur evaluate``: the standard benchmark from the command line.
+
+Registration in the main CLI is one line: add :func:`add_evaluate_parser` to
+``napari_deepblur.cli.SUBCOMMANDS`` (it sets ``func`` to :func:`cmd_evaluate`).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+PROTOCOLS = ("table1",)
+
+
+def _names(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``evaluate`` on an ``argparse`` subparsers object; returns its parser."""
+    p = subparsers.add_parser(
+        "evaluate",
+        help="run the standard benchmark (table1) and print/write its table",
+        description="Blur held-out test images with random Zernike aberrations (fc 0.2, "
+        "Noll 4–10, ±0.15 waves RMS), add Poisson–Gaussian noise at each level, and score "
+        "Deep-Blur, the oracle, the Airy PSF and Richardson–Lucy on the same inputs "
+        "(SSIM, PSNR, PSF SNR; mean ± std). See shared/PROTOCOL.md.",
+    )
+    p.add_argument("--protocol", choices=PROTOCOLS, default="table1")
+    p.add_argument("--model", help="shipped model name or model file (default: the default model)")
+    p.add_argument("--images", help="folder of sharp TIFF/PNG test images (default: bundled set)")
+    p.add_argument("--n", type=int, default=100, help="pairs (image, γ) per level")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=256, help="test image size, px (400: the paper's)")
+    p.add_argument("--levels", type=_names, default=None, help="e.g. L0,L1,L2,H1,H2 (all)")
+    p.add_argument("--out", help="folder for table1.json and table1.csv (default: print only)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing result files")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
+    return p
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Run ``deepblur evaluate``: print the table, write the files with ``--out``."""
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from .table1 import LEVELS, format_table, run_table1, write_results
+
+    levels = args.levels or list(LEVELS)
+    out = Path(args.out) if args.out else None
+    if out is not None and not args.overwrite:  # fail before the run, not after it
+        for name in ("table1.json", "table1.csv"):
+            if (out / name).exists():
+                raise FileExistsError(f"{out / name} exists; use --overwrite or another --out")
+    with tqdm(total=None, desc="table1", unit="pair", disable=args.quiet) as bar:
+
+        def progress(step):
+            bar.total = step.total
+            bar.set_postfix_str(step.message, refresh=False)
+            bar.update(step.done - bar.n)
+
+        result = run_table1(
+            args.model,
+            images=args.images,
+            n=args.n,
+            seed=args.seed,
+            size=args.size,
+            levels=levels,
+            device=args.device,
+            progress=progress,
+        )
+    print(format_table(result))
+    if out is not None:
+        json_path, csv_path = write_results(result, out, overwrite=args.overwrite)
+        print(f"written: {json_path}, {csv_path}")
+    return 0

@@ -1,0 +1,386 @@
+"""The standard benchmark ``table1`` (``shared/PROTOCOL.md``), mirroring Table 1 of the
+Deep-Blur paper.
+
+For every noise level and pair ``i < n``: a sharp test image ``x`` (cycling through the test
+set), Zernike coefficients ``γ ~ U[−0.15, 0.15]^7`` (Noll 4–10, waves RMS) drawn from
+``(seed, i)`` — the same at every level, so levels differ by their noise only — and
+``y = A(γ) x + b``, ``b ~ N(0, α·A(γ)x + β²)`` with the noise drawn from
+``(seed, i, level name)``. Blur: :class:`~napari_deepblur.optics.ZernikeConvolution` at
+``fc = 0.2`` cycles/pixel, 31 × 31 kernels, reflect boundary. Every row sees the same ``y``.
+Richardson–Lucy's iteration count is tuned per level (and PSF) on a separate validation
+draw (same images, other γ and noise).
+
+    >>> from napari_deepblur.evaluation.table1 import run_table1, format_table
+    >>> result = run_table1("default", n=100)     # doctest: +SKIP
+    >>> print(format_table(result))               # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import math
+import os
+import platform
+import time
+import zlib
+from collections.abc import Callable, Generator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..devices import device_name, resolve_device
+from ..models import DeepBlurModel, load_model, sha256
+from ..optics import DEFAULT_NOLL_INDICES, ZernikeConvolution, add_poisson_gaussian
+from ..pipeline import BlurEstimate, Progress, deblur, identify, run
+from .baselines import RL_ITERATIONS, no_identification_psf, richardson_lucy, tune_rl_iterations
+from .metrics import psf_snr_db, psnr, ssim
+from .testimages import load_test_images, prepare_test_image
+
+#: Noise levels ``(α, β)`` of ``var = α·(Ax) + β²`` for images in [0, 1].
+LEVELS = {
+    "L0": (0.0, 0.0),
+    "L1": (0.0025, 0.04),
+    "L2": (0.005, 0.075),
+    "H1": (0.025, 0.12),
+    "H2": (0.05, 0.24),
+}
+FC = 0.2  #: cutoff of the benchmark's blur, cycles/pixel
+KERNEL_SIZE = 31  #: px
+GAMMA_MAX = 0.15  #: γ_k ~ U[−GAMMA_MAX, GAMMA_MAX], waves RMS
+FAMILY = ZernikeConvolution(FC, DEFAULT_NOLL_INDICES, KERNEL_SIZE, GAMMA_MAX)
+
+Y, OURS, ORACLE = "y", "Deep-Blur (ours)", "oracle"
+NO_ID_DN, NO_ID_RL, RL_ESTIMATED = (
+    "no identification: DN",
+    "no identification: RL",
+    "RL (estimated PSF)",
+)
+#: The rows, in table order (the paper's "ours + refinement" is not implemented).
+ROWS = (Y, OURS, ORACLE, NO_ID_DN, NO_ID_RL, RL_ESTIMATED)
+#: Validation pairs per level for tuning Richardson–Lucy's iteration count.
+RL_VALIDATION_PAIRS = 8
+_TEST, _VALIDATION = 0, 1
+
+
+def _generator(*key: int) -> torch.Generator:
+    """A CPU torch generator seeded from the integers ``key`` (NumPy ``SeedSequence``)."""
+    state = np.random.SeedSequence([int(k) for k in key]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def draw_pair(images, index: int, level: str, seed: int, split: int = _TEST) -> dict:
+    """Pair ``index`` of noise level ``level`` (a name in :data:`LEVELS`): ``{"image"
+    (name), "x" (sharp, [0, 1]), "gamma" (K,) waves RMS, "psf" (31, 31), "y" (blurred and
+    noisy)}`` as NumPy arrays. γ depends on ``(seed, split, index)`` only, the noise on
+    ``(seed, split, index, level)``."""
+    alpha, beta = LEVELS[level]
+    name, x = images[index % len(images)]
+    gamma = FAMILY.sample_parameters(1, _generator(seed, split, index))[0]
+    clean = FAMILY.forward(torch.from_numpy(x), gamma)
+    noise = _generator(seed, split, index, zlib.crc32(level.encode()))
+    y = add_poisson_gaussian(clean, alpha, beta, noise)
+    return {
+        "image": name,
+        "x": x,
+        "gamma": gamma.numpy(),
+        "psf": FAMILY.psf(gamma).double().numpy(),
+        "y": y.numpy(),
+    }
+
+
+def _estimate(coefficients: np.ndarray, psf: np.ndarray) -> BlurEstimate:
+    """A :class:`BlurEstimate` of the benchmark's family (waves RMS, fc 0.2) with ``psf``."""
+    return BlurEstimate(np.asarray(coefficients, np.float32), FAMILY.noll_indices, FC, psf, {})
+
+
+def _timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
+def _evaluate(pair: dict, model, rows, rl_iterations: dict, airy: np.ndarray, device) -> dict:
+    """``{row: {metric: value}}`` for one pair: ``ssim``, ``psnr`` (dB), ``psf_snr_db`` of
+    the PSF the row used (none for ``y`` and the oracle, whose PSF is the true one) and
+    ``seconds`` (``seconds_identify``, ``seconds_deblur`` for ours)."""
+    x, y, h = pair["x"], pair["y"], pair["psf"]
+    out = {}
+
+    def score(row, restored, psf=None, **extra):
+        out[row] = {"ssim": ssim(restored, x), "psnr": psnr(restored, x), **extra}
+        if psf is not None:
+            out[row]["psf_snr_db"] = psf_snr_db(psf, h)
+
+    if Y in rows:
+        score(Y, y)
+    dn = dict(model=model, fc=FC, device=device)
+    if OURS in rows or RL_ESTIMATED in rows:
+        est, t_identify = _timed(identify, y, model, fc=FC, device=device)
+    if OURS in rows:
+        restored, t_deblur = _timed(deblur, y, est, **dn)
+        score(OURS, restored, est.psf, seconds_identify=t_identify, seconds_deblur=t_deblur)
+    if ORACLE in rows:
+        restored, t = _timed(deblur, y, _estimate(pair["gamma"], h), **dn)
+        score(ORACLE, restored, seconds=t)
+    if NO_ID_DN in rows:
+        restored, t = _timed(deblur, y, _estimate(np.zeros(FAMILY.num_parameters), airy), **dn)
+        score(NO_ID_DN, restored, airy, seconds=t)
+    if NO_ID_RL in rows:
+        restored, t = _timed(richardson_lucy, y, airy, rl_iterations["airy"])
+        score(NO_ID_RL, restored, airy, seconds=t)
+    if RL_ESTIMATED in rows:
+        restored, t = _timed(richardson_lucy, y, est.psf, rl_iterations["estimated"])
+        score(RL_ESTIMATED, restored, est.psf, seconds=t)
+    return out
+
+
+def _tune_rl(images, level, seed, count, model, airy, device) -> tuple[dict, dict]:
+    """Iteration counts ``{"estimated", "airy"}`` for ``level`` and their SSIM curves."""
+    pairs = [draw_pair(images, i, level, seed, _VALIDATION) for i in range(count)]
+    estimated = [identify(p["y"], model, fc=FC, device=device).psf for p in pairs]
+    best_est, curve_est = tune_rl_iterations(
+        [(p["y"], h, p["x"]) for p, h in zip(pairs, estimated, strict=True)]
+    )
+    best_airy, curve_airy = tune_rl_iterations([(p["y"], airy, p["x"]) for p in pairs])
+    return {"estimated": best_est, "airy": best_airy}, {"estimated": curve_est, "airy": curve_airy}
+
+
+def _summary(values: list[float]) -> dict:
+    v = np.asarray(values, np.float64)
+    return {"mean": float(v.mean()), "std": float(v.std()), "n": int(v.size)}
+
+
+def _as_images(images, size: int) -> tuple[list, str]:
+    if images is None:
+        return load_test_images(size=size), "default"
+    if isinstance(images, str | os.PathLike):
+        return load_test_images(images, size), str(images)
+    return [(str(n), prepare_test_image(im, size)) for n, im in images], "given"
+
+
+def iter_table1(
+    model,
+    images=None,
+    n: int = 100,
+    seed: int = 0,
+    size: int = 256,
+    levels: Sequence[str] = tuple(LEVELS),
+    rows: Sequence[str] = ROWS,
+    device: str = "cpu",
+    rl_validation: int = RL_VALIDATION_PAIRS,
+) -> Generator[Progress, None, dict]:
+    """Generator form of :func:`run_table1`: yields a :class:`~napari_deepblur.pipeline.Progress`
+    per pair (validation pairs included) and returns the result."""
+    unknown = [r for r in rows if r not in ROWS] + [lv for lv in levels if lv not in LEVELS]
+    if unknown:
+        raise ValueError(f"unknown rows/levels {unknown}; rows: {ROWS}, levels: {list(LEVELS)}")
+    if n < 1 or rl_validation < 1:
+        raise ValueError(f"n and rl_validation must be at least 1, got {n}, {rl_validation}")
+    if isinstance(model, DeepBlurModel):
+        model = model.to(resolve_device(device)).eval()
+    else:
+        model = load_model(model, device=device)
+    dev = model.device
+    images, source = _as_images(images, size)
+    airy = no_identification_psf(FC, KERNEL_SIZE)
+    tune = NO_ID_RL in rows or RL_ESTIMATED in rows
+    total = len(levels) * (n + (rl_validation if tune else 0))
+    done, start = 0, time.perf_counter()
+    results, rl_iterations, rl_curves, values, drawn = {}, {}, {}, {}, []
+    for level in levels:
+        if tune:
+            rl_iterations[level], rl_curves[level] = _tune_rl(
+                images, level, seed, rl_validation, model, airy, dev
+            )
+            done += rl_validation
+            yield Progress(done, total, f"{level}: tuned Richardson–Lucy")
+        per_row = {row: {} for row in rows}
+        for i in range(n):
+            pair = draw_pair(images, i, level, seed)
+            if level == levels[0]:  # γ and image are the same at every level
+                drawn.append({"image": pair["image"], "gamma": pair["gamma"].tolist()})
+            scores = _evaluate(pair, model, rows, rl_iterations.get(level), airy, dev)
+            for row, metrics in scores.items():
+                for metric, value in metrics.items():
+                    per_row[row].setdefault(metric, []).append(float(value))
+            done += 1
+            yield Progress(done, total, f"{level}: pair {i + 1} of {n}")
+        values[level] = per_row
+        results[level] = {
+            row: {m: _summary(v) for m, v in metrics.items()} for row, metrics in per_row.items()
+        }
+    elapsed = time.perf_counter() - start
+    ours = [values[lv].get(OURS, {}) for lv in levels]
+    seconds = {
+        step: float(np.mean(sum((o.get(f"seconds_{step}", []) for o in ours), [])))
+        for step in ("identify", "deblur")
+        if OURS in rows
+    }
+    return {
+        "protocol": "table1",
+        "parameters": {
+            "n": n,
+            "seed": seed,
+            "size": size,
+            "levels": {lv: {"alpha": LEVELS[lv][0], "beta": LEVELS[lv][1]} for lv in levels},
+            "rows": list(rows),
+            "fc": FC,
+            "kernel_size": KERNEL_SIZE,
+            "noll_indices": list(FAMILY.noll_indices),
+            "gamma_max": GAMMA_MAX,
+            "images": source,
+            "image_names": [name for name, _ in images],
+            "rl_validation_pairs": rl_validation if tune else 0,
+            "rl_candidates": list(RL_ITERATIONS),
+        },
+        "model": _model_info(model),
+        "machine": {
+            "device": str(dev),
+            "device_name": device_name(dev),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch_version": torch.__version__,
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "elapsed_s": elapsed,
+        "seconds_per_image": seconds,
+        "rl_iterations": rl_iterations,
+        "rl_validation_ssim": rl_curves,
+        "results": results,
+        "pairs": drawn,
+        "values": values,
+    }
+
+
+def _model_info(model: DeepBlurModel) -> dict:
+    path = model.path
+    digest = model.card.get("sha256") or (sha256(path) if path and Path(path).exists() else None)
+    return {"name": model.name, "path": str(path) if path else None, "sha256": digest}
+
+
+def run_table1(
+    model,
+    images=None,
+    n: int = 100,
+    seed: int = 0,
+    size: int = 256,
+    levels: Sequence[str] = tuple(LEVELS),
+    rows: Sequence[str] = ROWS,
+    device: str = "cpu",
+    progress: Callable[[Progress], None] | None = None,
+    rl_validation: int = RL_VALIDATION_PAIRS,
+) -> dict:
+    """Run the ``table1`` benchmark and return its JSON-ready result.
+
+    ``model``: a :class:`~napari_deepblur.models.DeepBlurModel`, a shipped model's name or a
+    model file. ``images``: ``None`` (the default held-out set at ``size × size`` px), a
+    folder of TIFF/PNG images, or ``[(name, array)]``. ``n`` pairs per level, drawn from
+    ``seed``. ``levels``: names in :data:`LEVELS`; ``rows``: a subset of :data:`ROWS`.
+    ``progress`` is called with each :class:`~napari_deepblur.pipeline.Progress`.
+
+    The result holds ``results[level][row][metric] = {"mean", "std", "n"}`` (metrics
+    ``ssim``, ``psnr`` dB, ``psf_snr_db``, ``seconds*``), the raw per-pair ``values``, the
+    drawn ``pairs`` (image, γ), the tuned ``rl_iterations``, ``parameters``, ``model``
+    (name, path, sha256), ``machine``, ``date`` and ``seconds_per_image``.
+    """
+    generator = iter_table1(model, images, n, seed, size, levels, rows, device, rl_validation)
+    if progress is None:
+        return run(generator)
+    while True:
+        try:
+            progress(next(generator))
+        except StopIteration as stop:
+            return stop.value
+
+
+def _cell(stats: dict) -> str:
+    text = "SSIM {mean:.2f}±{std:.2f}".format(**stats["ssim"])
+    if "psf_snr_db" in stats:
+        text += " / PSF SNR {mean:.1f}±{std:.1f} dB".format(**stats["psf_snr_db"])
+    return text
+
+
+def format_table(result: dict) -> str:
+    """The result as a text table (rows × levels: SSIM and PSF SNR, mean ± std), then PSNR,
+    the tuned Richardson–Lucy iterations and the time per image."""
+    params, results = result["parameters"], result["results"]
+    levels, rows = list(results), params["rows"]
+    header = [
+        "",
+        *(f"{lv} (α={v['alpha']:g}, β={v['beta']:g})" for lv, v in params["levels"].items()),
+    ]
+    table = [header]
+    table += [[row, *(_cell(results[lv][row]) for lv in levels)] for row in rows]
+    table += [
+        [
+            f"PSNR (dB) {row}",
+            *("{mean:.2f}±{std:.2f}".format(**results[lv][row]["psnr"]) for lv in levels),
+        ]
+        for row in rows
+    ]
+    widths = [max(len(r[c]) for r in table) for c in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.insert(len(rows) + 2, "")
+    if result["rl_iterations"]:
+        its = ", ".join(
+            f"{lv} {v['estimated']}/{v['airy']}" for lv, v in result["rl_iterations"].items()
+        )
+        lines.append(f"RL iterations (estimated PSF / Airy), tuned on validation: {its}")
+    machine, model = result["machine"], result["model"]
+    timing = ", ".join(f"{k} {v:.3f} s" for k, v in result["seconds_per_image"].items())
+    lines.append(
+        f"n={params['n']} pairs/level, {params['size']} px, seed {params['seed']}, "
+        f"images: {params['images']} ({len(params['image_names'])}); model {model['name']}; "
+        f"per image: {timing or '—'} on {machine['device']} ({machine['cpu_count']} CPUs, "
+        f"{machine['torch_threads']} threads); {result['date']}"
+    )
+    return "\n".join(lines)
+
+
+def _finite(obj):
+    """JSON-safe copy: non-finite floats (an exact restoration's PSNR) become ``None``."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_results(result: dict, out_dir, overwrite: bool = False) -> tuple[Path, Path]:
+    """Write ``table1.json`` (everything) and ``table1.csv`` (``level, alpha, beta, row,
+    metric, mean, std, n``) to ``out_dir`` (created); existing files are refused unless
+    ``overwrite``. Returns both paths."""
+    out = Path(out_dir)
+    json_path, csv_path = out / "table1.json", out / "table1.csv"
+    if not overwrite and (existing := [p for p in (json_path, csv_path) if p.exists()]):
+        raise FileExistsError(f"{existing[0]} exists; choose another folder or overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(_finite(result), indent=1) + "\n")
+    with csv_path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["level", "alpha", "beta", "row", "metric", "mean", "std", "n"])
+        for level, rows in result["results"].items():
+            noise = result["parameters"]["levels"][level]
+            for row, metrics in rows.items():
+                for metric, s in metrics.items():
+                    writer.writerow(
+                        [
+                            level,
+                            noise["alpha"],
+                            noise["beta"],
+                            row,
+                            metric,
+                            s["mean"],
+                            s["std"],
+                            s["n"],
+                        ]
+                    )
+    return json_path, csv_path
