@@ -89,18 +89,25 @@ def test_regularized_inverse_is_exact_with_circular_boundary():
     assert residual.norm() / family.adjoint(y, gamma).norm() < 1e-10
 
 
-def test_regularized_inverse_with_reflect_boundary_is_close():
+@pytest.mark.parametrize("seed", range(4))
+def test_regularized_inverse_with_reflect_boundary_is_close_away_from_borders(seed):
+    # With reflect padding A is not circulant: the Fourier formula solves the normal
+    # equations of the padded problem, exact away from the borders (the documented claim),
+    # only approximate within a kernel width of them.
+    generator = torch.Generator().manual_seed(seed)
     family = _zernike_family()
-    gamma = torch.rand(7, dtype=torch.float64) * 0.3 - 0.15
+    gamma = torch.rand(7, generator=generator, dtype=torch.float64) * 0.3 - 0.15
     x_true = torch.nn.functional.avg_pool2d(
-        torch.rand(1, 1, 72, 72, dtype=torch.float64), 5, stride=1, padding=2
+        torch.rand(1, 1, 72, 72, generator=generator, dtype=torch.float64), 5, 1, 2
     )[0, 0]
     y = family.forward(x_true, gamma)
     lam = 1e-2
     x = family.regularized_inverse(y, gamma, lam)
     rhs = family.adjoint(y, gamma)
     residual = family.adjoint(family.forward(x, gamma), gamma) + lam * x - rhs
-    assert residual.norm() / rhs.norm() < 0.05
+    inner = (slice(16, -16), slice(16, -16))
+    assert residual[inner].norm() / rhs[inner].norm() < 2e-3
+    assert residual.norm() / rhs.norm() < 0.1
 
 
 def test_product_convolution_cg_solves_the_normal_equations():
