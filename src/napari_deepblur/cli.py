@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from . import __version__
+from .evaluation.cli import add_evaluate_parser
 
 #: Errors that are the user's to fix: reported in one line, exit code 2.
 USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError)
@@ -272,7 +273,7 @@ def _run_train(args: argparse.Namespace) -> int:
 # --- entry point ------------------------------------------------------------------------------
 
 #: Parser registrations, in the order shown by ``deepblur --help``.
-SUBCOMMANDS: list[Callable] = [_add_psf, _add_train, _add_bench]
+SUBCOMMANDS: list[Callable] = [_add_psf, _add_train, add_evaluate_parser, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -67,6 +67,11 @@ class TrainOptions:
 
 
 def git_commit() -> str:
+    """The commit of the code that trains (``+dirty`` with local changes). Where the code
+    runs from a copy without ``.git`` (e.g. on a rented GPU machine), the commit is taken
+    from the environment variable ``DEEPBLUR_GIT_COMMIT``."""
+    if os.environ.get("DEEPBLUR_GIT_COMMIT"):
+        return os.environ["DEEPBLUR_GIT_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],
