@@ -208,7 +208,7 @@ def train_model(opts: TrainOptions) -> Path:
         },
         "training": {
             "command": " ".join(shlex.quote(a) for a in ["deepblur", *sys.argv[1:]])
-            if Path(sys.argv[0]).name == "deepblur"
+            if Path(sys.argv[0]).name in ("deepblur", "cli.py")
             else " ".join(map(shlex.quote, sys.argv)),
             "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
             "seed": opts.seed,
