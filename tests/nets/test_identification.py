@@ -13,7 +13,7 @@ def test_welch_spectrum_matches_a_direct_loop():
         powers = []
         for top in (0, 32):
             for left in (0, 32, 64):
-                patch = image[b, 0, top:top + 64, left:left + 64].numpy()
+                patch = image[b, 0, top : top + 64, left : left + 64].numpy()
                 patch = (patch - patch.mean()) * hann
                 powers.append(np.abs(np.fft.rfft2(patch)) ** 2)
         power = np.mean(powers, axis=0)

@@ -7,6 +7,7 @@ Registration in the main CLI is one line: add :func:`add_evaluate_parser` to
 from __future__ import annotations
 
 import argparse
+import shlex
 
 PROTOCOLS = ("table1",)
 
@@ -34,6 +35,11 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--levels", type=_names, default=None, help="e.g. L0,L1,L2,H1,H2 (all)")
     p.add_argument("--out", help="folder for table1.json and table1.csv (default: print only)")
     p.add_argument("--overwrite", action="store_true", help="replace existing result files")
+    p.add_argument(
+        "--record-in-card",
+        action="store_true",
+        help="store the table (means ± std, command, machine, date) in the model's card",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
@@ -46,7 +52,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from .table1 import LEVELS, format_table, run_table1, write_results
+    from .table1 import LEVELS, format_table, record_in_card, run_table1, write_results
 
     levels = args.levels or list(LEVELS)
     out = Path(args.out) if args.out else None
@@ -75,4 +81,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if out is not None:
         json_path, csv_path = write_results(result, out, overwrite=args.overwrite)
         print(f"written: {json_path}, {csv_path}")
+    if args.record_in_card:
+        card = record_in_card(result, _card_path(result), "deepblur " + shlex.join(args.argv))
+        print(f"recorded in the model card {card}")
     return 0
+
+
+def _card_path(result: dict):
+    from pathlib import Path
+
+    path = result["model"]["path"]
+    card = Path(path).with_suffix(".json") if path else None
+    if card is None or not card.exists():
+        raise FileNotFoundError(f"the model {result['model']['name']!r} has no card to record in")
+    return card

@@ -384,3 +384,34 @@ def write_results(result: dict, out_dir, overwrite: bool = False) -> tuple[Path,
                         ]
                     )
     return json_path, csv_path
+
+
+def card_summary(result: dict, command: str) -> dict:
+    """The benchmark as a model card records it: the command, date, machine, parameters
+    and the mean ± std of every metric per level and row (no per-pair values)."""
+    params = result["parameters"]
+    return {
+        "protocol": result["protocol"],
+        "command": command,
+        "date": result["date"],
+        "machine": result["machine"],
+        "n": params["n"],
+        "size": params["size"],
+        "seed": params["seed"],
+        "images": params["images"],
+        "seconds_per_image": result["seconds_per_image"],
+        "rl_iterations": result["rl_iterations"],
+        "results": _finite(result["results"]),
+    }
+
+
+def record_in_card(result: dict, card_path, command: str) -> Path:
+    """Store :func:`card_summary` under ``benchmarks[protocol]`` in the model card at
+    ``card_path`` (JSON, rewritten atomically; the weights and their checksum are untouched)."""
+    card_path = Path(card_path)
+    card = json.loads(card_path.read_text())
+    card.setdefault("benchmarks", {})[result["protocol"]] = card_summary(result, command)
+    tmp = card_path.with_name(f".{card_path.name}.partial")
+    tmp.write_text(json.dumps(card, indent=2) + "\n")
+    os.replace(tmp, card_path)
+    return card_path

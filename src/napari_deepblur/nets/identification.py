@@ -30,6 +30,7 @@ class IdentificationConfig:
     spectrum_window: int = 64  # px, Hann window of the Welch power spectrum
     border: int = 16  # px cropped on every side (≥ half the kernel) before the network
     hidden: int = 256
+    training_px: int = 128  # crop size it was trained on: the pipeline identifies in such windows
 
     @classmethod
     def paper(cls, num_parameters: int = 7) -> IdentificationConfig:

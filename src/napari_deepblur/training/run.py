@@ -64,6 +64,7 @@ class TrainOptions:
     identification_from: Path | None = None  # model file whose IN to start from / to use
     lr: float = 1e-3
     quiet: bool = False
+    command: str | None = None  # recorded in the card; default: this process's command line
 
 
 def git_commit() -> str:
@@ -94,6 +95,13 @@ def git_commit() -> str:
         return "unknown"
 
 
+def _process_command() -> str:
+    """This process's command line, spelled ``deepblur train …`` when it is our CLI."""
+    if Path(sys.argv[0]).name in ("deepblur", "cli.py"):
+        return shlex.join(["deepblur", *sys.argv[1:]])
+    return shlex.join(sys.argv)
+
+
 def hardware(device: torch.device) -> dict:
     info = {
         "device": str(device),
@@ -117,6 +125,7 @@ def train_model(opts: TrainOptions) -> Path:
     family = ZernikeConvolution(opts.fc, opts.noll, 31, opts.eta)
     in_cfg, dn_cfg = (make() for make in ARCHITECTURES[opts.arch])
     in_cfg.num_parameters = family.num_parameters
+    in_cfg.training_px = opts.crop
     identification = IdentificationNetwork(in_cfg)
     deblurring = DeblurringNetwork(dn_cfg)
 
@@ -207,9 +216,7 @@ def train_model(opts: TrainOptions) -> Path:
             "deblurring_parameters": count_parameters(deblurring),
         },
         "training": {
-            "command": " ".join(shlex.quote(a) for a in ["deepblur", *sys.argv[1:]])
-            if Path(sys.argv[0]).name in ("deepblur", "cli.py")
-            else " ".join(map(shlex.quote, sys.argv)),
+            "command": opts.command or _process_command(),
             "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
             "seed": opts.seed,
             "identification_steps": history["identification"][-1]["step"]

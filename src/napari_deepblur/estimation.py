@@ -1,0 +1,131 @@
+"""How the identification network's γ̂ is read off one image (or one tile of a large image).
+
+The network is applied the way it was trained: on windows of its training size
+(``IdentificationConfig.training_px``), each normalised on its own. The windows cover the
+image with half-window overlap, windows with little contrast are skipped, and each window
+may be seen in several of its 8 flips/transpositions (whose coefficients are mapped back to
+the original orientation). The estimate is the coordinate-wise median of all predictions
+after bringing them to one sign convention (the even-order terms of an in-focus PSF have no
+observable sign), and the spread of those predictions is the reported uncertainty.
+
+Why windows: fed a whole 256 px image, a network trained on 128 px crops loses most of its
+accuracy as soon as there is noise (PSF SNR on the benchmark at level L1: −2.3 dB on whole
+images, +4.8 dB with windows; measured 2026-11-25, see ``docs/benchmarks.md``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import torch
+
+from .optics import ZernikeConvolution
+from .training.train import network_inputs
+
+#: Network evaluations per image or tile: windows × dihedral copies (CPU time is linear in it).
+MAX_EVALUATIONS = 64
+#: Windows whose robust intensity range is below this fraction of the best window's are
+#: skipped (empty background says nothing about the blur).
+MIN_RELATIVE_CONTRAST = 0.2
+
+
+def dihedral(images: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th (0…7) of the 8 flips/transpositions of images ``(…, H, W)``."""
+    if k & 1:
+        images = images.flip(-1)
+    if k & 2:
+        images = images.flip(-2)
+    if k & 4:
+        images = images.transpose(-2, -1)
+    return images
+
+
+@functools.lru_cache(maxsize=8)
+def zernike_transform_matrices(noll: tuple[int, ...]) -> torch.Tensor:
+    """``M_k (8, K, K)``: the PSF of the image transformed by ``dihedral(·, k)`` has
+    coefficients ``M_k γ`` (flips and transposition act on the pupil the same way)."""
+    from .optics.zernike import zernike_basis
+
+    rng = np.random.default_rng(0)
+    r = np.sqrt(rng.random(4000))
+    t = rng.random(4000) * 2 * np.pi
+    fx, fy = r * np.cos(t), r * np.sin(t)
+    base = zernike_basis(noll, r, t).T  # (S, K)
+    mats = []
+    for k in range(8):
+        gx, gy = fx.copy(), fy.copy()
+        if k & 1:
+            gx = -gx
+        if k & 2:
+            gy = -gy
+        if k & 4:
+            gx, gy = gy, gx
+        moved = zernike_basis(noll, np.hypot(gx, gy), np.arctan2(gy, gx)).T
+        solution, *_ = np.linalg.lstsq(base, moved, rcond=None)
+        mats.append(solution.T)
+    return torch.as_tensor(np.stack(mats), dtype=torch.float32)
+
+
+def window_starts(length: int, window: int) -> list[int]:
+    """Start offsets of windows of ``window`` px covering ``length`` px, overlapping by
+    about half a window."""
+    if length <= window:
+        return [0]
+    count = math.ceil((length - window) / (window // 2)) + 1
+    return [round(i * (length - window) / (count - 1)) for i in range(count)]
+
+
+def align_signs(gammas: torch.Tensor, family, reference: torch.Tensor) -> torch.Tensor:
+    """Each row of ``gammas (N, K)`` replaced by its equivalent closest to ``reference``."""
+    variants = torch.stack(
+        [torch.stack(family.equivalent_parameters(g)) for g in gammas]
+    )  # (N, E, K)
+    best = ((variants - reference) ** 2).sum(-1).argmin(-1)
+    return variants[torch.arange(len(gammas)), best]
+
+
+def robust_combine(gammas: torch.Tensor, family) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Median (K,) of predictions ``(N, K)`` in one sign convention, and their spread (std)."""
+    aligned = align_signs(gammas, family, gammas[0])
+    for _ in range(2):  # re-align to the median: the first prediction may be an outlier
+        aligned = align_signs(aligned, family, aligned.median(0).values)
+    centre = aligned.median(0).values if len(aligned) > 2 else aligned.mean(0)
+    spread = aligned.std(0) if len(aligned) > 1 else None
+    return centre, spread
+
+
+def identify_in_windows(
+    model, image: torch.Tensor, augment: bool = True, max_evaluations: int = MAX_EVALUATIONS
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """γ̂ ``(K,)`` (waves RMS for Zernike families) and its spread for one image ``(H, W)``
+    at the model's sampling, in the intensity units of the image (any range)."""
+    network = model.identification
+    family = model.family
+    window = max(network.config.min_size, min(network.config.training_px, *image.shape))
+    window = min(window, *image.shape)
+    positions = [
+        (t, l)
+        for t in window_starts(image.shape[0], window)
+        for l in window_starts(image.shape[1], window)
+    ]
+    crops = torch.stack([image[t : t + window, l : l + window] for t, l in positions])
+    y_n, _, _, contrast = network_inputs(crops, model.fc)
+    contrast = contrast.flatten()
+    keep = contrast >= MIN_RELATIVE_CONTRAST * contrast.max()
+    y_n = y_n[keep]
+    if len(y_n) > max_evaluations:
+        pick = np.linspace(0, len(y_n) - 1, max_evaluations).round().astype(int)
+        y_n = y_n[torch.as_tensor(np.unique(pick))]
+    copies = 1
+    if augment and isinstance(family, ZernikeConvolution):
+        copies = 2 ** int(math.log2(max(1, min(8, max_evaluations // len(y_n)))))
+    mats = zernike_transform_matrices(tuple(family.noll_indices)) if copies > 1 else None
+    predictions = []
+    for k in range(copies):
+        predicted = network(dihedral(y_n, k)).float() * family.parameter_scale  # (N, K)
+        if mats is not None:  # back to the original orientation: γ = M_k⁻¹ γ'
+            predicted = torch.linalg.solve(mats[k].to(predicted), predicted.T).T
+        predictions.append(predicted)
+    return robust_combine(torch.cat(predictions), family)

@@ -1,0 +1,43 @@
+"""Identification in windows: the geometry of the dihedral copies and robust aggregation."""
+
+import pytest
+import torch
+
+from napari_deepblur.estimation import (
+    dihedral,
+    robust_combine,
+    window_starts,
+    zernike_transform_matrices,
+)
+from napari_deepblur.optics import ZernikeConvolution
+
+
+@pytest.mark.parametrize("k", range(8))
+def test_transform_matrices_map_coefficients_like_the_image_transform(k):
+    """The PSF of ``M_k γ`` is the PSF of γ flipped/transposed like the image."""
+    family = ZernikeConvolution(0.2, kernel_size=31)
+    gamma = family.sample_parameters(3, torch.Generator().manual_seed(k)).double()
+    mats = zernike_transform_matrices(family.noll_indices).double()
+    moved = family.psf(gamma @ mats[k].T)
+    torch.testing.assert_close(moved, dihedral(family.psf(gamma), k), atol=1e-6, rtol=1e-4)
+
+
+def test_window_starts_cover_with_half_overlap():
+    assert window_starts(100, 128) == [0]
+    starts = window_starts(256, 128)
+    assert starts[0] == 0 and starts[-1] == 128 and len(starts) == 3
+    for length in (129, 300, 1000):
+        s = window_starts(length, 128)
+        assert s[-1] + 128 == length
+        assert max(b - a for a, b in zip(s, s[1:], strict=False)) <= 64
+
+
+def test_robust_combine_aligns_signs_and_ignores_an_outlier():
+    family = ZernikeConvolution(0.2)
+    gamma = torch.tensor([0.1, 0.05, -0.03, 0.04, 0.0, 0.02, -0.01])
+    flipped = family.equivalent_parameters(gamma)[1]  # same PSF, even terms negated
+    predictions = torch.stack([flipped, gamma, gamma + 0.001, flipped - 0.001, -gamma * 5])
+    centre, spread = robust_combine(predictions, family)
+    aligned = min(family.equivalent_parameters(centre), key=lambda v: float((v - gamma).norm()))
+    torch.testing.assert_close(aligned, gamma, atol=2e-3, rtol=0)
+    assert spread.shape == (7,)

@@ -1,0 +1,135 @@
+"""The public API with the shipped default model: identify and deblur on real-looking data,
+and the edge cases of dtype, size and content."""
+
+import numpy as np
+import pytest
+import torch
+
+import napari_deepblur as ndb
+from napari_deepblur._sample_data import make_blurred_sample
+from napari_deepblur.evaluation.baselines import no_identification_psf
+from napari_deepblur.evaluation.metrics import psf_snr_db, ssim
+from napari_deepblur.intensity import ConstantImageError
+from napari_deepblur.optics import ZernikeConvolution, add_poisson_gaussian
+
+
+@pytest.fixture(scope="module")
+def model():
+    return ndb.load_model()
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return make_blurred_sample(seed=0, size=256)
+
+
+@pytest.fixture(scope="module")
+def estimate(model, sample):
+    return ndb.identify(sample["image"], model=model)
+
+
+def test_identify_recovers_the_psf_better_than_the_airy_guess(estimate, sample):
+    true = sample["true_psf"]
+    ours = psf_snr_db(estimate.psf, true)
+    airy = psf_snr_db(no_identification_psf(estimate.fc, 31), true)
+    assert ours > airy + 3, (ours, airy)
+    assert estimate.psf.shape == (31, 31) and abs(estimate.psf.sum() - 1) < 1e-4
+    assert estimate.coefficients.shape == (7,) and estimate.noll_indices == tuple(range(4, 11))
+    assert estimate.coefficients[0] >= 0  # canonical sign: defocus ≥ 0
+    assert estimate.uncertainty is not None and (estimate.uncertainty >= 0).all()
+    assert estimate.names[0].lower().startswith("defocus")
+
+
+def test_identify_on_real_microscopy_blurred_with_a_known_psf(model):
+    """A real actin crop (BPAE, shipped) blurred by a known aberration at level L1."""
+    from napari_deepblur.evaluation.testimages import load_test_images
+
+    images = dict(load_test_images(size=256))
+    x = torch.from_numpy(images["bpae_actin_400"])
+    family = ZernikeConvolution(0.2)
+    gamma = torch.tensor([0.12, -0.05, 0.04, 0.0, 0.08, 0.0, 0.0])
+    y = add_poisson_gaussian(
+        family.forward(x, gamma), 0.0025, 0.04, torch.Generator().manual_seed(1)
+    )
+    est = ndb.identify(y.numpy(), model=model, fc=0.2)
+    true = family.psf(gamma).numpy()
+    assert psf_snr_db(est.psf, true) > psf_snr_db(no_identification_psf(0.2, 31), true) + 3
+
+
+def test_deblur_improves_the_image_and_keeps_shape_and_range(model, sample, estimate):
+    raw = sample["image"]
+    restored = ndb.deblur(raw, estimate, model=model)
+    assert restored.shape == raw.shape and restored.dtype == np.float32
+    sharp = sample["sharp"]
+    assert ssim(np.clip(restored, 0, 1), sharp) > ssim(np.clip(raw, 0, 1), sharp) + 0.05
+    # mapped back to the input's intensity scale
+    assert abs(np.median(restored) - np.median(raw)) < 0.1 * (raw.max() - raw.min())
+
+
+def test_intensity_scale_and_dtype_do_not_change_the_estimate(model, sample, estimate):
+    scaled = (sample["image"] * 3000 + 1000).astype(np.uint16)  # no clipping
+    est16 = ndb.identify(scaled, model=model)
+    assert psf_snr_db(est16.psf, estimate.psf) > 15
+    est64 = ndb.identify(sample["image"].astype(np.float64), model=model)
+    np.testing.assert_allclose(est64.coefficients, estimate.coefficients, atol=1e-4)
+    restored = ndb.deblur(scaled, est16, model=model)
+    assert restored.dtype == np.float32 and restored.shape == scaled.shape
+    assert 0.5 * scaled.mean() < restored.mean() < 2 * scaled.mean()
+
+
+def test_non_square_and_small_images(model, sample):
+    image = sample["image"][:100, :170]
+    est = ndb.identify(image, model=model)
+    assert est.psf.shape == (31, 31)
+    assert ndb.deblur(image, est, model=model).shape == (100, 170)
+    small = sample["image"][:65, :65]
+    with pytest.raises(ValueError, match="too small|at least"):
+        ndb.identify(small, model=model)
+    # deblurring a small image with a known estimate works
+    assert ndb.deblur(small, est, model=model).shape == (65, 65)
+
+
+@pytest.mark.parametrize(
+    "image, message",
+    [
+        (np.full((128, 128), 7.0), "constant"),
+        (np.zeros((128, 128, 3)), "RGB"),
+        (np.zeros((4, 128, 128)), "2D"),
+        (np.where(np.eye(128) > 0, np.nan, 1.0), "NaN"),
+        (np.zeros((128, 128), dtype=bool), "real-valued"),
+    ],
+)
+def test_bad_images_get_a_clear_error(model, image, message):
+    with pytest.raises(ValueError, match=message):
+        ndb.identify(image, model=model)
+
+
+def test_constant_image_error_type(model):
+    with pytest.raises(ConstantImageError):
+        ndb.identify(np.ones((128, 128), np.uint16), model=model)
+
+
+def test_input_is_never_modified(model, sample):
+    image = sample["image"].copy()
+    before = image.copy()
+    est = ndb.identify(image, model=model)
+    ndb.deblur(image, est, model=model)
+    np.testing.assert_array_equal(image, before)
+
+
+def test_other_sampling_is_resampled_to_the_model(model, sample):
+    """An image sampled at fc 0.15 (coarser optics) is processed at the model's fc 0.2 and
+    the PSF is reported at the image's own sampling."""
+    est = ndb.identify(sample["image"], model=model, na=1.2, wavelength_nm=520, pixel_size_nm=65)
+    assert est.fc == pytest.approx(1.2 * 65 / 520)
+    assert est.optics["na"] == 1.2
+    with pytest.raises(ValueError, match="undersampled|Nyquist|0.25"):
+        ndb.identify(sample["image"], model=model, na=1.4, wavelength_nm=500, pixel_size_nm=120)
+
+
+def test_estimate_round_trips_through_json(estimate):
+    import json
+
+    back = ndb.BlurEstimate.from_dict(json.loads(json.dumps(estimate.to_dict())))
+    np.testing.assert_allclose(back.coefficients, estimate.coefficients)
+    np.testing.assert_allclose(back.psf, estimate.psf, atol=1e-6)
