@@ -6,6 +6,7 @@ import subprocess
 
 import numpy as np
 import pytest
+import tifffile
 
 from napari_deepblur import __version__, cli, io
 from napari_deepblur.optics import airy_pattern
@@ -83,3 +84,138 @@ def test_bench_psf_prints_json(capsys):
     assert result["psf_per_second"] > 0
     assert result["max_relative_l2_error"] < 1e-3
     assert result["batch"] == 256 and result["device"] == "cpu" and result["torch_threads"] >= 1
+
+
+# --- identify / deblur on real small images ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sample_tif(tmp_path_factory):
+    from napari_deepblur._sample_data import make_blurred_sample
+
+    s = make_blurred_sample(0, 128)
+    folder = tmp_path_factory.mktemp("cli")
+    path = io.write_image(
+        folder / "raw.tif", s["image"], pixel_size_nm=74.0, metadata={"optics": s["optics"]}
+    )
+    return path
+
+
+def _no_partials(folder):
+    return not [p for p in folder.iterdir() if p.name.endswith(".partial")]
+
+
+def test_identify_prints_and_writes(sample_tif, tmp_path, capsys):
+    psf, est = tmp_path / "psf.tif", tmp_path / "est.json"
+    argv = ["identify", str(sample_tif), "--psf-out", str(psf), "--json", str(est), "--quiet"]
+    assert cli.main([*argv, "--no-augment"]) == 0
+    out = capsys.readouterr().out
+    assert "defocus" in out and "waves RMS" in out and "noise" in out
+    assert "NA 1.4" in out  # the optics stored in the file were used
+    data = json.loads(est.read_text())
+    assert len(data["coefficients"]) == len(data["noll_indices"]) == 7
+    kernel, meta = io.read_psf(psf)
+    assert kernel.shape == (31, 31) and meta["names"][0] == "defocus"
+    # the outputs exist now: refused without --overwrite
+    assert cli.main([*argv, "--no-augment"]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_deblur_with_estimate_and_psf(sample_tif, tmp_path, capsys):
+    est = tmp_path / "est.json"
+    psf = tmp_path / "psf.tif"
+    argv = ["identify", str(sample_tif), "--json", str(est), "--psf-out", str(psf)]
+    assert cli.main([*argv, "--quiet", "--no-augment"]) == 0
+    out1, out2 = tmp_path / "a.tif", tmp_path / "b.tif"
+    assert cli.main(["deblur", str(sample_tif), "-o", str(out1), "--estimate", str(est)]) == 0
+    assert cli.main(["deblur", str(sample_tif), "-o", str(out2), "--psf", str(psf), "--quiet"]) == 0
+    a, b = io.read_image(out1), io.read_image(out2)
+    assert a.data.shape == (128, 128) and a.data.dtype == np.float32
+    assert a.pixel_size_nm == pytest.approx(74.0)
+    np.testing.assert_allclose(a.data, b.data, atol=1e-4)  # same blur, given two ways
+    assert a.metadata["estimate"]["noll_indices"] == [4, 5, 6, 7, 8, 9, 10]
+    assert _no_partials(tmp_path)
+
+
+def test_deblur_refuses_to_overwrite(sample_tif, tmp_path, capsys):
+    out = tmp_path / "out.tif"
+    out.write_bytes(b"precious")
+    assert cli.main(["deblur", str(sample_tif), "-o", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("deepblur: error:") and "--overwrite" in err
+    assert "Traceback" not in err and out.read_bytes() == b"precious"
+
+
+def test_deblur_failure_leaves_no_file(sample_tif, tmp_path, capsys, monkeypatch):
+    from napari_deepblur import pipeline
+
+    def broken(*args, **kwargs):
+        raise ValueError("simulated failure in the middle of the image")
+
+    psf = tmp_path / "airy.tif"
+    assert cli.main(["psf", str(psf)]) == 0  # a given PSF: no identification (faster)
+    monkeypatch.setattr(pipeline, "_deblur_tile", broken)
+    out = tmp_path / "out.tif"
+    argv = ["deblur", str(sample_tif), "-o", str(out), "--psf", str(psf), "--quiet"]
+    assert cli.main(argv) == 2
+    assert "simulated failure" in capsys.readouterr().err
+    assert not out.exists() and _no_partials(tmp_path)
+    capsys.readouterr()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "_deblur_tile", interrupted)
+    assert cli.main(argv) == 130
+    assert not out.exists() and _no_partials(tmp_path)
+
+
+def test_stack_per_plane(sample_tif, tmp_path, capsys):
+    image = io.read_image(sample_tif).data
+    stack = np.stack([image, image[::-1]]) * 1000
+    src = io.write_image(tmp_path / "stack.tif", stack.astype(np.uint16), axes="ZYX")
+    est = tmp_path / "planes.json"
+    argv = ["identify", str(src), "--all-planes", "--json", str(est), "--quiet", "--no-augment"]
+    assert cli.main(argv) == 0
+    assert "plane (1,)" in capsys.readouterr().out
+    assert len(json.loads(est.read_text())["planes"]) == 2
+    out = tmp_path / "out.tif"
+    argv = ["deblur", str(src), "-o", str(out), "--estimate", str(est), "--dtype", "input"]
+    assert cli.main([*argv, "--quiet"]) == 0
+    result = io.read_image(out)
+    assert result.data.shape == stack.shape and result.data.dtype == np.uint16
+    assert result.axes == "ZYX"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (np.zeros((64, 64, 3), np.uint8), "RGB"),
+        (np.zeros((8, 8), np.uint16), "at least 16"),
+    ],
+)
+def test_wrong_dims_are_user_errors(tmp_path, capsys, data, message):
+    path = tmp_path / "bad.tif"
+    tifffile.imwrite(path, data, photometric="rgb" if data.ndim == 3 else None)
+    assert cli.main(["identify", str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_unreadable_and_missing_files(tmp_path, capsys):
+    text = tmp_path / "notes.tif"
+    text.write_text("not an image")
+    assert cli.main(["identify", str(text)]) == 2
+    assert "not a readable TIFF" in capsys.readouterr().err
+    assert cli.main(["deblur", str(tmp_path / "missing.tif"), "-o", str(tmp_path / "o.tif")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_bench_pipeline_tiny(capsys):
+    argv = ["bench", "--sizes", "96", "--rl-iterations", "2", "--batch-images", "0", "--quiet"]
+    assert cli.main(argv) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    row = result["sizes"][0]
+    assert row["size_px"] == 96 and row["identify_s"] > 0 and row["deblur_s"] > 0
+    assert row["rl_s"] > 0 and row["rl_over_deepblur"] > 0 and row["peak_rss_mb"] > 0
+    assert result["device"] in ("cpu", "cuda", "mps")

@@ -180,3 +180,37 @@ def test_psf_stack_kept(tmp_path):
     assert meta["sum"] == pytest.approx(float(stack.sum(dtype=np.float64)))
     with pytest.raises(FileNotFoundError):
         io.read_psf(tmp_path / "other.json")
+
+
+def test_read_image_memory_mapped(tmp_path):
+    data = np.arange(2 * 30 * 40, dtype=np.uint16).reshape(2, 30, 40)
+    path = io.write_image(tmp_path / "img.tif", data, pixel_size_nm=80.0, axes="ZYX")
+    img = io.read_image(path, mmap=True)
+    assert isinstance(img.data, np.memmap) and img.data.shape == data.shape
+    np.testing.assert_array_equal(img.data, data)
+    assert img.pixel_size_nm == pytest.approx(80.0) and img.axes == "ZYX"
+    # a compressed TIFF cannot be mapped: it is read (zarr when installed, else into memory)
+    tifffile.imwrite(tmp_path / "zip.tif", data[0], compression="zlib")
+    np.testing.assert_array_equal(
+        np.asarray(io.read_image(tmp_path / "zip.tif", mmap=True).data[:]), data[0]
+    )
+
+
+def test_create_image_is_atomic(tmp_path):
+    path = tmp_path / "out.tif"
+    with io.create_image(path, (3, 20, 30), np.float32, pixel_size_nm=65.0, axes="ZYX") as out:
+        assert not path.exists() and len(_partials(tmp_path)) == 1
+        out[1] = 7.0
+    img = io.read_image(path)
+    assert img.data.dtype == np.float32 and img.data[1].min() == 7 and img.data[0].max() == 0
+    assert img.pixel_size_nm == pytest.approx(65.0) and not _partials(tmp_path)
+    with pytest.raises(FileExistsError, match="exists"):
+        with io.create_image(path, (2, 2), np.float32):
+            pass
+    # an error inside the block: no file, no partial file
+    other = tmp_path / "other.tif"
+    with pytest.raises(RuntimeError, match="boom"):
+        with io.create_image(other, (20, 30), np.uint16) as out:
+            out[:10] = 1
+            raise RuntimeError("boom")
+    assert not other.exists() and not _partials(tmp_path)

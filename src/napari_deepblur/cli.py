@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 
@@ -19,7 +20,14 @@ from . import __version__
 from .evaluation.cli import add_evaluate_parser
 
 #: Errors that are the user's to fix: reported in one line, exit code 2.
-USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError)
+USER_ERRORS = (
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+    ValueError,
+)
 
 _DEFAULT_OPTICS = {"na": 1.4, "wavelength_nm": 520.0, "pixel_size_nm": 74.0}
 
@@ -149,12 +157,585 @@ def _run_psf(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- shared: progress, model, optics ---------------------------------------------------------
+
+
+def _drive(generator, quiet: bool, desc: str = ""):
+    """Run a pipeline generator to its result, showing its :class:`Progress` as a tqdm bar
+    on stderr (none with ``quiet``)."""
+    if quiet:
+        from .pipeline import run
+
+        return run(generator)
+    from tqdm import tqdm
+
+    bar = None
+    try:
+        while True:
+            try:
+                p = next(generator)
+            except StopIteration as stop:
+                return stop.value
+            if bar is None or bar.total != p.total:
+                if bar is not None:
+                    bar.close()
+                bar = tqdm(total=p.total, desc=desc, unit="step", leave=False, file=sys.stderr)
+            bar.n = p.done
+            bar.set_postfix_str(p.message, refresh=False)
+            bar.refresh()
+    finally:
+        if bar is not None:
+            bar.close()
+        generator.close()
+
+
+def _add_run_arguments(p: argparse.ArgumentParser, tile: bool = True) -> None:
+    p.add_argument(
+        "--model",
+        help="shipped model name or .safetensors file (default: zernike-default)",
+    )
+    p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, mps")
+    if tile:
+        p.add_argument(
+            "--tile-px",
+            type=int,
+            default=1024,
+            help="tile size in the model's pixels for large images (default 1024)",
+        )
+    p.add_argument("--quiet", action="store_true", help="no progress bar, only results")
+
+
+def _add_image_optics_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "optics",
+        "the image's sampling: NA, wavelength and pixel size (the file's pixel size and the "
+        "optics stored by deepblur are used when not given), or --fc; without any, the image "
+        "is assumed sampled like the model",
+    )
+    g.add_argument("--na", type=float, help="numerical aperture of the objective")
+    g.add_argument("--wavelength-nm", type=float, help="emission wavelength in nm")
+    g.add_argument("--pixel-size-nm", type=float, help="pixel size in the sample plane in nm")
+    g.add_argument(
+        "--refractive-index",
+        type=float,
+        help="immersion medium (default: 1.518 when NA > 1, else 1.0)",
+    )
+    g.add_argument("--fc", type=float, help="pupil cutoff NA·pixel/λ in cycles/pixel")
+
+
+def _add_plane_arguments(p: argparse.ArgumentParser, per_plane_flag: str) -> None:
+    g = p.add_argument_group("stacks", "Z/T/C stacks (…, Y, X) are processed plane by plane")
+    x = g.add_mutually_exclusive_group()
+    x.add_argument(
+        "--plane",
+        type=_ints,
+        help="identify on this plane: a number (C order over the leading axes) or indices "
+        "'z' / 't,z' (default: the plane with the most contrast)",
+    )
+    x.add_argument(
+        "--median",
+        action="store_true",
+        help="identify on up to 8 evenly spaced planes and take the median",
+    )
+    x.add_argument(
+        per_plane_flag, dest="per_plane", action="store_true", help="one estimate per plane"
+    )
+
+
+def _stack_mode(args) -> tuple[str, object]:
+    plane = None
+    if args.plane is not None:
+        plane = args.plane[0] if len(args.plane) == 1 else tuple(args.plane)
+    mode = "per-plane" if args.per_plane else "median" if args.median else "plane"
+    return mode, plane
+
+
+def _optics_args(args) -> dict:
+    return {
+        "fc": args.fc,
+        "pixel_size_nm": args.pixel_size_nm,
+        "na": args.na,
+        "wavelength_nm": args.wavelength_nm,
+        "refractive_index": args.refractive_index,
+    }
+
+
+def _check_new(paths, overwrite: bool) -> None:
+    from pathlib import Path
+
+    for path in paths:
+        if path is not None and Path(path).exists() and not overwrite:
+            raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
+
+
+def _say(args, *lines) -> None:
+    for line in lines:
+        print(line)
+
+
+# --- deepblur identify ------------------------------------------------------------------------
+
+
+def _add_identify(sub) -> None:
+    p = sub.add_parser(
+        "identify",
+        help="estimate the blur (Zernike coefficients, PSF, noise) of an image",
+        description="Estimate the PSF of the microscope from one image: prints the Zernike "
+        "coefficients in waves RMS (Noll), their uncertainty and the noise; optionally writes "
+        "the PSF (TIFF + JSON sidecar) and the estimate (JSON, reusable with "
+        "'deepblur deblur --estimate').",
+    )
+    p.add_argument("image", help="input TIFF: (Y, X) or a stack (…, Y, X)")
+    p.add_argument("--psf-out", help="write the estimated PSF here (.tif, + .json sidecar)")
+    p.add_argument("--json", help="write the estimate here (JSON)")
+    p.add_argument(
+        "--no-augment",
+        action="store_true",
+        help="one pass instead of averaging 8 flips/rotations (faster)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    _add_image_optics_arguments(p)
+    _add_plane_arguments(p, "--all-planes")
+    _add_run_arguments(p)
+    p.set_defaults(func=_run_identify)
+
+
+def _format_estimate(estimate, indent: str = "  ") -> list[str]:
+    names = estimate.names or [f"Z{j}" for j in estimate.noll_indices]
+    unc = estimate.uncertainty
+    width = max((len(n) for n in names), default=0)
+    lines = []
+    for k, (j, name) in enumerate(zip(estimate.noll_indices, names, strict=False)):
+        value = f"{estimate.coefficients[k]:+.4f}"
+        spread = f" ± {unc[k]:.4f}" if unc is not None else ""
+        lines.append(f"{indent}Z{j:<3} {name:<{width}}  {value}{spread} waves RMS")
+    noise = estimate.noise or {}
+    lines.append(
+        f"{indent}noise: alpha {noise.get('alpha', float('nan')):.4g} (gain), "
+        f"beta {noise.get('beta', float('nan')):.4g} (std), image units"
+    )
+    if estimate.tiles:
+        lines.append(f"{indent}tiles: {len(estimate.tiles)} per-tile estimates (see --json)")
+    return lines
+
+
+def _run_identify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from . import io, pipeline
+    from .batch import check_image_axes, estimate_json, image_optics
+    from .models import load_model
+
+    psf_out = Path(args.psf_out) if args.psf_out else None
+    if psf_out is not None and psf_out.suffix.lower() not in (".tif", ".tiff"):
+        raise ValueError(f"--psf-out must end with .tif or .tiff: {psf_out}")
+    _check_new(
+        [psf_out, psf_out.with_suffix(".json") if psf_out else None, args.json], args.overwrite
+    )
+    image = io.read_image(args.image, mmap=True)
+    check_image_axes(image, args.image)
+    optics, optics_text = image_optics(image, _optics_args(args))
+    mode, plane = _stack_mode(args)
+    model = load_model(args.model, device=args.device)
+    estimate = _drive(
+        pipeline.iter_identify_stack(
+            image.data,
+            model,
+            mode=mode,
+            plane=plane,
+            device=args.device,
+            augment=not args.no_augment,
+            tile_px=args.tile_px,
+            **optics,
+        ),
+        args.quiet,
+        "identify",
+    )
+    estimates = estimate if isinstance(estimate, list) else [estimate]
+    first = estimates[0]
+    print(f"image: {args.image} {tuple(image.data.shape)} {image.data.dtype}")
+    print(f"sampling: {optics_text}; fc {first.fc:.4f} cycles/pixel")
+    print(f"model: {first.model} on {model.device}")
+    if isinstance(estimate, list):
+        for index, est in zip(pipeline.plane_indices(image.data.shape), estimates, strict=True):
+            print(f"plane {index}:")
+            print("\n".join(_format_estimate(est, "    ")))
+    else:
+        if image.data.ndim > 2:
+            print(f"stack: {mode} estimate shared by all planes")
+        print("Zernike coefficients (Noll):")
+        print("\n".join(_format_estimate(estimate)))
+    if args.json:
+        data = {"image": str(args.image), "mode": mode, **estimate_json(estimate)}
+        text = json.dumps(io.to_jsonable(data), indent=2)
+        io._atomic_write(Path(args.json), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        print(f"wrote {args.json}")
+    if psf_out is not None:
+        psf = np.stack([e.psf for e in estimates]) if len(estimates) > 1 else first.psf
+        metadata = {
+            "optics": first.optics or {},
+            "fc": first.fc,
+            "noll_indices": list(first.noll_indices),
+            "names": list(first.names),
+            "model": first.model,
+            "image": str(args.image),
+        }
+        if len(estimates) == 1:
+            metadata.update(
+                coefficients_waves_rms=first.coefficients,
+                noise=first.noise,
+                uncertainty_waves_rms=first.uncertainty,
+            )
+        else:
+            metadata["coefficients_waves_rms"] = [e.coefficients for e in estimates]
+        tif, sidecar = io.write_psf(psf_out, psf, metadata=metadata, overwrite=args.overwrite)
+        print(f"wrote {tif} and {sidecar}")
+    return 0
+
+
+# --- deepblur deblur --------------------------------------------------------------------------
+
+
+def _noise_value(text: str):
+    values = _floats(text)
+    if len(values) == 1:
+        return values[0]
+    if len(values) == 2:
+        return {"alpha": values[0], "beta": values[1]}
+    raise argparse.ArgumentTypeError("--noise: a std (beta) or 'alpha,beta' in image units")
+
+
+def _add_deblur(sub) -> None:
+    p = sub.add_parser(
+        "deblur",
+        help="remove the blur of an image (identifying it first unless given)",
+        description="Deblur an image (2D or a stack, plane by plane) with the deblurring "
+        "network. The blur is identified from the image unless --psf or --estimate gives it. "
+        "Large images are read and written memory-mapped, tile by tile.",
+    )
+    p.add_argument("image", help="input TIFF: (Y, X) or a stack (…, Y, X)")
+    p.add_argument("-o", "--out", required=True, help="output TIFF (float32 by default)")
+    given = p.add_mutually_exclusive_group()
+    given.add_argument(
+        "--psf", help="a PSF TIFF (deepblur's PSF export, or any 2D PSF sampled like the image)"
+    )
+    given.add_argument("--estimate", help="an estimate JSON from 'deepblur identify --json'")
+    p.add_argument(
+        "--strength",
+        type=float,
+        default=1.0,
+        help="scales the assumed noise: > 1 smoother, < 1 sharper (default 1)",
+    )
+    p.add_argument(
+        "--noise",
+        type=_noise_value,
+        help="noise in image units: a std, or 'alpha,beta' (default: estimated)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "input"),
+        default="float32",
+        help="output dtype: float32 (default) or the input's (rounded, clipped)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    _add_image_optics_arguments(p)
+    _add_plane_arguments(p, "--per-plane")
+    _add_run_arguments(p)
+    p.set_defaults(func=_run_deblur)
+
+
+def _given_estimate(args):
+    """The estimate from --estimate or --psf, or None."""
+    from pathlib import Path
+
+    from .batch import estimate_from_json
+
+    if args.estimate:
+        path = Path(args.estimate)
+        if not path.is_file():
+            raise FileNotFoundError(f"estimate file not found: {path}")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return estimate_from_json(data)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(
+                f"{path} is not an estimate JSON from 'deepblur identify "
+                f"--json' ({type(exc).__name__}: {exc})"
+            ) from None
+    if args.psf:
+        return _estimate_from_psf(args.psf, args)
+    return None
+
+
+def _estimate_from_psf(path, args):
+    import numpy as np
+
+    from . import io
+    from .pipeline import BlurEstimate
+
+    try:
+        psf, meta = io.read_psf(path)
+    except ValueError as exc:
+        if "is not a" not in str(exc):
+            raise
+        psf, meta = np.asarray(io.read_image(path).data, np.float32), {}
+    if psf.ndim != 2:
+        raise ValueError(f"the PSF {path} has shape {psf.shape}: a 2D (Y, X) PSF is needed")
+    if not psf.sum() > 0:
+        raise ValueError(f"the PSF {path} has no positive sum")
+    psf = psf / psf.sum()
+    fc = meta.get("fc")
+    if (
+        fc is None
+        and args.fc is None
+        and not all(v is not None for v in (args.na, args.wavelength_nm, args.pixel_size_nm))
+    ):
+        fc = None  # assumed sampled like the image: resolved with the image's optics
+    elif fc is None:
+        from .pipeline import image_fc
+
+        fc, _ = image_fc(
+            0.2,
+            fc=args.fc,
+            pixel_size_nm=args.pixel_size_nm,
+            na=args.na,
+            wavelength_nm=args.wavelength_nm,
+            refractive_index=args.refractive_index,
+        )
+    coefficients = meta.get("coefficients_waves_rms")
+    noll = meta.get("noll_indices") or []
+    if (
+        coefficients is None
+        or len(coefficients) != len(noll)
+        or (coefficients and isinstance(coefficients[0], list))
+    ):
+        coefficients, noll = [], []
+    return BlurEstimate(
+        np.asarray(coefficients, np.float32),
+        tuple(int(j) for j in noll),
+        float(fc) if fc is not None else float("nan"),
+        psf.astype(np.float32),
+        dict(meta.get("noise") or {}),
+        list(meta.get("names") or []) if noll else [],
+        "psf:" + str(path),
+        meta.get("optics"),
+    )
+
+
+def _run_deblur(args: argparse.Namespace) -> int:
+    import math
+    from dataclasses import replace
+    from pathlib import Path
+
+    from . import io
+    from .batch import DeblurOptions, image_optics, iter_deblur_file
+
+    _check_new([args.out], args.overwrite)
+    estimate = _given_estimate(args)
+    if estimate is not None and not isinstance(estimate, list) and math.isnan(estimate.fc):
+        # a foreign PSF without sampling: take the image's (or the model's) cutoff
+        from .models import load_model
+
+        optics, _ = image_optics(io.read_image(args.image, mmap=True), _optics_args(args))
+        fc = optics.get("fc")
+        if fc is None and optics:
+            from .pipeline import image_fc
+
+            fc, _ = image_fc(0.2, **optics)
+        estimate = replace(estimate, fc=fc or load_model(args.model, device="cpu").fc)
+    mode, plane = _stack_mode(args)
+    options = DeblurOptions(
+        model=args.model,
+        device=args.device,
+        estimate=estimate,
+        mode=mode,
+        plane=plane,
+        noise=args.noise,
+        strength=args.strength,
+        optics=_optics_args(args),
+        dtype=args.dtype,
+        tile_px=args.tile_px,
+        overwrite=args.overwrite,
+        estimate_json=False,
+    )
+    result = _drive(iter_deblur_file(args.image, Path(args.out), options), args.quiet, "deblur")
+    print(f"wrote {result['output']} {tuple(result['shape'])} in {result['seconds']:.1f} s")
+    return 0
+
+
+# --- deepblur demo ----------------------------------------------------------------------------
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="run the whole pipeline on the shipped synthetic sample and score it",
+        description="Identify and deblur the built-in synthetic sample (256×256 px, known "
+        "PSF), write raw/deblurred TIFFs, true and estimated PSFs, the estimate JSON and a "
+        "PNG figure, and print PSF SNR and SSIM against the ground truth. No download.",
+    )
+    p.add_argument("--out", default="deepblur-demo", help="output folder (default deepblur-demo)")
+    p.add_argument("--overwrite", action="store_true", help="replace the demo files in --out")
+    p.add_argument("--seed", type=int, default=0, help="sample seed (default 0)")
+    _add_run_arguments(p, tile=False)
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    if args.quiet:
+        report = None
+    else:
+        from tqdm import tqdm
+
+        bar = tqdm(total=2, desc="demo", unit="step", leave=False, file=sys.stderr)
+
+        def report(p):
+            bar.n = p.done
+            bar.set_postfix_str(p.message)
+
+    try:
+        r = run_demo(
+            args.out,
+            overwrite=args.overwrite,
+            model=args.model,
+            device=args.device,
+            seed=args.seed,
+            progress=report,
+        )
+    finally:
+        if not args.quiet:
+            bar.close()
+    m, c = r["metrics"], r["coefficients"]
+    print(
+        f"Deep-Blur demo: synthetic sample, model on {r['device']}, "
+        f"identify {r['seconds']['identify']:.2f} s, deblur {r['seconds']['deblur']:.2f} s"
+    )
+    width = max(len(n) for n in c["names"]) + 7
+    print(f"{'Zernike (Noll)':<{width}}{'true':>8}{'estimated':>11}  (waves RMS)")
+    for j, name, t, e in zip(
+        c["noll_indices"], c["names"], c["true_waves_rms"], c["estimated_waves_rms"], strict=True
+    ):
+        print(f"{f'  Z{j:<3} {name}':<{width}}{t:>+8.3f}{e:>+11.3f}")
+    print(
+        f"PSF SNR (estimated vs true PSF): {m['psf_snr_db']:.1f} dB "
+        f"(Airy PSF, no identification: {m['psf_snr_db_airy']:.1f} dB)"
+    )
+    print(f"SSIM vs sharp: raw {m['ssim_raw']:.3f} -> deblurred {m['ssim_deblurred']:.3f}")
+    print(f"wrote {', '.join(p.name for p in r['paths'].values())} in {args.out}")
+    return 0
+
+
+# --- deepblur batch ---------------------------------------------------------------------------
+
+
+def _add_batch(sub) -> None:
+    p = sub.add_parser(
+        "batch",
+        help="deblur many TIFFs on dask (a local cluster, or a scheduler address)",
+        description="Identify and deblur each input (TIFF files or folders of them) into "
+        "--out/<name>.tif, plus <name>.json with the estimate, one dask task per file. "
+        "Finished outputs are skipped, so an interrupted batch resumes where it stopped. "
+        "Exit code 1 when some files failed (listed), 2 on a usage error.",
+    )
+    p.add_argument("inputs", nargs="+", help="TIFF files and/or folders of TIFFs")
+    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument(
+        "--scheduler",
+        help="dask.distributed scheduler address (tcp://host:8786); default: a local cluster",
+    )
+    p.add_argument("--workers", type=int, help="local cluster workers (default: min(4, CPUs))")
+    given = p.add_mutually_exclusive_group()
+    given.add_argument("--psf", help="one PSF TIFF for all images (no identification)")
+    given.add_argument("--estimate", help="one estimate JSON for all images")
+    p.add_argument("--strength", type=float, default=1.0, help="noise scale (default 1)")
+    p.add_argument("--noise", type=_noise_value, help="noise std or 'alpha,beta' (image units)")
+    p.add_argument("--dtype", choices=("float32", "input"), default="float32")
+    p.add_argument("--overwrite", action="store_true", help="redo files whose output exists")
+    _add_image_optics_arguments(p)
+    _add_plane_arguments(p, "--per-plane")
+    _add_run_arguments(p)
+    p.set_defaults(func=_run_batch)
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    import math
+
+    from .batch import DeblurOptions, iter_batch
+
+    if args.workers is not None and args.workers < 1:
+        raise ValueError("--workers must be at least 1")
+    estimate = _given_estimate(args)
+    if estimate is not None and not isinstance(estimate, list) and math.isnan(estimate.fc):
+        raise ValueError(
+            f"the PSF {args.psf} carries no sampling: give --fc (or NA, "
+            "wavelength and pixel size) for it"
+        )
+    mode, plane = _stack_mode(args)
+    options = DeblurOptions(
+        model=args.model,
+        device=args.device,
+        estimate=estimate,
+        mode=mode,
+        plane=plane,
+        noise=args.noise,
+        strength=args.strength,
+        optics=_optics_args(args),
+        dtype=args.dtype,
+        tile_px=args.tile_px,
+        overwrite=args.overwrite,
+    )
+    result = _drive(
+        iter_batch(args.inputs, args.out, options, scheduler=args.scheduler, workers=args.workers),
+        args.quiet,
+        "batch",
+    )
+    rate = len(result.done) / result.seconds if result.seconds else 0.0
+    print(
+        f"batch: {len(result.done)} deblurred, {len(result.skipped)} skipped (output "
+        f"exists), {len(result.failed)} failed; {result.seconds:.1f} s, {rate:.2f} images/s"
+        + (f" on {result.workers} workers ({result.scheduler})" if result.workers else "")
+    )
+    for src, message in result.failed:
+        print(f"deepblur: failed: {src}: {message}", file=sys.stderr)
+    return 1 if result.failed else 0
+
+
 # --- deepblur bench ---------------------------------------------------------------------------
 
 
 def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="micro-benchmarks (throughput, accuracy)")
-    targets = p.add_subparsers(dest="target", metavar="TARGET", required=True)
+    p = sub.add_parser(
+        "bench",
+        help="speed benchmark of identify/deblur vs Richardson–Lucy (or: bench psf)",
+        description="Without TARGET: seconds for identify and deblur per image size, "
+        "Richardson–Lucy with the estimated PSF on the same images and the ratio, peak "
+        "memory, images/s of 'deepblur batch', and the device. Last line: the figures as JSON. "
+        "'deepblur bench psf': PSF generation throughput and accuracy.",
+    )
+    p.add_argument(
+        "--sizes",
+        type=_ints,
+        default=[256, 512, 2048],
+        help="image sizes in px, comma-separated (default 256,512,2048; add 8192 for the "
+        "tiled large image)",
+    )
+    p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, mps")
+    p.add_argument("--model", help="shipped model name or .safetensors file")
+    p.add_argument(
+        "--rl-iterations", type=int, default=30, help="Richardson–Lucy iterations (0: skip)"
+    )
+    p.add_argument("--batch-images", type=int, default=16, help="images in the batch run (0: skip)")
+    p.add_argument("--batch-size-px", type=int, default=512, help="batch image size, px")
+    p.add_argument("--workers", type=int, help="batch workers (default: min(4, CPUs))")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace --json if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress messages")
+    p.set_defaults(func=_run_bench)
+    targets = p.add_subparsers(dest="target", metavar="TARGET")
     q = targets.add_parser(
         "psf",
         help="PSF generation throughput (31×31, batch 256) and accuracy vs a 4× finer pupil",
@@ -165,6 +746,66 @@ def _add_bench(sub) -> None:
         "--seconds", type=float, default=3.0, help="timed duration in seconds (default 3)"
     )
     q.set_defaults(func=_run_bench_psf)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    import datetime
+    from pathlib import Path
+
+    from . import io
+    from .evaluation.bench import bench_pipeline
+
+    if any(n < 32 for n in args.sizes):
+        raise ValueError("--sizes must be at least 32 px")
+    _check_new([args.json], args.overwrite)
+
+    def say(message):
+        if not args.quiet:
+            print(f"bench: {message}", file=sys.stderr, flush=True)
+
+    r = bench_pipeline(
+        args.sizes,
+        device=args.device,
+        model=args.model,
+        rl_iterations=args.rl_iterations,
+        batch_images=args.batch_images,
+        batch_size_px=args.batch_size_px,
+        batch_workers=args.workers,
+        progress=say,
+    )
+    r["date"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    r["command"] = "deepblur " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else ""
+    print(
+        f"device: {r['device']} ({r['device_name']}), {r['torch_threads']} torch threads, "
+        f"model {r['model']}"
+    )
+    rl = f"RL {r['rl_iterations']} it (s)"
+    print(
+        f"{'size':>11} {'tiles':>5} {'identify s':>10} {'deblur s':>9} {'total s':>8} "
+        f"{rl:>14} {'RL/ours':>8} {'peak RSS MB':>11}"
+    )
+    for row in r["sizes"]:
+        rl_s = row.get("rl_s")
+        rl_text = "-" if rl_s is None else f"{rl_s:.2f}" + ("*" if row["rl_extrapolated"] else "")
+        ratio = "-" if rl_s is None else f"{row['rl_over_deepblur']:.1f}×"
+        print(
+            f"{row['size_px']:>5}×{row['size_px']:<5} {row['tiles']:>5} "
+            f"{row['identify_s']:>10.3f} {row['deblur_s']:>9.3f} {row['total_s']:>8.3f} "
+            f"{rl_text:>14} {ratio:>8} {row['peak_rss_mb']:>11.0f}"
+        )
+    if any(row.get("rl_extrapolated") for row in r["sizes"]):
+        print("* RL timed on a central 2048² crop and scaled by the area")
+    if "batch" in r:
+        b = r["batch"]
+        print(
+            f"batch: {b['images']} images of {b['size_px']}² on {b['workers']} dask workers: "
+            f"{b['images_per_s']:.2f} images/s ({b['seconds']:.1f} s, identify + deblur + write)"
+        )
+    if args.json:
+        text = json.dumps(r, indent=2)
+        io._atomic_write(Path(args.json), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    print(json.dumps(r))
+    return 0
 
 
 def _run_bench_psf(args: argparse.Namespace) -> int:
@@ -263,6 +904,7 @@ def _run_train(args: argparse.Namespace) -> int:
             if args.identification_from
             else None,
             quiet=args.quiet,
+            command="deepblur " + shlex.join(args.argv),
             **{k: v * 60 if v else None for k, v in minutes.items()},
         )
     )
@@ -273,7 +915,16 @@ def _run_train(args: argparse.Namespace) -> int:
 # --- entry point ------------------------------------------------------------------------------
 
 #: Parser registrations, in the order shown by ``deepblur --help``.
-SUBCOMMANDS: list[Callable] = [_add_psf, _add_train, add_evaluate_parser, _add_bench]
+SUBCOMMANDS: list[Callable] = [
+    _add_demo,
+    _add_identify,
+    _add_deblur,
+    _add_batch,
+    _add_psf,
+    _add_train,
+    add_evaluate_parser,
+    _add_bench,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -294,6 +945,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in model cards
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
     try:
@@ -301,6 +953,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as exc:
         print(f"deepblur: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("deepblur: interrupted (no partial output file was left)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -45,3 +45,18 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work (so that host timers measure it)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is a GPU out-of-memory error (CUDA, or MPS's RuntimeError)."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def empty_cache(device: torch.device) -> None:
+    """Give cached GPU memory back (after an out-of-memory error)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()

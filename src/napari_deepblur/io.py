@@ -11,6 +11,8 @@ import json
 import os
 import uuid
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ import tifffile
 __all__ = [
     "PSF_FORMAT",
     "ImageData",
+    "create_image",
     "read_image",
     "read_psf",
     "to_jsonable",
@@ -149,15 +152,23 @@ def _pixel_size_nm(tif: tifffile.TiffFile, description: dict | None) -> float | 
     return None
 
 
-def read_image(path: str | os.PathLike) -> ImageData:
-    """Read a (OME-/ImageJ-) TIFF with its pixel size (nm), axes and our JSON metadata."""
+def read_image(path: str | os.PathLike, *, mmap: bool = False) -> ImageData:
+    """Read a (OME-/ImageJ-) TIFF with its pixel size (nm), axes and our JSON metadata.
+
+    ``mmap=True``: ``data`` is a read-only memory map of the file when the TIFF allows it
+    (uncompressed, contiguous, as :func:`write_image` and :func:`create_image` write), else
+    a zarr array when zarr is installed (tiled/compressed TIFFs read chunk by chunk), else
+    the array in memory. Large images then cost no memory until their tiles are read.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
-            data = series.asarray()
+            data = _lazy_data(path) if mmap else None
+            if data is None:
+                data = series.asarray()
             axes = series.axes
             description = _json_description(tif.pages.first.description)
             pixel_size_nm = _pixel_size_nm(tif, description)
@@ -170,6 +181,22 @@ def read_image(path: str | os.PathLike) -> ImageData:
     else:  # someone else's JSON description (e.g. tifffile's "shaped"): keep it, minus shape
         metadata = {k: v for k, v in description.items() if k != "shape"}
     return ImageData(data=data, pixel_size_nm=pixel_size_nm, axes=axes, metadata=metadata)
+
+
+def _lazy_data(path: Path) -> Any:
+    """A memory map (or zarr array) of the first series, or None when neither is possible."""
+    try:
+        return tifffile.memmap(path, series=0, mode="r")
+    except (ValueError, OSError, TypeError):
+        pass
+    try:
+        import zarr
+    except ImportError:
+        return None
+    try:
+        return zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+    except Exception:  # noqa: BLE001 - any zarr failure: read into memory instead
+        return None
 
 
 def _check_target(path: Path, overwrite: bool) -> None:
@@ -188,6 +215,29 @@ def _atomic_write(path: Path, write: Any) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _tiff_description(
+    shape, pixel_size_nm: float | None, metadata: dict | None, axes: str | None
+) -> tuple[str, dict[str, Any]]:
+    """Our JSON ImageDescription and the resolution keyword arguments of ``tifffile``."""
+    if pixel_size_nm is not None and not float(pixel_size_nm) > 0:
+        raise ValueError(f"pixel_size_nm must be > 0, got {pixel_size_nm}")
+    description: dict[str, Any] = {
+        "format": _OUR_FORMAT,
+        "shape": list(shape),
+        "pixel_size_nm": None if pixel_size_nm is None else float(pixel_size_nm),
+        "metadata": to_jsonable(metadata or {}),
+    }
+    if axes is not None:
+        if len(axes) != len(shape):
+            raise ValueError(f"axes {axes!r} do not match data of shape {tuple(shape)}")
+        description["axes"] = axes
+    kwargs: dict[str, Any] = {}
+    if pixel_size_nm is not None:
+        ppcm = 1e7 / float(pixel_size_nm)
+        kwargs.update(resolution=(ppcm, ppcm), resolutionunit="CENTIMETER")
+    return json.dumps(description), kwargs
 
 
 def write_image(
@@ -209,23 +259,7 @@ def write_image(
     path = Path(path)
     data = np.asarray(data)
     _check_target(path, overwrite)
-    if pixel_size_nm is not None and not float(pixel_size_nm) > 0:
-        raise ValueError(f"pixel_size_nm must be > 0, got {pixel_size_nm}")
-    description: dict[str, Any] = {
-        "format": _OUR_FORMAT,
-        "shape": list(data.shape),
-        "pixel_size_nm": None if pixel_size_nm is None else float(pixel_size_nm),
-        "metadata": to_jsonable(metadata or {}),
-    }
-    if axes is not None:
-        if len(axes) != data.ndim:
-            raise ValueError(f"axes {axes!r} do not match data of shape {data.shape}")
-        description["axes"] = axes
-    text = json.dumps(description)
-    kwargs: dict[str, Any] = {}
-    if pixel_size_nm is not None:
-        ppcm = 1e7 / float(pixel_size_nm)
-        kwargs.update(resolution=(ppcm, ppcm), resolutionunit="CENTIMETER")
+    text, kwargs = _tiff_description(data.shape, pixel_size_nm, metadata, axes)
 
     def write(tmp: Path) -> None:
         tifffile.imwrite(
@@ -240,6 +274,55 @@ def write_image(
 
     _atomic_write(path, write)
     return path
+
+
+@contextmanager
+def create_image(
+    path: str | os.PathLike,
+    shape: tuple[int, ...],
+    dtype: Any = np.float32,
+    *,
+    pixel_size_nm: float | None = None,
+    metadata: dict | None = None,
+    overwrite: bool = False,
+    axes: str | None = None,
+) -> Iterator[np.memmap]:
+    """A new TIFF to fill piece by piece: yields a writable ``numpy.memmap`` of ``shape``.
+
+    The file is written as :func:`write_image` writes it (same description and resolution
+    tags, uncompressed, BigTIFF above ~2 GB) but into a hidden temporary file, renamed to
+    ``path`` only when the ``with`` block ends without error; on an error or an interrupt the
+    temporary file is removed, so ``path`` exists only when complete. Refuses to overwrite
+    unless ``overwrite=True``.
+
+        with io.create_image("out.tif", (8192, 8192), np.float32) as out:
+            out[:100] = ...
+    """
+    path = Path(path)
+    shape = tuple(int(n) for n in shape)
+    _check_target(path, overwrite)
+    text, kwargs = _tiff_description(shape, pixel_size_nm, metadata, axes)
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.partial"
+    try:
+        array = tifffile.memmap(
+            tmp,
+            shape=shape,
+            dtype=dtype,
+            description=text,
+            metadata=None,
+            photometric="minisblack",
+            bigtiff=nbytes > _BIGTIFF_BYTES,
+            **kwargs,
+        )
+        yield array
+        array.flush()
+        del array
+        _check_target(path, overwrite)  # appeared meanwhile (another process)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def write_psf(

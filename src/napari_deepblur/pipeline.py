@@ -6,6 +6,14 @@ choice exist once. Long work has a generator form (:func:`iter_identify`,
 :func:`iter_deblur`) that yields :class:`Progress` and returns the result; the plain
 functions run it to the end.
 
+Scale: :func:`iter_deblur_into` deblurs a 2D array-like (a memory-mapped TIFF, zarr) into
+another, band by band with bounded memory; :func:`deblur_dask` is the lazy ``map_overlap``
+form for huge dask arrays; :func:`iter_identify_stack` and :func:`iter_deblur_stack` process
+Z/T/C stacks plane by plane (one shared estimate, the median over planes, or one per plane).
+Tiles start on multiples of the deblurring network's stride, so tiled and untiled results
+agree. A GPU out-of-memory error while deblurring retries with half-size tiles, then on the
+CPU (with a warning).
+
     >>> import napari_deepblur as ndb
     >>> est = ndb.identify(image, pixel_size_nm=74, na=1.4, wavelength_nm=520)  # doctest: +SKIP
     >>> restored = ndb.deblur(image, est)                                        # doctest: +SKIP
@@ -13,20 +21,20 @@ functions run it to the end.
 
 from __future__ import annotations
 
-import functools
 import json
+import warnings
 from collections.abc import Generator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
-from .devices import resolve_device
+from .devices import empty_cache, is_out_of_memory, resolve_device
+from .estimation import identify_in_windows
 from .intensity import check_contrast, denormalize, normalize, robust_range
 from .models import DeepBlurModel, load_model
 from .optics import Convolution, Microscope, ZernikeConvolution, check_fc, zernike_psf
 from .optics.noise import estimate_noise
-from .training.train import network_inputs
 
 #: Images are processed in tiles of at most this many pixels a side (bounded memory).
 DEFAULT_TILE_PX = 1024
@@ -206,68 +214,6 @@ def _blend_window(shape, overlap: int) -> np.ndarray:
 
 
 # -- identify ---------------------------------------------------------------------------------
-def _dihedral(y: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-th of the 8 flips/transpositions of images ``(…, H, W)``."""
-    if k & 1:
-        y = y.flip(-1)
-    if k & 2:
-        y = y.flip(-2)
-    if k & 4:
-        y = y.transpose(-2, -1)
-    return y
-
-
-@functools.lru_cache(maxsize=8)
-def _zernike_transform_matrices(noll: tuple[int, ...]) -> torch.Tensor:
-    """``T_k (8, K, K)``: coefficients of the PSF transformed like ``_dihedral(·, k)``
-    (flips and transposition of the image act on the pupil the same way)."""
-    from .optics.zernike import zernike_basis
-
-    rng = np.random.default_rng(0)
-    r = np.sqrt(rng.random(4000))
-    t = rng.random(4000) * 2 * np.pi
-    fx, fy = r * np.cos(t), r * np.sin(t)
-    base = zernike_basis(noll, r, t).T  # (S, K)
-    mats = []
-    for k in range(8):
-        gx, gy = fx.copy(), fy.copy()
-        if k & 1:
-            gx = -gx
-        if k & 2:
-            gy = -gy
-        if k & 4:
-            gx, gy = gy, gx
-        moved = zernike_basis(noll, np.hypot(gx, gy), np.arctan2(gy, gx)).T
-        # Z(g·f) = Σ_j M_ij Z_j(f): the transformed image has coefficients γ' = M γ.
-        solution, *_ = np.linalg.lstsq(base, moved, rcond=None)
-        mats.append(solution.T)
-    return torch.as_tensor(np.stack(mats), dtype=torch.float32)
-
-
-def _identify_normalised(model: DeepBlurModel, y_n: torch.Tensor, augment: bool):
-    """γ̂ (K,) and its spread over the 8 dihedral copies (or None) for one image (1,1,H,W)."""
-    family = model.family
-    network = model.identification
-    scale = family.parameter_scale
-    if not augment or not isinstance(family, ZernikeConvolution):
-        return (network(y_n)[0].float() * scale), None
-    copies = [_dihedral(y_n, k) for k in range(8)]
-    if y_n.shape[-1] == y_n.shape[-2]:  # one batch; transposed copies of non-square images
-        predicted = network(torch.cat(copies))  # have another shape: one call each
-    else:
-        predicted = torch.cat([network(c) for c in copies])
-    predicted = predicted.float() * scale  # (8, K): coefficients of the transformed PSFs
-    mats = _zernike_transform_matrices(family.noll_indices).to(predicted)
-    back = torch.linalg.solve(mats, predicted[..., None])[..., 0]  # γ = M⁻¹ γ'
-    reference = back[0]
-    aligned = []
-    for g in back:  # pick, for each copy, the equivalent vector closest to the first
-        variants = torch.stack(family.equivalent_parameters(g))
-        aligned.append(variants[((variants - reference) ** 2).sum(-1).argmin()])
-    aligned = torch.stack(aligned)
-    return aligned.mean(0), aligned.std(0)
-
-
 def iter_identify(
     image,
     model=None,
@@ -309,8 +255,7 @@ def iter_identify(
     with torch.no_grad():
         for i, (top, left) in enumerate((t, l) for t in rows for l in cols):
             tile = torch.from_numpy(y[top : top + tile_px, left : left + tile_px]).to(dev)
-            y_n, *_ = network_inputs(tile[None], model.fc)
-            gamma, spread = _identify_normalised(model, y_n, augment)
+            gamma, spread = identify_in_windows(model, tile, augment)
             estimates.append((gamma, spread))
             h, w = tile.shape
             tiles.append(
@@ -343,7 +288,9 @@ def iter_identify(
             t["coefficients"] = family.canonical(torch.as_tensor(t["coefficients"])).numpy()
     if len(tiles) == 1:
         tiles = []
-    alpha, beta = estimate_noise(torch.from_numpy(raw)[None], fc_img)
+    # noise from (at most) a central crop: the estimator's memory grows ~70 bytes/pixel
+    noise_sample = np.ascontiguousarray(_central_crop(raw, STATS_MAX_PX))
+    alpha, beta = estimate_noise(torch.from_numpy(noise_sample)[None], fc_img)
     coefficients = gamma.cpu().numpy().astype(np.float32)
     noll = tuple(getattr(family, "noll_indices", ()))
     psf = zernike_psf(torch.as_tensor(coefficients), fc_img, 31, noll).numpy()
@@ -430,43 +377,19 @@ def iter_deblur(
     if estimate is None:
         estimate = yield from iter_identify(image, model, device=device, **optics)
     raw = as_image(image, 16)
-    fc_img, _ = image_fc(model.fc, **optics)
-    if fc is None and not any(v is not None for v in (pixel_size_nm, na, wavelength_nm)):
-        fc_img = estimate.fc  # the estimate knows the image's sampling
-    zoom = fc_img / model.fc
-    y = resample(raw, zoom)
-    kernel = model.family.kernel_size
-    if min(y.shape) <= kernel // 2:
-        raise ValueError(
-            f"the image ({raw.shape[0]}×{raw.shape[1]} px) is smaller than the "
-            f"blur kernel ({kernel} px): nothing to deblur"
-        )
-    y_t = torch.from_numpy(y)
-    low, scale = robust_range(y_t)
-    check_contrast(scale, low)
-    dev = model.device
-    alpha, beta = _noise_in_normalised_units(y_t, low, scale, noise, model.fc)
-    alpha, beta = alpha * strength**2, beta * strength
-
-    out = np.zeros_like(y)
-    weight = np.zeros_like(y)
-    rows, cols = (tile_starts(n, tile_px, TILE_OVERLAP_PX) for n in y.shape)
-    total = len(rows) * len(cols)
-    with torch.no_grad():
-        for i, (top, left) in enumerate((t, l) for t in rows for l in cols):
-            tile = y_t[top : top + tile_px, left : left + tile_px].to(dev)
-            y_n = normalize(tile, low.to(dev), scale.to(dev))[None, None]
-            smooth = torch.nn.functional.avg_pool2d(y_n, 3, 1, 1, count_include_pad=False)
-            sigma = torch.sqrt(alpha * smooth.clamp_min(0) + beta**2)
-            operator = _operator_for(model, estimate, tile.shape, dev)
-            x_n = model.deblurring(y_n, operator, sigma)[0, 0]
-            x = denormalize(x_n.cpu(), low, scale).numpy()
-            w = _blend_window(tile.shape, TILE_OVERLAP_PX if total > 1 else 0)
-            out[top : top + tile.shape[0], left : left + tile.shape[1]] += x * w
-            weight[top : top + tile.shape[0], left : left + tile.shape[1]] += w
-            yield Progress(i + 1, total, f"deblurred tile {i + 1} of {total}")
-    restored = out / weight
-    return resample(restored, 1 / zoom, raw.shape).astype(np.float32)
+    out = np.empty(raw.shape, np.float32)
+    yield from iter_deblur_into(
+        raw,
+        out,
+        estimate,
+        model,
+        noise=noise,
+        strength=strength,
+        device=device,
+        tile_px=tile_px,
+        **optics,
+    )
+    return out
 
 
 def _noise_in_normalised_units(y: torch.Tensor, low, scale, noise, fc: float):
@@ -492,6 +415,539 @@ def deblur(image, estimate: BlurEstimate | None = None, model=None, **kwargs) ->
     Returns a float32 array of the image's shape, in its intensity units.
     """
     return run(iter_deblur(image, estimate, model, **kwargs))
+
+
+# -- large images: tiles streamed from any array-like ------------------------------------------
+#: Planes larger than this many pixels take their noise level from a central crop of this
+#: many pixels and their intensity range from a regular subsample (below it: the whole plane),
+#: which bounds the memory of the statistics (the noise estimator needs ~70 bytes/pixel).
+STATS_MAX_PX = 2048 * 2048
+#: A CUDA out-of-memory error halves the tile size down to this, then moves to the CPU.
+MIN_FALLBACK_TILE_PX = 256
+
+
+@dataclass(frozen=True)
+class DeblurSetup:
+    """What all tiles (or dask blocks) of one plane share.
+
+    ``zoom``: the image's cutoff over the model's (the image is resampled by it);
+    ``low``, ``scale``: the robust intensity range (image units) mapped to [0, 1];
+    ``alpha``, ``beta``: the noise ``var = α·x + β²`` in normalised units, ``strength``
+    already applied.
+    """
+
+    zoom: float
+    low: float
+    scale: float
+    alpha: float
+    beta: float
+
+
+def _check_dtype(dtype) -> None:
+    dtype = np.dtype(dtype)
+    if dtype.kind == "b" or not (
+        np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
+    ):
+        raise ValueError(f"expected a real-valued grayscale image, got dtype {dtype}")
+
+
+def _central_crop(source, max_px: int):
+    """``source`` itself (2D) when it has at most ``max_px`` pixels, else a central crop."""
+    h, w = source.shape[-2:]
+    if h * w <= max_px:
+        return source
+    ch = min(h, int(max_px**0.5))
+    cw = min(w, max_px // ch)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return source[top : top + ch, left : left + cw]
+
+
+def deblur_setup(
+    source,
+    estimate: BlurEstimate,
+    model: DeepBlurModel,
+    *,
+    noise=None,
+    strength: float = 1.0,
+    fc=None,
+    pixel_size_nm=None,
+    na=None,
+    wavelength_nm=None,
+    refractive_index=None,
+) -> DeblurSetup:
+    """The sampling, intensity range and noise level of a 2D ``source`` (any array-like;
+    for planes above :data:`STATS_MAX_PX` pixels the range comes from a regular subsample
+    and the noise from a central crop)."""
+    if len(source.shape) != 2:
+        raise ValueError(f"expected a 2D image (Y, X), got shape {tuple(source.shape)}")
+    _check_dtype(source.dtype)
+    fc_img, _ = image_fc(
+        model.fc,
+        fc=fc,
+        pixel_size_nm=pixel_size_nm,
+        na=na,
+        wavelength_nm=wavelength_nm,
+        refractive_index=refractive_index,
+    )
+    if fc is None and not any(v is not None for v in (pixel_size_nm, na, wavelength_nm)):
+        fc_img = estimate.fc  # the estimate knows the image's sampling
+    zoom = fc_img / model.fc
+    kernel = model.family.kernel_size
+    if min(round(n * zoom) for n in source.shape) <= kernel // 2:
+        raise ValueError(
+            f"the image ({source.shape[0]}×{source.shape[1]} px) is smaller than the "
+            f"blur kernel ({kernel} px): nothing to deblur"
+        )
+    h, w = source.shape
+    crop = as_image(_central_crop(source, STATS_MAX_PX), 16)
+    y = torch.from_numpy(resample(crop, zoom))
+    if h * w <= STATS_MAX_PX:  # the whole plane
+        low, scale = robust_range(y)
+    else:  # a regular subsample of about 2**20 pixels
+        step = int(np.ceil(np.sqrt(h * w / 2**20)))
+        low, scale = robust_range(torch.from_numpy(as_image(source[::step, ::step])))
+    check_contrast(scale, low)
+    alpha, beta = _noise_in_normalised_units(y, low, scale, noise, model.fc)
+    return DeblurSetup(zoom, float(low), float(scale), alpha * strength**2, beta * strength)
+
+
+def _grid_factor(model: DeepBlurModel) -> int:
+    """The deblurring network's stride (pixel-unshuffle × down-samplings): its output is
+    shift-equivariant only for shifts that are multiples of it, so tiles start on it."""
+    if model.deblurring is None:
+        return 1
+    return max((int(getattr(m, "factor", 1)) for m in model.deblurring.modules()), default=1)
+
+
+def _tile_spans(length: int, tile: int, overlap: int, align: int) -> list[tuple[int, int]]:
+    """``(start, end)`` of tiles of about ``tile`` px covering ``length`` px, overlapping by
+    at least ``overlap`` px, starting on multiples of ``align`` (the last tile then reaches
+    the end, up to ``align − 1`` px longer)."""
+    if length <= tile:
+        return [(0, length)]
+    starts = [s // align * align for s in tile_starts(length, tile, overlap + align)]
+    ends = [min(length, s + tile) for s in starts[:-1]] + [length]
+    return list(zip(starts, ends, strict=True))
+
+
+def _tile_layout(
+    shape, zoom: float, tile_px: int, align: int = 1
+) -> tuple[int, list[tuple[int, int]], list[tuple[int, int]]]:
+    """The overlap (the blending ramp) in the image's pixels and the tiles' row and column
+    spans; ``tile_px`` and the overlap are given in the model's pixels. Tiles start on
+    multiples of ``align`` when the image is not resampled."""
+    if abs(zoom - 1) < 1e-3:
+        tile, overlap = tile_px, TILE_OVERLAP_PX
+    else:
+        tile = max(2 * TILE_OVERLAP_PX, int(tile_px / zoom))
+        overlap = int(np.ceil(TILE_OVERLAP_PX / zoom))
+        align = 1  # resampled tiles have their own grid
+    overlap = min(overlap, tile // 2)
+    align = align if tile > 4 * align else 1
+    rows, cols = (_tile_spans(n, tile, overlap, align) for n in shape)
+    return overlap, rows, cols
+
+
+def _read_tile(source, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+    block = np.array(source[rows[0] : rows[1], cols[0] : cols[1]], dtype=np.float32)
+    if not np.isfinite(block).all():
+        bad = int((~np.isfinite(block)).sum())
+        raise ValueError(
+            f"the image has NaN or infinite pixels ({bad} in the tile at y={rows[0]}, "
+            f"x={cols[0]}); replace them (e.g. with numpy.nan_to_num or an inpainting) "
+            "before deblurring"
+        )
+    return block
+
+
+def _deblur_tile(tile: np.ndarray, setup: DeblurSetup, estimate, model) -> np.ndarray:
+    """One tile (image pixels, float32) → its deblurred version, same shape and units."""
+    y = resample(tile, setup.zoom)
+    dev = model.device
+    y_n = normalize(torch.from_numpy(y).to(dev), setup.low, setup.scale)[None, None]
+    smooth = torch.nn.functional.avg_pool2d(y_n, 3, 1, 1, count_include_pad=False)
+    sigma = torch.sqrt(setup.alpha * smooth.clamp_min(0) + setup.beta**2)
+    operator = _operator_for(model, estimate, y.shape, dev)
+    x_n = model.deblurring(y_n, operator, sigma)[0, 0]
+    x = denormalize(x_n.float().cpu(), setup.low, setup.scale).numpy()
+    return resample(x, 1 / setup.zoom, tile.shape)
+
+
+def _deblur_tile_or_fall_back(tile, setup, estimate, model, tile_px: int) -> np.ndarray:
+    """:func:`_deblur_tile`; on an out-of-memory error, smaller tiles, then the CPU."""
+    try:
+        return _deblur_tile(tile, setup, estimate, model)
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        empty_cache(model.device)
+        if tile_px // 2 >= MIN_FALLBACK_TILE_PX:
+            warnings.warn(
+                f"out of memory on {model.device} with {tile_px} px tiles: "
+                f"retrying with {tile_px // 2} px tiles",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            out = np.empty(tile.shape, np.float32)
+            run(_iter_tiles(tile, out, setup, estimate, model, tile_px // 2))
+            return out
+        if model.device.type == "cpu":
+            raise
+        warnings.warn(
+            f"out of memory on {model.device} even with {tile_px} px tiles: continuing on the CPU",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        model.to("cpu")
+        return _deblur_tile(tile, setup, estimate, model)
+
+
+def _store_rows(out, top: int, rows: np.ndarray) -> None:
+    if np.issubdtype(out.dtype, np.integer):
+        info = np.iinfo(out.dtype)
+        rows = np.clip(np.rint(rows), info.min, info.max)
+    out[top : top + rows.shape[0]] = rows.astype(out.dtype, copy=False)
+
+
+def _iter_tiles(
+    source, out, setup: DeblurSetup, estimate, model: DeepBlurModel, tile_px: int
+) -> Generator[Progress, None, None]:
+    """Deblur a 2D ``source`` into ``out`` (same shape; any array-likes that slice like
+    NumPy: ndarray, memmap, zarr) tile by tile, with blended overlaps.
+
+    Memory stays bounded: only one band of tiles (``tile`` rows × the width) is accumulated;
+    rows that no later tile touches are written to ``out`` as soon as their band is done.
+    """
+    h, w = source.shape
+    overlap, rows, cols = _tile_layout((h, w), setup.zoom, tile_px, _grid_factor(model))
+    total = len(rows) * len(cols)
+    ramp = overlap if total > 1 else 0
+    acc = weight = None
+    acc_top = acc_bottom = 0
+    done = 0
+    with torch.no_grad():
+        for r, (top, bottom) in enumerate(rows):
+            new_acc = np.zeros((bottom - top, w), np.float32)
+            new_weight = np.zeros((bottom - top, w), np.float32)
+            if acc is not None and acc_bottom > top:  # the overlap with the previous band
+                new_acc[: acc_bottom - top] = acc[top - acc_top :]
+                new_weight[: acc_bottom - top] = weight[top - acc_top :]
+            acc, weight, acc_top, acc_bottom = new_acc, new_weight, top, bottom
+            for left, right in cols:
+                x = _deblur_tile_or_fall_back(
+                    _read_tile(source, (top, bottom), (left, right)),
+                    setup,
+                    estimate,
+                    model,
+                    tile_px,
+                )
+                wgt = _blend_window(x.shape, ramp)
+                acc[:, left:right] += x * wgt
+                weight[:, left:right] += wgt
+                done += 1
+                yield Progress(done, total, f"deblurred tile {done} of {total}")
+            finished = (rows[r + 1][0] if r + 1 < len(rows) else h) - top
+            _store_rows(out, top, acc[:finished] / weight[:finished])
+
+
+def iter_deblur_into(
+    source,
+    out,
+    estimate: BlurEstimate | None = None,
+    model=None,
+    *,
+    noise=None,
+    strength: float = 1.0,
+    device="auto",
+    tile_px: int = DEFAULT_TILE_PX,
+    **optics,
+) -> Generator[Progress, None, None]:
+    """Deblur a 2D ``source`` into ``out`` with bounded memory, yielding :class:`Progress`
+    per tile: the large-image form of :func:`iter_deblur` (which calls it).
+
+    ``source`` and ``out`` are 2D array-likes of one shape that slice like NumPy arrays
+    (an ndarray, a ``numpy.memmap`` or ``tifffile.memmap`` of a TIFF, a zarr array); tiles are
+    read from ``source`` one at a time and ``out`` is written band by band, so a
+    memory-mapped 8192×8192 image never needs to fit in memory as float32. An integer
+    ``out`` receives rounded, clipped values. Without ``estimate`` the whole image is
+    identified first (which loads it). ``optics``: ``fc`` or ``pixel_size_nm``, ``na``,
+    ``wavelength_nm`` (``refractive_index``) as for :func:`deblur`.
+    """
+    model = _model(model, device)
+    if model.deblurring is None:
+        raise ValueError(f"the model {model.name!r} has no deblurring network")
+    if tuple(out.shape) != tuple(source.shape):
+        raise ValueError(f"out has shape {tuple(out.shape)}, the image {tuple(source.shape)}")
+    if estimate is None:
+        estimate = yield from iter_identify(np.asarray(source), model, device=device, **optics)
+    setup = deblur_setup(source, estimate, model, noise=noise, strength=strength, **optics)
+    yield from _iter_tiles(source, out, setup, estimate, model, tile_px)
+
+
+# -- huge arrays: dask ------------------------------------------------------------------------
+def deblur_dask(
+    array,
+    estimate: BlurEstimate,
+    model=None,
+    *,
+    chunk_px: int = 2048,
+    noise=None,
+    strength: float = 1.0,
+    device="auto",
+    tile_px: int = DEFAULT_TILE_PX,
+    **optics,
+):
+    """Lazy deblurring of a 2D (dask) array: a ``dask.array`` of float32, computed block by
+    block with ``map_overlap`` (blocks of ``chunk_px`` px, rounded up to the network's
+    stride, with a margin of their neighbours' pixels as deep as the tile overlap; the
+    image's own borders are handled as :func:`deblur` handles them), on whatever dask
+    scheduler computes it. A single block gives exactly :func:`deblur`'s result.
+
+    The intensity range and noise level are computed once, here (from the whole image, or a
+    subsample and a central crop for large ones: :func:`deblur_setup`), so that all blocks
+    are normalised alike; each block is then tiled like :func:`deblur`.
+    ``estimate`` is required (identify a representative crop first, e.g. with
+    :func:`identify` on ``array[:2048, :2048]``).
+    """
+    import dask.array as da
+
+    model = _model(model, device)
+    if model.deblurring is None:
+        raise ValueError(f"the model {model.name!r} has no deblurring network")
+    array = da.asarray(array)
+    if array.ndim != 2:
+        raise ValueError(f"expected a 2D array (Y, X), got shape {array.shape}")
+    # statistics as for deblur (a subsample and a central crop are computed, not the image)
+    setup = deblur_setup(array, estimate, model, noise=noise, strength=strength, **optics)
+    overlap, _, _ = _tile_layout(array.shape, setup.zoom, tile_px)
+    align = _grid_factor(model) if abs(setup.zoom - 1) < 1e-3 else 1
+    depth = -(-overlap // align) * align  # blocks start on the network's grid, like tiles
+    chunk_px = max(-(-int(chunk_px) // align) * align, 2 * depth)
+    # a path is light to ship to dask workers, which load (and cache) the model themselves
+    ref = str(model.path) if model.path is not None else model
+
+    def block(x: np.ndarray) -> np.ndarray:
+        local = _model(ref, device)
+        result = np.empty(x.shape, np.float32)
+        run(_iter_tiles(x, result, setup, estimate, local, tile_px))
+        return result
+
+    return array.rechunk(chunk_px).map_overlap(
+        block, depth=depth, boundary="none", dtype=np.float32, trim=True
+    )
+
+
+# -- stacks: Z, T, C planes -------------------------------------------------------------------
+def plane_indices(shape) -> list[tuple[int, ...]]:
+    """Indices of the 2D planes of an array ``(…, Y, X)``, in C order (``[()]`` for 2D)."""
+    if len(shape) < 2:
+        raise ValueError(f"expected an image (…, Y, X), got shape {tuple(shape)}")
+    return list(np.ndindex(*shape[:-2]))
+
+
+def _check_stack(stack) -> None:
+    shape = tuple(stack.shape)
+    if len(shape) == 3 and shape[-1] in (3, 4):
+        raise ValueError(
+            f"this looks like an RGB(A) image (shape {shape}); Deep-Blur works on one "
+            "fluorescence channel: split the channels and process each one"
+        )
+    plane_indices(shape)
+    _check_dtype(stack.dtype)
+
+
+def plane_index(stack_shape, plane) -> tuple[int, ...]:
+    """A plane given as a flat number (C order over the leading axes) or an index tuple →
+    the index tuple, checked against ``stack_shape``."""
+    leading = tuple(stack_shape[:-2])
+    count = int(np.prod(leading)) if leading else 1
+    if isinstance(plane, int | np.integer):
+        if not -count <= plane < count:
+            raise ValueError(f"plane {plane} is out of range: the image has {count} plane(s)")
+        return tuple(int(i) for i in np.unravel_index(int(plane) % count, leading))
+    plane = tuple(int(i) for i in plane)
+    if len(plane) != len(leading) or any(not 0 <= i < n for i, n in zip(plane, leading)):  # noqa: B905
+        raise ValueError(f"plane {plane} is not an index of the leading axes {leading}")
+    return plane
+
+
+def representative_plane(stack) -> tuple[int, ...]:
+    """The plane with the largest robust contrast (99.9th − 1st percentile, subsampled):
+    in a Z stack usually the one nearest focus, and never an empty plane."""
+    best, best_score = (), -np.inf
+    for index in plane_indices(stack.shape):
+        plane = stack[index]
+        step = max(1, int(np.ceil(np.sqrt(plane.shape[0] * plane.shape[1] / 65536))))
+        sub = np.asarray(plane[::step, ::step], dtype=np.float32)
+        low, high = np.nanpercentile(sub, [1.0, 99.9])
+        if high - low > best_score:
+            best, best_score = index, high - low
+    return best
+
+
+def combine_estimates(estimates: list[BlurEstimate], model=None) -> BlurEstimate:
+    """One estimate from several (planes of a stack): the median coefficients (each aligned
+    to the first among its unobservable sign flips), the median noise, and as uncertainty the
+    larger of the mean reported spread and the spread over planes."""
+    if not estimates:
+        raise ValueError("no estimates to combine")
+    if len(estimates) == 1:
+        return estimates[0]
+    if isinstance(model, DeepBlurModel):
+        family = model.family
+    else:  # a name or path (default: the shipped model); its family only
+        family = load_model(model, device=resolve_device("auto")).family
+    gammas = torch.stack([torch.as_tensor(e.coefficients, dtype=torch.float32) for e in estimates])
+    reference = gammas[0]
+    gammas = torch.stack(
+        [
+            min(family.equivalent_parameters(g), key=lambda v: float(((v - reference) ** 2).sum()))
+            for g in gammas
+        ]
+    )
+    gamma = gammas.median(0).values if len(gammas) > 2 else gammas.mean(0)
+    if isinstance(family, ZernikeConvolution):
+        gamma = family.canonical(gamma)
+    spread = gammas.std(0)
+    reported = [torch.as_tensor(e.uncertainty) for e in estimates if e.uncertainty is not None]
+    if reported:
+        spread = torch.maximum(spread, torch.stack(reported).mean(0))
+    first = estimates[0]
+    coefficients = gamma.numpy().astype(np.float32)
+    psf = zernike_psf(torch.as_tensor(coefficients), first.fc, 31, first.noll_indices).numpy()
+    noise = {
+        k: float(np.median([e.noise.get(k, 0.0) for e in estimates])) for k in ("alpha", "beta")
+    }
+    return BlurEstimate(
+        coefficients,
+        first.noll_indices,
+        first.fc,
+        psf,
+        noise,
+        list(first.names),
+        first.model,
+        first.optics,
+        spread.numpy().astype(np.float32),
+        [],
+    )
+
+
+#: How a stack is identified: one representative (or given) plane, the median over planes,
+#: or one estimate per plane.
+STACK_MODES = ("plane", "median", "per-plane")
+
+
+def iter_identify_stack(
+    stack,
+    model=None,
+    *,
+    mode: str = "plane",
+    plane=None,
+    max_planes: int = 8,
+    device="auto",
+    **kwargs,
+) -> Generator[Progress, None, BlurEstimate | list[BlurEstimate]]:
+    """Identify the blur of a stack ``(…, Y, X)`` (Z, T, C planes) plane by plane, yielding
+    :class:`Progress` in planes (stop iterating to cancel).
+
+    ``mode="plane"``: one shared estimate from ``plane`` (a flat plane number or an index
+    tuple; default :func:`representative_plane`). ``"median"``: the median
+    (:func:`combine_estimates`) over up to ``max_planes`` evenly spaced planes.
+    ``"per-plane"``: a list with one estimate per plane, in :func:`plane_indices` order.
+    Other keyword arguments go to :func:`identify`. A 2D image is a stack of one plane.
+    """
+    if mode not in STACK_MODES:
+        raise ValueError(f"mode must be one of {', '.join(STACK_MODES)}, got {mode!r}")
+    _check_stack(stack)
+    model = _model(model, device)
+    indices = plane_indices(stack.shape)
+    if mode == "plane":
+        chosen = [representative_plane(stack) if plane is None else plane_index(stack.shape, plane)]
+    elif mode == "median":
+        picks = np.unique(np.linspace(0, len(indices) - 1, min(max_planes, len(indices))).round())
+        chosen = [indices[int(i)] for i in picks]
+    else:
+        chosen = indices
+    estimates = []
+    for k, index in enumerate(chosen):
+        label = f"plane {index}" if index else "image"
+        inner = iter_identify(np.asarray(stack[index]), model, device=device, **kwargs)
+        while True:
+            try:
+                p = next(inner)
+            except StopIteration as stop:
+                estimates.append(stop.value)
+                break
+            yield Progress(k, len(chosen), f"identifying {label}: {p.message}")
+        yield Progress(k + 1, len(chosen), f"identified {label}")
+    if mode == "per-plane":
+        return estimates
+    if mode == "median":
+        return combine_estimates(estimates, model)
+    return estimates[0]
+
+
+def iter_deblur_stack(
+    stack,
+    estimate: BlurEstimate | list[BlurEstimate] | None = None,
+    model=None,
+    *,
+    mode: str = "plane",
+    plane=None,
+    out=None,
+    noise=None,
+    strength: float = 1.0,
+    device="auto",
+    tile_px: int = DEFAULT_TILE_PX,
+    **optics,
+) -> Generator[Progress, None, np.ndarray]:
+    """Deblur a stack ``(…, Y, X)`` plane by plane, yielding :class:`Progress` in planes
+    (stop iterating to cancel; the planes done are in ``out``).
+
+    ``estimate``: one :class:`BlurEstimate` shared by all planes, a list with one per plane,
+    or None to identify first with :func:`iter_identify_stack` (``mode``, ``plane``).
+    ``out``: where to write (an array-like of the stack's shape, e.g. a memory-mapped TIFF;
+    default a new float32 array), returned at the end. Each plane is normalised on its own
+    and tiled like :func:`deblur`.
+    """
+    _check_stack(stack)
+    model = _model(model, device)
+    indices = plane_indices(stack.shape)
+    if estimate is None:
+        estimate = yield from iter_identify_stack(
+            stack, model, mode=mode, plane=plane, device=device, tile_px=tile_px, **optics
+        )
+    if isinstance(estimate, list | tuple):
+        if len(estimate) != len(indices):
+            raise ValueError(f"{len(estimate)} estimates given for {len(indices)} planes")
+        estimates = list(estimate)
+    else:
+        estimates = [estimate] * len(indices)
+    if out is None:
+        out = np.empty(tuple(stack.shape), np.float32)
+    elif tuple(out.shape) != tuple(stack.shape):
+        raise ValueError(f"out has shape {tuple(out.shape)}, the stack {tuple(stack.shape)}")
+    n = len(indices)
+    for k, (index, est) in enumerate(zip(indices, estimates)):  # noqa: B905
+        source = stack[index]
+        setup = deblur_setup(source, est, model, noise=noise, strength=strength, **optics)
+        label = f"plane {k + 1} of {n}" if index else "image"
+        for p in _iter_tiles(source, _PlaneView(out, index), setup, est, model, tile_px):
+            yield Progress(k, n, f"{label}: {p.message}")
+        yield Progress(k + 1, n, f"deblurred {label}")
+    return out
+
+
+class _PlaneView:
+    """Row-slice writes into one plane of an N-D array-like (zarr slices are copies)."""
+
+    def __init__(self, array, index: tuple[int, ...]):
+        self.array, self.index = array, index
+        self.shape, self.dtype = tuple(array.shape[len(index) :]), array.dtype
+
+    def __setitem__(self, key, value):
+        key = key if isinstance(key, tuple) else (key,)
+        self.array[self.index + key] = value
 
 
 def run(generator: Generator):

@@ -77,3 +77,179 @@ def bench_psf(batch: int = 256, device: str = "cpu", seconds: float = 3.0, seed:
         "torch_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
     }
+
+
+# -- the pipeline speed benchmark (``deepblur bench``) -------------------------------------------
+#: Image sizes (px a side) timed by default; 8192 (tiled) is opt-in: ``--sizes …,8192``.
+BENCH_SIZES = (256, 512, 2048)
+#: Above this many pixels Richardson–Lucy is timed on a central 2048² crop and scaled by area.
+RL_MAX_PX = 4096 * 4096
+
+
+class PeakRSS:
+    """Context manager sampling this process's resident memory (``/proc/self/statm``) every
+    ``interval_s`` in a thread: ``peak_mb`` and ``start_mb`` after the block. Falls back to
+    ``resource.getrusage`` (the process's lifetime peak) where /proc is missing."""
+
+    def __init__(self, interval_s: float = 0.02):
+        self.interval_s = interval_s
+        self.start_mb = self.peak_mb = 0.0
+
+    @staticmethod
+    def current_mb() -> float:
+        try:
+            with open("/proc/self/statm") as f:
+                pages = int(f.read().split()[1])
+            import os
+
+            return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+        except (OSError, ValueError, IndexError):
+            import resource
+
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def __enter__(self):
+        import threading
+
+        self.start_mb = self.peak_mb = self.current_mb()
+        self._stop = threading.Event()
+
+        def sample():
+            while not self._stop.wait(self.interval_s):
+                self.peak_mb = max(self.peak_mb, self.current_mb())
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, self.current_mb())
+        return False
+
+
+def bench_image(size: int, seed: int = 0):
+    """A ``size × size`` float32 test image: the synthetic sample (256 px, known blur,
+    noise) mirrored into a seamless 512 px block and repeated (generating a large scene
+    directly takes minutes)."""
+    import numpy as np
+
+    from .._sample_data import make_blurred_sample
+
+    a = make_blurred_sample(seed, 256)["image"]
+    block = np.block([[a, a[:, ::-1]], [a[::-1], a[::-1, ::-1]]])
+    reps = -(-size // block.shape[0])
+    return np.ascontiguousarray(np.tile(block, (reps, reps))[:size, :size], dtype=np.float32)
+
+
+def _time(dev, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` and its wall time in seconds (GPU work on ``dev`` included)."""
+    synchronize(dev)
+    start = time.perf_counter()
+    value = fn(*args, **kwargs)
+    synchronize(dev)
+    return value, time.perf_counter() - start
+
+
+def bench_pipeline(
+    sizes=BENCH_SIZES,
+    *,
+    device: str = "auto",
+    model=None,
+    rl_iterations: int = 30,
+    batch_images: int = 16,
+    batch_size_px: int = 512,
+    batch_workers: int | None = None,
+    seed: int = 0,
+    progress=None,
+) -> dict:
+    """Seconds for :func:`pipeline.identify` and :func:`pipeline.deblur` per image size, the
+    same image deconvolved by Richardson–Lucy (``rl_iterations``, with the estimated PSF) and
+    the ratio, peak memory, and images/s of ``deepblur batch`` on a local dask cluster.
+
+    Each size runs once after a warm-up at 256 px (default settings: identification
+    averaged over 8 flips, tiles of 1024 px). Images: :func:`bench_image`. RL:
+    :func:`~napari_deepblur.evaluation.baselines.richardson_lucy` (float64 FFT, the
+    algorithm of ``skimage.restoration.richardson_lucy`` with ``clip=False``), on the CPU; above
+    :data:`RL_MAX_PX` pixels it is timed on a central 2048² crop and scaled by the area
+    (``rl_extrapolated``). ``peak_rss_mb``: the largest resident memory of this process
+    during identify + deblur (it includes the model and earlier allocations that stay
+    mapped). Batch: ``batch_images`` TIFFs of ``batch_size_px`` px through
+    :func:`napari_deepblur.batch.iter_batch` (identify + deblur + write), cluster start-up
+    excluded. Returns a JSON-serialisable dict.
+    """
+    import tempfile
+
+    from .. import pipeline
+    from ..models import load_model
+    from .baselines import richardson_lucy
+
+    say = progress or (lambda message: None)
+    dev = resolve_device(device)
+    net = load_model(model, device=dev)
+    warm = bench_image(256, seed)
+    pipeline.deblur(warm, pipeline.identify(warm, net, device=dev), net, device=dev)
+    rows = []
+    for size in sizes:
+        image = bench_image(int(size), seed)
+        say(f"{size}² identify + deblur")
+        with PeakRSS() as memory:
+            estimate, t_identify = _time(dev, pipeline.identify, image, net, device=dev)
+            _, t_deblur = _time(dev, pipeline.deblur, image, estimate, net, device=dev)
+        row = {
+            "size_px": int(size),
+            "tiles": max(1, len(estimate.tiles)),
+            "identify_s": t_identify,
+            "deblur_s": t_deblur,
+            "total_s": t_identify + t_deblur,
+            "peak_rss_mb": memory.peak_mb,
+            "rss_before_mb": memory.start_mb,
+        }
+        if rl_iterations:
+            say(f"{size}² Richardson–Lucy ({rl_iterations} iterations)")
+            crop = image
+            if image.size > RL_MAX_PX:
+                c = (size - 2048) // 2
+                crop = image[c : c + 2048, c : c + 2048]
+            _, t_rl = _time(dev, richardson_lucy, crop, estimate.psf, rl_iterations)
+            t_rl *= image.size / crop.size
+            row.update(
+                rl_s=t_rl,
+                rl_extrapolated=crop is not image,
+                rl_over_deepblur=t_rl / row["total_s"],
+            )
+        rows.append(row)
+        del image
+    result = {
+        "benchmark": "pipeline",
+        "model": net.name,
+        "device": str(dev),
+        "device_name": device_name(dev),
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "rl_iterations": rl_iterations,
+        "sizes": rows,
+    }
+    if batch_images:
+        from .. import io
+        from ..batch import DeblurOptions, iter_batch
+
+        say(f"batch: {batch_images} images of {batch_size_px}² on a local dask cluster")
+        with tempfile.TemporaryDirectory() as tmp:
+            inputs = []
+            for k in range(batch_images):
+                image = bench_image(batch_size_px, seed + k)
+                inputs.append(io.write_image(f"{tmp}/img{k:03d}.tif", image))
+            options = DeblurOptions(model=str(net.path) if net.path else None, device=str(dev))
+            done = pipeline.run(iter_batch(inputs, f"{tmp}/out", options, workers=batch_workers))
+        if done.failed:
+            raise RuntimeError(f"batch benchmark failed: {done.failed[0]}")
+        result["batch"] = {
+            "images": batch_images,
+            "size_px": batch_size_px,
+            "workers": done.workers,
+            "seconds": done.seconds,
+            "images_per_s": len(done.done) / done.seconds,
+        }
+    return result

@@ -1,0 +1,364 @@
+"""Files in, files out: :func:`iter_deblur_file` (what ``deepblur deblur`` runs) and the dask
+batch (:func:`iter_batch`, ``deepblur batch``).
+
+Both go through :func:`pipeline.iter_identify_stack` / :func:`pipeline.iter_deblur_stack`
+(one way through). Images are read memory-mapped and written into a memory-mapped temporary
+TIFF that is renamed when complete (:func:`io.create_image`), so memory stays bounded for
+large images, an interrupted run leaves no TIFF that looks finished, and a batch re-run skips
+the files whose output exists.
+
+The batch runs on ``dask.distributed``: a ``LocalCluster`` by default, or any scheduler
+address (``tcp://host:8786``). One task per file; no home-made job queue.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .pipeline import DEFAULT_TILE_PX, BlurEstimate, Progress
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+@dataclass
+class DeblurOptions:
+    """How to deblur each file (picklable: shipped to dask workers).
+
+    ``optics``: pipeline keywords (``fc`` or ``pixel_size_nm``, ``na``, ``wavelength_nm``,
+    ``refractive_index``; None values are ignored), completed from each file's pixel size and
+    metadata by :func:`image_optics`. ``estimate``: a shared estimate (one, or one per plane)
+    instead of identifying each file. ``mode``/``plane``: how stacks are identified (see
+    :func:`pipeline.iter_identify_stack`). ``dtype``: "float32" or "input" (the input's
+    dtype, rounded and clipped). ``torch_threads``: set in the worker before running.
+    """
+
+    model: str | None = None
+    device: str = "auto"
+    estimate: BlurEstimate | list[BlurEstimate] | None = None
+    mode: str = "plane"
+    plane: int | tuple[int, ...] | None = None
+    noise: float | dict | None = None
+    strength: float = 1.0
+    optics: dict = field(default_factory=dict)
+    dtype: str = "float32"
+    tile_px: int = DEFAULT_TILE_PX
+    overwrite: bool = False
+    estimate_json: bool = True
+    torch_threads: int | None = None
+
+
+def image_optics(image, optics: dict | None = None) -> tuple[dict, str]:
+    """The pipeline's optics keywords for an :class:`~napari_deepblur.io.ImageData`, and
+    where they came from (a short text).
+
+    ``fc`` given wins. Otherwise NA, wavelength and pixel size come from ``optics`` where given,
+    else from the file (its pixel size; NA, wavelength and refractive index from the optics our
+    TIFFs carry in their metadata). Partial optics that cannot be completed are an error;
+    nothing at all means "sampled like the model".
+    """
+    optics = {k: v for k, v in (optics or {}).items() if v is not None}
+    if "fc" in optics:
+        return {"fc": float(optics["fc"])}, f"fc {optics['fc']} cycles/pixel (given)"
+    stored = (image.metadata or {}).get("optics") or {}
+    explicit = any(k in optics for k in ("pixel_size_nm", "na", "wavelength_nm"))
+    if explicit or ("na" in stored and "wavelength_nm" in stored):
+        merged = {
+            "pixel_size_nm": optics.get("pixel_size_nm")
+            or image.pixel_size_nm
+            or stored.get("pixel_size_nm"),
+            "na": optics.get("na") or stored.get("na"),
+            "wavelength_nm": optics.get("wavelength_nm") or stored.get("wavelength_nm"),
+        }
+        missing = [k for k, v in merged.items() if v is None]
+        if missing:
+            flags = ", ".join("--" + k.replace("_", "-") for k in missing)
+            raise ValueError(
+                f"incomplete optics: {flags} missing (the file has no value for them); "
+                "give NA, wavelength and pixel size together, or --fc"
+            )
+        index = optics.get("refractive_index") or stored.get("refractive_index")
+        if index is not None:
+            merged["refractive_index"] = index
+        source = "given" if explicit else "from the file"
+        text = (
+            f"NA {merged['na']}, {merged['wavelength_nm']} nm, "
+            f"{merged['pixel_size_nm']:.4g} nm pixels ({source})"
+        )
+        return merged, text
+    return {}, "assumed sampled like the model (no optics given or stored in the file)"
+
+
+def check_image_axes(image, path) -> None:
+    """Refuse RGB and other sample-interleaved images with a message that says what to do."""
+    axes = image.axes or ""
+    if "S" in axes or (image.data.ndim == 3 and image.data.shape[-1] in (3, 4)):
+        raise ValueError(
+            f"{path} is an RGB(A) image (axes {axes or '?'}, shape {tuple(image.data.shape)}); "
+            "Deep-Blur needs one fluorescence channel per plane: save the channels as a "
+            "grayscale stack (C, Y, X)"
+        )
+    if image.data.ndim < 2 or min(image.data.shape[-2:]) < 16:
+        raise ValueError(
+            f"{path} has shape {tuple(image.data.shape)}: expected planes (…, Y, X) of at "
+            "least 16×16 px"
+        )
+
+
+def estimate_json(estimate) -> dict:
+    """The JSON form of one estimate, or ``{"planes": [...]}`` for one per plane."""
+    if isinstance(estimate, list | tuple):
+        return {"planes": [e.to_dict() for e in estimate]}
+    return estimate.to_dict()
+
+
+def estimate_from_json(data: dict):
+    """Inverse of :func:`estimate_json`."""
+    if "planes" in data:
+        return [BlurEstimate.from_dict(d) for d in data["planes"]]
+    return BlurEstimate.from_dict(data)
+
+
+def iter_deblur_file(
+    input_path, output_path, options: DeblurOptions | None = None
+) -> Generator[Progress, None, dict]:
+    """Identify (unless ``options.estimate``) and deblur one TIFF (2D or a stack) into
+    ``output_path``, plane by plane and tile by tile, yielding :class:`Progress`.
+
+    With ``options.estimate_json`` the estimate is written beside the output as
+    ``<output stem>.json`` (before the TIFF, whose rename marks the file finished). Returns
+    ``{"input", "output", "seconds", "shape", "estimate"}``.
+    """
+    from . import io, pipeline
+    from .models import load_model
+
+    options = options or DeblurOptions()
+    start = time.perf_counter()
+    input_path, output_path = Path(input_path), Path(output_path)
+    if output_path.suffix.lower() not in TIFF_SUFFIXES:
+        raise ValueError(f"the output must be a .tif or .tiff file: {output_path}")
+    if output_path.resolve() == input_path.resolve():
+        raise ValueError(f"the output would replace the input {input_path}; choose another path")
+    if output_path.exists() and not options.overwrite:
+        raise FileExistsError(f"{output_path} already exists; pass --overwrite to replace it")
+    if not output_path.parent.is_dir():
+        raise FileNotFoundError(f"the output folder {output_path.parent} does not exist")
+    if options.torch_threads:
+        import torch
+
+        torch.set_num_threads(options.torch_threads)
+    image = io.read_image(input_path, mmap=True)
+    check_image_axes(image, input_path)
+    optics, _ = image_optics(image, options.optics)
+    model = load_model(options.model, device=options.device)
+    data = image.data
+    estimate = options.estimate
+    if estimate is None:
+        estimate = yield from pipeline.iter_identify_stack(
+            data,
+            model,
+            mode=options.mode,
+            plane=options.plane,
+            device=options.device,
+            tile_px=options.tile_px,
+            **optics,
+        )
+    dtype = np.float32 if options.dtype == "float32" else data.dtype
+    summary = estimate_json(estimate)
+    if options.estimate_json:
+        sidecar = output_path.with_suffix(".json")
+        text = json.dumps({"input": str(input_path), "estimate": summary}, indent=2)
+        io._atomic_write(sidecar, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    axes = image.axes if image.axes and len(image.axes) == data.ndim else None
+    metadata = {
+        "deblurred_from": input_path.name,
+        "model": model.name,
+        "strength": options.strength,
+        "estimate": summary,
+    }
+    with io.create_image(
+        output_path,
+        data.shape,
+        dtype,
+        pixel_size_nm=image.pixel_size_nm,
+        metadata=metadata,
+        overwrite=options.overwrite,
+        axes=axes,
+    ) as out:
+        yield from pipeline.iter_deblur_stack(
+            data,
+            estimate,
+            model,
+            out=out,
+            noise=options.noise,
+            strength=options.strength,
+            device=options.device,
+            tile_px=options.tile_px,
+            **optics,
+        )
+    return {
+        "input": str(input_path),
+        "output": str(output_path),
+        "seconds": time.perf_counter() - start,
+        "shape": list(data.shape),
+        "estimate": summary,
+    }
+
+
+def deblur_file(input_path, output_path, options: DeblurOptions | None = None) -> dict:
+    """:func:`iter_deblur_file` run to the end (the dask task)."""
+    from .pipeline import run
+
+    return run(iter_deblur_file(input_path, output_path, options))
+
+
+# -- batch -------------------------------------------------------------------------------------
+def batch_jobs(inputs: Sequence, out_dir) -> list[tuple[Path, Path]]:
+    """``(input, output)`` pairs: each input TIFF (folders: their ``*.tif``/``*.tiff``,
+    sorted) → ``out_dir/<same name>.tif``. Missing inputs and clashing names are errors."""
+    out_dir = Path(out_dir)
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in TIFF_SUFFIXES)
+            if not found:
+                raise FileNotFoundError(f"no .tif/.tiff files in the folder {path}")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"input not found: {path}")
+    jobs, seen = [], {}
+    for path in files:
+        out = out_dir / (path.stem + ".tif")
+        if out in seen:
+            raise ValueError(f"{path} and {seen[out]} would both be written to {out}")
+        if out.resolve() == path.resolve():
+            raise ValueError(f"the output {out} would replace the input; choose another --out")
+        seen[out] = path
+        jobs.append((path, out))
+    return jobs
+
+
+@dataclass
+class BatchResult:
+    """What a batch did: outputs written, outputs already there, and failures (with the
+    error message); ``seconds``: wall time of the processing (cluster start excluded)."""
+
+    done: list[dict] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    workers: int = 0
+    scheduler: str = ""
+
+
+def _prepare_worker(model, device, torch_threads) -> None:
+    """Run once on each dask worker before the files: threads, then the model (cached)."""
+    import torch
+
+    from .models import load_model
+
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    load_model(model, device=device)
+
+
+def _default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def iter_batch(
+    inputs: Sequence,
+    out_dir,
+    options: DeblurOptions | None = None,
+    *,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    processes: bool = True,
+    client=None,
+) -> Generator[Progress, None, BatchResult]:
+    """Deblur many TIFFs on dask, one task per file, yielding :class:`Progress` per file.
+
+    ``scheduler``: a ``dask.distributed`` scheduler address; default a ``LocalCluster`` of
+    ``workers`` single-threaded workers (``processes=False``: threads in this process), each
+    running torch on ``cpu_count // workers`` threads. ``client``: an existing
+    ``distributed.Client`` to use instead. Outputs that exist are skipped unless
+    ``options.overwrite``. A failing file is recorded in :attr:`BatchResult.failed` and the
+    others go on. Stopping the iteration cancels the files not yet done.
+    """
+    options = options or DeblurOptions()
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"--out {out_dir} exists and is not a folder")
+    jobs = batch_jobs(inputs, out_dir)
+    result = BatchResult()
+    todo = []
+    for src, dst in jobs:
+        if dst.exists() and not options.overwrite:
+            result.skipped.append(str(dst))
+        else:
+            todo.append((src, dst))
+    if not todo:
+        return result
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    from distributed import Client, LocalCluster, as_completed
+
+    own = []
+    try:
+        if client is None:
+            if scheduler:
+                client = Client(scheduler, timeout="30s")
+            else:
+                workers = workers or _default_workers()
+                cluster = LocalCluster(
+                    n_workers=workers,
+                    threads_per_worker=1,
+                    processes=processes,
+                    dashboard_address=None,
+                    silence_logs=logging.ERROR,
+                )
+                own.append(cluster)
+                client = Client(cluster)
+                if options.torch_threads is None:
+                    threads = max(1, (os.cpu_count() or 1) // workers)
+                    options = DeblurOptions(**{**options.__dict__, "torch_threads": threads})
+            own.insert(0, client)
+        # import torch and load the model on every worker now (a bad --model fails here, once)
+        client.run(_prepare_worker, options.model, options.device, options.torch_threads)
+        result.workers = len(client.scheduler_info().get("workers", {}))
+        result.scheduler = str(client.scheduler.address)
+        start = time.perf_counter()
+        futures = {
+            client.submit(
+                deblur_file, src, dst, options, pure=False, key=f"deblur-{i}-{src.name}"
+            ): (src, dst)
+            for i, (src, dst) in enumerate(todo)
+        }
+        try:
+            for k, future in enumerate(as_completed(futures), 1):
+                src, dst = futures[future]
+                if future.status == "error":
+                    error = future.exception()
+                    result.failed.append((str(src), f"{type(error).__name__}: {error}"))
+                    message = f"{src.name} failed"
+                else:
+                    result.done.append(future.result())
+                    message = f"{src.name} → {dst}"
+                yield Progress(k, len(todo), message)
+        finally:
+            client.cancel(list(futures))
+        result.seconds = time.perf_counter() - start
+    finally:
+        for thing in own:
+            thing.close()
+    return result

@@ -1,0 +1,92 @@
+"""``deepblur batch`` on dask.distributed: a real two-worker LocalCluster (threads, to stay
+fast), skipping finished outputs, recording failures, and the same through a scheduler
+address from the command line."""
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_deepblur import batch, cli, io
+from napari_deepblur._sample_data import make_blurred_sample
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as c:
+        yield c
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k in range(3):
+        image = make_blurred_sample(k, 96)["image"]
+        io.write_image(folder / f"img{k}.tif", image, pixel_size_nm=74.0)
+    return folder
+
+
+def test_batch_on_two_workers_skips_finished(cluster, inputs, tmp_path):
+    from distributed import Client
+
+    out = tmp_path / "out"
+    options = batch.DeblurOptions(device="cpu", tile_px=1024)
+    with Client(cluster) as client:
+        steps = []
+        gen = batch.iter_batch([inputs], out, options, client=client)
+        while True:
+            try:
+                steps.append(next(gen))
+            except StopIteration as stop:
+                result = stop.value
+                break
+        assert result.workers == 2 and len(result.done) == 3 and not result.failed
+        assert [p.done for p in steps] == [1, 2, 3]
+        for k in range(3):
+            image = io.read_image(out / f"img{k}.tif")
+            assert image.data.shape == (96, 96) and image.data.dtype == np.float32
+            assert json.loads((out / f"img{k}.json").read_text())["estimate"]["coefficients"]
+        # a re-run skips the finished files; a new broken input fails alone
+        (inputs / "broken.tif").write_text("not a tiff")
+        gen = batch.iter_batch([inputs], out, options, client=client)
+        result = _drain(gen)
+    assert len(result.skipped) == 3 and len(result.done) == 0
+    assert len(result.failed) == 1 and "not a readable TIFF" in result.failed[0][1]
+    assert not (out / "broken.tif").exists()
+    assert not [p for p in out.iterdir() if p.name.endswith(".partial")]
+
+
+def _drain(gen):
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def test_batch_cli_with_scheduler_address(cluster, inputs, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["batch", str(inputs / "img0.tif"), str(inputs / "img1.tif"), "--out", str(out)]
+    argv += ["--scheduler", cluster.scheduler_address, "--device", "cpu", "--quiet"]
+    assert cli.main(argv) == 0
+    assert "2 deblurred, 0 skipped" in capsys.readouterr().out
+    assert cli.main(argv) == 0  # everything is done: nothing to submit
+    assert "0 deblurred, 2 skipped" in capsys.readouterr().out
+
+
+def test_batch_jobs_errors(inputs, tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        batch.batch_jobs([inputs / "nope.tif"], tmp_path / "out")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "img0.tif").write_bytes((inputs / "img0.tif").read_bytes())
+    with pytest.raises(ValueError, match="both be written"):
+        batch.batch_jobs([inputs, other], tmp_path / "out")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="no .tif"):
+        batch.batch_jobs([empty], tmp_path / "out")

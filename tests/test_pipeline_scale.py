@@ -1,0 +1,197 @@
+"""Large images and stacks in the pipeline: streamed tiles, memory-mapped I/O, dask, planes,
+cancellation and the out-of-memory fallback. Behaviour, not accuracy (the shipped model is
+replaced by better ones under the same name)."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from napari_deepblur import devices, io, pipeline
+from napari_deepblur._sample_data import make_blurred_sample
+from napari_deepblur.models import load_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return make_blurred_sample(0, 128)["image"]
+
+
+@pytest.fixture(scope="module")
+def estimate(model, sample):
+    return pipeline.identify(sample, model, device="cpu", augment=False)
+
+
+def _mosaic(image, shape):
+    block = np.block([[image, image[:, ::-1]], [image[::-1], image[::-1, ::-1]]])
+    reps = [-(-n // b) for n, b in zip(shape, block.shape, strict=True)]
+    return np.ascontiguousarray(np.tile(block, reps)[: shape[0], : shape[1]])
+
+
+def _relative_error(a, b):
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b - b.mean()))
+
+
+def test_tiled_matches_untiled_just_above_the_tile_size(model, sample, estimate):
+    image = _mosaic(sample, (202, 190))  # tiles of 160 px: a 2×2 grid
+    whole = pipeline.deblur(image, estimate, model, device="cpu", tile_px=256)
+    steps = []
+    gen = pipeline.iter_deblur(image, estimate, model, device="cpu", tile_px=160)
+    while True:
+        try:
+            steps.append(next(gen))
+        except StopIteration as stop:
+            tiled = stop.value
+            break
+    assert [p.done for p in steps] == [1, 2, 3, 4] and {p.total for p in steps} == {4}
+    assert tiled.shape == image.shape and tiled.dtype == np.float32
+    assert np.isfinite(tiled).all()
+    assert _relative_error(tiled, whole) < 0.01
+
+
+def test_deblur_into_memmaps_streams_bands(tmp_path, model, sample, estimate):
+    image = (_mosaic(sample, (210, 200)) * 1000 + 100).astype(np.uint16)
+    path = io.write_image(tmp_path / "in.tif", image)
+    source = io.read_image(path, mmap=True).data
+    assert isinstance(source, np.memmap)
+
+    class Recorder:  # an output that records the row blocks written to it
+        def __init__(self, shape):
+            self.array, self.shape, self.dtype = np.zeros(shape, np.float32), shape, np.float32
+            self.rows = []
+
+        def __setitem__(self, key, value):
+            self.rows.append(value.shape[0])
+            self.array[key] = value
+
+    out = Recorder(image.shape)
+    pipeline.run(pipeline.iter_deblur_into(source, out, estimate, model, device="cpu", tile_px=128))
+    # band by band: rows are written as soon as no later tile touches them (tiles start on
+    # the network's stride, so the last one may be up to 3 px longer than tile_px)
+    assert sum(out.rows) == image.shape[0] and len(out.rows) == 3 and max(out.rows) < 128 + 4
+    expected = pipeline.deblur(image, estimate, model, device="cpu", tile_px=128)
+    np.testing.assert_allclose(out.array, expected, atol=1e-5 * float(np.abs(expected).max()))
+    # an integer output is rounded and clipped
+    as_uint = np.zeros(image.shape, np.uint16)
+    pipeline.run(pipeline.iter_deblur_into(source, as_uint, estimate, model, device="cpu"))
+    assert as_uint.dtype == np.uint16 and as_uint.max() > 0
+
+
+def test_dask_map_overlap_matches_deblur(model, sample, estimate):
+    da = pytest.importorskip("dask.array")
+    image = _mosaic(sample, (240, 232))
+    lazy = pipeline.deblur_dask(
+        da.from_array(image, chunks=128), estimate, model, chunk_px=128, device="cpu"
+    )
+    assert lazy.shape == image.shape and lazy.dtype == np.float32 and lazy.numblocks == (2, 2)
+    result = lazy.compute(scheduler="synchronous")
+    expected = pipeline.deblur(image, estimate, model, device="cpu")
+    assert _relative_error(result, expected) < 0.01
+
+
+def test_stack_plane_by_plane_with_shared_estimate(model, sample, estimate):
+    stack = np.stack([sample, 2 * sample + 5, sample[::-1]])
+    steps = []
+    gen = pipeline.iter_deblur_stack(stack, estimate, model, device="cpu")
+    while True:
+        try:
+            steps.append(next(gen))
+        except StopIteration as stop:
+            out = stop.value
+            break
+    assert out.shape == stack.shape and out.dtype == np.float32
+    assert [p.done for p in steps if p.message.startswith("deblurred")] == [1, 2, 3]
+    assert all(p.total == 3 for p in steps)
+    for k in range(3):
+        np.testing.assert_allclose(
+            out[k], pipeline.deblur(stack[k], estimate, model, device="cpu"), rtol=0, atol=1e-5
+        )
+
+
+def test_stack_is_cancelled_by_stopping_iteration(model, sample, estimate):
+    stack = np.stack([sample] * 3)
+    out = np.full(stack.shape, -1.0, np.float32)
+    gen = pipeline.iter_deblur_stack(stack, estimate, model, out=out, device="cpu")
+    for p in gen:
+        if p.message.startswith("deblurred"):
+            break
+    gen.close()
+    assert (out[0] != -1).all() and (out[1:] == -1).all()
+
+
+def test_identify_stack_modes(model, sample):
+    dim = np.full_like(sample, 3.0) + 0.01 * sample  # almost no contrast
+    stack = np.stack([dim, sample, dim])
+    assert pipeline.representative_plane(stack) == (1,)
+    shared = pipeline.run(pipeline.iter_identify_stack(stack, model, device="cpu", augment=False))
+    direct = pipeline.identify(sample, model, device="cpu", augment=False)
+    np.testing.assert_allclose(shared.coefficients, direct.coefficients, atol=1e-6)
+    chosen = pipeline.run(
+        pipeline.iter_identify_stack(stack[None], model, plane=(0, 1), augment=False)
+    )
+    np.testing.assert_allclose(chosen.coefficients, direct.coefficients, atol=1e-6)
+    per_plane = pipeline.run(
+        pipeline.iter_identify_stack(
+            np.stack([sample, sample[::-1]]), model, mode="per-plane", augment=False
+        )
+    )
+    assert isinstance(per_plane, list) and len(per_plane) == 2
+    median = pipeline.run(
+        pipeline.iter_identify_stack(np.stack([sample] * 3), model, mode="median", augment=False)
+    )
+    assert isinstance(median, pipeline.BlurEstimate) and median.psf.shape == (31, 31)
+    np.testing.assert_allclose(median.coefficients, direct.coefficients, atol=1e-5)
+    with pytest.raises(ValueError, match="mode"):
+        pipeline.run(pipeline.iter_identify_stack(stack, model, mode="best"))
+
+
+def test_plane_index_and_bad_stacks():
+    assert pipeline.plane_index((2, 3, 64, 64), 4) == (1, 1)
+    assert pipeline.plane_index((2, 3, 64, 64), (1, 2)) == (1, 2)
+    assert pipeline.plane_indices((64, 64)) == [()]
+    with pytest.raises(ValueError, match="out of range"):
+        pipeline.plane_index((3, 64, 64), 3)
+    with pytest.raises(ValueError, match="RGB"):
+        pipeline.run(pipeline.iter_identify_stack(np.zeros((64, 64, 3), np.float32)))
+
+
+def test_out_of_memory_falls_back_to_smaller_tiles(model, sample, estimate, monkeypatch):
+    image = _mosaic(sample, (300, 300))
+    expected = pipeline.deblur(image, estimate, model, device="cpu", tile_px=256)
+    original = pipeline._deblur_tile
+
+    def small_tiles_only(tile, *args):
+        if max(tile.shape) > 260:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(tile, *args)
+
+    monkeypatch.setattr(pipeline, "_deblur_tile", small_tiles_only)
+    with pytest.warns(RuntimeWarning, match="retrying with 256 px tiles"):
+        result = pipeline.deblur(image, estimate, model, device="cpu", tile_px=512)
+    assert _relative_error(result, expected) < 0.01
+
+    def always(tile, *args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(pipeline, "_deblur_tile", always)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(torch.cuda.OutOfMemoryError):  # already on the CPU: nowhere to go
+            pipeline.deblur(image, estimate, model, device="cpu", tile_px=64)
+
+
+def test_device_helpers():
+    assert devices.resolve_device("auto").type in ("cuda", "mps", "cpu")
+    assert devices.resolve_device("cpu").type == "cpu"
+    assert devices.is_out_of_memory(torch.cuda.OutOfMemoryError("x"))
+    assert devices.is_out_of_memory(RuntimeError("MPS backend out of memory"))
+    assert not devices.is_out_of_memory(ValueError("out of range"))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA"):
+            devices.resolve_device("cuda")
