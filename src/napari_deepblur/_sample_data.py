@@ -61,3 +61,74 @@ def blurred_fluorescence() -> list[tuple]:
     pixel = sample["optics"]["pixel_size_nm"]
     kwargs = {"name": SAMPLE_NAME, "scale": (pixel, pixel), "units": ("nm", "nm")}
     return [(image, {**kwargs, "metadata": sample}, "image")]
+
+
+#: The real-looking sample: actin of fixed BPAE cells (widefield, ~108 nm pixels; see
+#: data/ATTRIBUTION.md), blurred again by a known aberrated PSF of these optics (fc = 0.2).
+ACTIN_FILE = "bpae_actin_400.tif"
+ACTIN_OPTICS = {
+    "na": 1.0,
+    "wavelength_nm": 540.0,
+    "pixel_size_nm": 108.0,
+    "refractive_index": 1.33,
+}
+#: Noll 4–10 in waves RMS: defocus 0.06, oblique astigmatism 0.05, horizontal coma −0.06,
+#: vertical trefoil 0.03.
+ACTIN_COEFFICIENTS = (0.06, 0.05, 0.0, 0.0, -0.06, 0.03, 0.0)
+#: Noise of the scene scaled to [0, 1] (α gain, β std), before the camera mapping.
+ACTIN_NOISE = {"alpha": 0.002, "beta": 0.01}
+#: Camera mapping of the [0, 1] scene to 16-bit counts: counts = gain · I + offset.
+ACTIN_CAMERA = {"gain": 4000.0, "offset": 200.0}
+ACTIN_NAME = "blurred actin (real cells)"
+
+
+def make_actin_sample(seed: int = 0, size: int = 256) -> dict:
+    """A real fluorescence crop (actin, BPAE cells) blurred by a known PSF, plus noise,
+    as a 16-bit camera image.
+
+    Returns the keys of :func:`make_blurred_sample` (``image`` is uint16 ``(size, size)``
+    in camera counts, ``sharp`` the crop in the same counts, float32) plus ``camera``
+    (gain, offset: counts = gain · I + offset for the [0, 1] scene that ``noise`` refers
+    to) and ``source`` (the file and its attribution). Deterministic for a given ``seed``.
+    """
+    from importlib.resources import files
+
+    import tifffile
+    import torch
+
+    from .optics import Microscope, ZernikeConvolution, add_poisson_gaussian
+
+    raw = tifffile.imread(str(files("napari_deepblur") / "data" / ACTIN_FILE)).astype(np.float32)
+    top = max(0, (raw.shape[0] - size) // 2)
+    left = max(0, (raw.shape[1] - size) // 2)
+    crop = raw[top : top + size, left : left + size]
+    low, high = np.percentile(crop, (0.5, 99.8))
+    sharp = np.clip((crop - low) / (high - low), 0, 1).astype(np.float32)
+    scope = Microscope(**ACTIN_OPTICS)
+    family = ZernikeConvolution(fc=scope.fc, noll_indices=SAMPLE_NOLL_INDICES)
+    gamma = torch.tensor(ACTIN_COEFFICIENTS, dtype=torch.float32)
+    blurred = family.forward(torch.from_numpy(sharp), gamma)
+    gen = torch.Generator().manual_seed(seed)
+    noisy = add_poisson_gaussian(blurred, ACTIN_NOISE["alpha"], ACTIN_NOISE["beta"], gen)
+    gain, offset = ACTIN_CAMERA["gain"], ACTIN_CAMERA["offset"]
+    counts = np.clip(np.round(noisy.numpy() * gain + offset), 0, 65535).astype(np.uint16)
+    return {
+        "image": counts,
+        "sharp": (sharp * gain + offset).astype(np.float32),
+        "true_psf": family.psf(gamma).numpy().astype(np.float32),
+        "coefficients_waves_rms": list(ACTIN_COEFFICIENTS),
+        "noll_indices": list(SAMPLE_NOLL_INDICES),
+        "optics": scope.to_dict(),
+        "noise": dict(ACTIN_NOISE),
+        "camera": dict(ACTIN_CAMERA),
+        "source": f"{ACTIN_FILE}: BPAE cells, actin (see napari_deepblur/data/ATTRIBUTION.md)",
+    }
+
+
+def blurred_actin() -> list[tuple]:
+    """napari sample: real actin-labelled cells, blurred by a known PSF (in the metadata)."""
+    sample = make_actin_sample()
+    image = sample.pop("image")
+    pixel = sample["optics"]["pixel_size_nm"]
+    kwargs = {"name": ACTIN_NAME, "scale": (pixel, pixel), "units": ("nm", "nm")}
+    return [(image, {**kwargs, "metadata": sample}, "image")]

@@ -1,0 +1,12 @@
+"""The napari dock widgets (everything here imports magicgui/napari/Qt).
+
+- :class:`IdentifyWidget` ("Identify blur"), :class:`DeblurWidget` ("Deblur"), and
+  :class:`DeepBlurPanel` (both in one dock);
+- their logic, testable without a viewer, is in :mod:`napari_deepblur._widget_logic`.
+"""
+
+from ._deblur import DeblurWidget
+from ._identify import IdentifyWidget
+from ._panel import DeepBlurPanel
+
+__all__ = ["DeblurWidget", "DeepBlurPanel", "IdentifyWidget"]

@@ -1,0 +1,304 @@
+"""The "Deblur" dock widget: image layer + blur estimate → "<name> deblurred", and a
+side-by-side comparison.
+
+Thin: it reads its controls into a :class:`~napari_deepblur._widget_logic.DeblurRequest` and
+runs :func:`~napari_deepblur._widget_logic.iter_deblur_layers` (the headless twin) in a
+thread worker. The input layer is never modified.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, PushButton
+
+from .. import _widget_logic as logic
+from ._job import JobWidget, device_choices, notify_error
+
+if TYPE_CHECKING:
+    import napari
+
+IDENTIFY_FIRST = "identify first (automatic)"
+CURRENT_PLANE = "current plane"
+ALL_PLANES = "all planes"
+
+
+class DeblurWidget(JobWidget):
+    """Remove the blur of an image layer with a PSF estimate.
+
+    Private sub-widgets (tests drive them): ``_image_layer``, ``_planes``, ``_psf_layer``,
+    ``_psf_file``, ``_open_psf_button``, ``_model``, ``_model_file``, ``_device``,
+    ``_strength``, ``_noise_override``, ``_noise_alpha``, ``_noise_beta``, ``_run_button``,
+    ``_progress``, ``_status``, ``_compare_button``.
+    """
+
+    action = "Deblur"
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(viewer, labels=False)
+        self._image_layer = ComboBox(label="Image", choices=self._image_layer_choices)
+        self._planes = ComboBox(
+            label="Planes", choices=[CURRENT_PLANE, ALL_PLANES], value=CURRENT_PLANE
+        )
+        self._psf_layer = ComboBox(label="Blur estimate", choices=self._psf_choices)
+        self._psf_file = FileEdit(label="…or a PSF file", mode="r", filter="*.tif *.tiff *.json")
+        self._open_psf_button = PushButton(text="Open PSF file")
+        self._model, self._model_file = self._make_model_widgets()
+        self._device = ComboBox(label="Device", choices=device_choices(), value="auto")
+        self._strength = FloatSpinBox(
+            label="Strength",
+            value=1.0,
+            min=0.1,
+            max=10.0,
+            step=0.1,
+            tooltip="Multiplies the noise level the network assumes: > 1 smoother, < 1 sharper.",
+        )
+        self._noise_override = CheckBox(text="Set the noise by hand", value=False)
+        self._noise_alpha = FloatSpinBox(
+            label="Poisson gain α", value=0.0, min=0.0, max=1e9, step=0.001, visible=False
+        )
+        self._noise_beta = FloatSpinBox(
+            label="Gaussian std β", value=0.0, min=0.0, max=1e9, step=0.001, visible=False
+        )
+        self._compare_button = PushButton(text="Compare side by side", enabled=False)
+        settings = Container(
+            labels=True,
+            widgets=[
+                self._image_layer,
+                self._planes,
+                self._psf_layer,
+                self._psf_file,
+            ],
+        )
+        options = Container(
+            labels=True,
+            widgets=[
+                self._model,
+                self._model_file,
+                self._device,
+                self._strength,
+                self._noise_override,
+                self._noise_alpha,
+                self._noise_beta,
+            ],
+        )
+        self.extend(
+            [
+                settings,
+                self._open_psf_button,
+                options,
+                self._run_button,
+                self._progress,
+                self._status,
+                self._compare_button,
+            ]
+        )
+        self._raw_layer = None
+        self._result_layer = None
+        self._comparing = False
+        self._saved_view: dict = {}
+        self._image_layer.changed.connect(self._on_layer_changed)
+        self._psf_layer.changed.connect(self._on_psf_changed)
+        self._noise_override.changed.connect(self._on_noise_override)
+        self._open_psf_button.changed.connect(self._on_open_psf_clicked)
+        self._compare_button.changed.connect(self._on_compare_clicked)
+        self._connect_layer_events()
+        self._viewer.layers.events.inserted.connect(self._on_layer_inserted)
+        self.reset_choices()
+        self._on_layer_changed(self._image_layer.value)
+
+    # -- choices --------------------------------------------------------------------------
+    def _image_layer_choices(self, _widget=None) -> list:
+        """Image layers that are not PSFs (and Labels, refused with a message)."""
+        return [
+            layer
+            for layer in super()._image_layer_choices()
+            if not logic.is_psf_metadata(layer.metadata)
+            and not layer.metadata.get("tiles")  # PSF maps
+        ]
+
+    def _psf_choices(self, _widget=None) -> list:
+        psfs = [
+            (layer.name, layer)
+            for layer in self._viewer.layers
+            if logic.is_psf_metadata(getattr(layer, "metadata", None))
+        ]
+        return [(IDENTIFY_FIRST, None), *psfs]
+
+    def _on_layer_inserted(self, event) -> None:
+        """A new PSF layer (identified or opened) becomes the estimate to use."""
+        layer = event.value
+        if logic.is_psf_metadata(getattr(layer, "metadata", None)):
+            self._psf_layer.reset_choices()
+            self._psf_layer.value = layer
+
+    def _on_layer_changed(self, layer: Any) -> None:
+        shape = () if layer is None else tuple(layer.data.shape)
+        self._planes.visible = len(shape) > 2 and not getattr(layer, "rgb", False)
+        if layer is not None and self._psf_layer.value is None:
+            # the latest PSF identified from this image, if any
+            mine = [
+                psf
+                for _, psf in self._psf_choices()[1:]
+                if str(psf.metadata.get("source", "")).startswith(layer.name)
+            ]
+            if mine:
+                self._psf_layer.value = mine[-1]
+
+    def _on_psf_changed(self, layer: Any) -> None:
+        noise = {} if layer is None else (layer.metadata.get("noise") or {})
+        if noise and not self._noise_override.value:
+            self._noise_alpha.value = max(float(noise.get("alpha", 0.0)), 0.0)
+            self._noise_beta.value = max(float(noise.get("beta", 0.0)), 0.0)
+
+    def _on_noise_override(self, value: bool) -> None:
+        self._noise_alpha.visible = self._noise_beta.visible = bool(value)
+
+    # -- controls → request ---------------------------------------------------------------
+    def _prepare(self):
+        layer = self._image_layer.value
+        if layer is None:
+            raise logic.UserError("open an image first (File > Open, or File > Open Sample)")
+        shape = layer.data[0].shape if layer.multiscale else layer.data.shape
+        logic.check_layer(type(layer).__name__, rgb=getattr(layer, "rgb", False), shape=shape)
+        data = layer.data[0] if layer.multiscale else layer.data
+        all_planes = len(shape) > 2 and self._planes.value == ALL_PLANES
+        psf_layer = self._psf_layer.value
+        estimate = None
+        if psf_layer is not None:
+            estimate = logic.estimate_from_psf_layer(psf_layer.data, psf_layer.metadata)
+        optics = logic.optics_from_layer(
+            layer.metadata, tuple(layer.scale), tuple(getattr(layer, "units", ()) or ())
+        )
+        if psf_layer is not None and psf_layer.metadata.get("source") == layer.name:
+            optics = logic.Optics()  # the estimate knows this image's sampling
+        noise = None
+        if self._noise_override.value:
+            noise = {"alpha": float(self._noise_alpha.value), "beta": float(self._noise_beta.value)}
+        self._raw_layer = layer
+        request = logic.DeblurRequest(
+            data=data,
+            source=layer.name,
+            plane=None if all_planes else self._plane_of(layer),
+            estimate=estimate,
+            model=self._model_value(),
+            optics=optics,
+            device=self._device.value,
+            strength=float(self._strength.value),
+            noise=noise,
+            geometry=logic.layer_geometry(
+                layer.scale,
+                layer.translate,
+                getattr(layer, "units", None),
+            )
+            if not all_planes
+            else _full_geometry(layer),
+            colormap=getattr(layer.colormap, "name", None),
+        )
+        return logic.iter_deblur_layers(request)
+
+    # -- result → viewer --------------------------------------------------------------------
+    def _finish(self, result: logic.DeblurResult) -> None:
+        from napari.layers import Layer
+
+        if self._comparing:
+            self.end_comparison()
+        added = [self._viewer.add_layer(Layer.create(*ldt)) for ldt in result.layers]
+        self._result_layer = added[-1]
+        raw = self._raw_layer
+        if raw is not None and raw in self._viewer.layers:
+            self._result_layer.contrast_limits = logic.matched_contrast_limits(
+                _current(raw, self._viewer), self._result_layer.data
+            )
+        self._compare_button.enabled = True
+        self._status.value = f"Added '{self._result_layer.name}'."
+
+    # -- compare --------------------------------------------------------------------------------
+    def _on_compare_clicked(self, *_: Any) -> None:
+        if self._comparing:
+            self.end_comparison()
+        else:
+            self.compare()
+
+    def compare(self) -> None:
+        """Raw and deblurred side by side (grid mode, only those two visible), with the same
+        contrast limits; the cameras are shared, so zoom and pan stay linked."""
+        raw, result = self._raw_layer, self._result_layer
+        layers = self._viewer.layers
+        if raw is None or result is None or raw not in layers or result not in layers:
+            notify_error("Compare failed: deblur an image first (its result layer is missing).")
+            return
+        limits = logic.matched_contrast_limits(_current(raw, self._viewer), result.data)
+        self._saved_view = {
+            "visible": {layer: layer.visible for layer in layers},
+            "grid": _grid(self._viewer).enabled,
+            "limits": {raw: tuple(raw.contrast_limits), result: tuple(result.contrast_limits)},
+        }
+        for layer in layers:
+            layer.visible = layer in (raw, result)
+        for layer in (raw, result):
+            layer.contrast_limits = limits
+        # grid cells follow the layer list from its bottom: raw left, deblurred right
+        if layers.index(raw) > layers.index(result):
+            layers.move(layers.index(raw), layers.index(result))
+        _grid(self._viewer).enabled = True
+        self._comparing = True
+        self._compare_button.text = "End comparison"
+
+    def end_comparison(self) -> None:
+        """Back to the view before :meth:`compare` (visibility, grid mode, contrast)."""
+        saved = self._saved_view
+        for layer, visible in saved.get("visible", {}).items():
+            if layer in self._viewer.layers:
+                layer.visible = visible
+        _grid(self._viewer).enabled = saved.get("grid", False)
+        self._comparing = False
+        self._saved_view = {}
+        self._compare_button.text = "Compare side by side"
+
+    # -- PSF files ------------------------------------------------------------------------------
+    def _on_open_psf_clicked(self, *_: Any) -> None:
+        self.open_psf(self._psf_file.value)
+
+    def open_psf(self, path) -> Any:
+        """Read an exported PSF file into a layer and use it as the estimate."""
+        from napari.layers import Layer
+
+        from .._reader import read_psf_layers
+
+        try:
+            [ldt] = read_psf_layers(str(path))
+        except Exception as exc:  # noqa: BLE001
+            notify_error(
+                logic.user_message(exc, "Opening the PSF file")
+                + " Choose a PSF exported by Deep-Blur (a .tif with its .json)."
+            )
+            return None
+        layer = self._viewer.add_layer(Layer.create(*ldt))
+        self._psf_layer.reset_choices()
+        self._psf_layer.value = layer
+        return layer
+
+
+def _grid(viewer):
+    """The viewer's grid settings (``viewer.canvas.grid`` since napari 0.9)."""
+    canvas = getattr(viewer, "canvas", None)
+    return canvas.grid if hasattr(canvas, "grid") else viewer.grid
+
+
+def _full_geometry(layer) -> dict:
+    geometry = {"scale": tuple(layer.scale), "translate": tuple(layer.translate)}
+    units = getattr(layer, "units", None)
+    if units is not None:
+        geometry["units"] = tuple(str(u) for u in units)
+    return geometry
+
+
+def _current(layer, viewer):
+    """The plane of ``layer`` shown now (for contrast limits of large stacks)."""
+    data = layer.data[0] if layer.multiscale else layer.data
+    if data.ndim <= 2:
+        return data
+    from .._widget_logic import plane_index
+
+    return data[plane_index(data.shape, layer.world_to_data(viewer.dims.point))]

@@ -1,0 +1,275 @@
+"""The "Identify blur" dock widget: image layer → PSF layer, coefficient table, PSF map.
+
+Thin: it reads its controls into an :class:`~napari_deepblur._widget_logic.IdentifyRequest`
+and runs :func:`~napari_deepblur._widget_logic.iter_identify_layers` (the headless twin) in a
+thread worker.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    SpinBox,
+    Table,
+)
+
+from .. import _widget_logic as logic
+from ._job import JobWidget, device_choices, notify_error, notify_info
+
+if TYPE_CHECKING:
+    import napari
+
+#: Shown when a layer has no optics in its metadata.
+DEFAULT_OPTICS = logic.Optics(na=1.4, wavelength_nm=520.0, pixel_size_nm=74.0)
+TABLE_COLUMNS = ("aberration", "waves RMS", "")
+
+
+class IdentifyWidget(JobWidget):
+    """Estimate the blur of the current plane of an image layer.
+
+    Private sub-widgets (tests drive them): ``_image_layer``, ``_model``, ``_model_file``,
+    ``_use_optics``, ``_na``, ``_wavelength``, ``_pixel_size``, ``_fc_label``, ``_device``,
+    ``_augment``, ``_tile_px``, ``_run_button``, ``_progress``, ``_status``, ``_table``,
+    ``_summary``, ``_export_path``, ``_export_button``.
+    """
+
+    action = "Identify blur"
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(viewer, labels=False)
+        self._image_layer = ComboBox(label="Image", choices=self._image_layer_choices)
+        self._model, self._model_file = self._make_model_widgets()
+        self._use_optics = CheckBox(
+            text="Optics known",
+            value=True,
+            tooltip="Unchecked: the image is assumed sampled like the model's training data.",
+        )
+        self._na = FloatSpinBox(label="NA", value=1.4, min=0.05, max=1.7, step=0.01)
+        self._wavelength = FloatSpinBox(
+            label="Wavelength (nm)", value=520.0, min=200.0, max=2000.0, step=1.0
+        )
+        self._pixel_size = FloatSpinBox(
+            label="Pixel size (nm)",
+            value=74.0,
+            min=1.0,
+            max=10000.0,
+            step=0.5,
+            tooltip="In the sample plane: camera pixel / magnification.",
+        )
+        self._fc_label = Label(label="Sampling", value="")
+        self._device = ComboBox(label="Device", choices=device_choices(), value="auto")
+        self._augment = CheckBox(
+            text="Average over flips (±)",
+            value=True,
+            tooltip="Identify 8 flipped/rotated copies: slower, and gives the uncertainty.",
+        )
+        self._tile_px = SpinBox(
+            label="Tile size (px)",
+            value=1024,
+            min=96,
+            max=16384,
+            step=32,
+            tooltip="Images larger than this are identified tile by tile, which also gives "
+            "a map of local PSFs across the field.",
+        )
+        self._table = Table(label="", value=[], visible=False)
+        self._table.read_only = True
+        self._summary = Label(label="", value="", visible=False)
+        for label in (self._summary, self._fc_label):
+            label.native.setWordWrap(True)
+        self._export_path = FileEdit(label="Export PSF to", mode="w", filter="*.psf.tif")
+        self._export_button = PushButton(text="Export PSF (TIFF + JSON)", enabled=False)
+        settings = Container(
+            labels=True,
+            widgets=[
+                self._image_layer,
+                self._model,
+                self._model_file,
+                self._use_optics,
+                self._na,
+                self._wavelength,
+                self._pixel_size,
+                self._fc_label,
+                self._device,
+                self._augment,
+                self._tile_px,
+            ],
+        )
+        export = Container(labels=True, widgets=[self._export_path])
+        self.extend(
+            [
+                settings,
+                self._run_button,
+                self._progress,
+                self._status,
+                self._table,
+                self._summary,
+                export,
+                self._export_button,
+            ]
+        )
+        self._result_layer = None
+        self._image_layer.changed.connect(self._on_layer_changed)
+        for w in (self._use_optics, self._na, self._wavelength, self._pixel_size, self._model):
+            w.changed.connect(self._update_fc)
+        self._use_optics.changed.connect(self._on_use_optics)
+        self._export_button.changed.connect(self._on_export_clicked)
+        self._connect_layer_events()
+        self.reset_choices()
+        self._on_layer_changed(self._image_layer.value)
+
+    # -- controls → request ---------------------------------------------------------------
+    def _on_layer_changed(self, layer: Any) -> None:
+        """Prefill the optics from the layer's metadata and scale/units."""
+        if layer is None:
+            self._update_fc()
+            return
+        optics = logic.optics_from_layer(
+            layer.metadata, tuple(layer.scale), tuple(getattr(layer, "units", ()) or ())
+        )
+        self._use_optics.value = optics.complete
+        guess = DEFAULT_OPTICS
+        self._na.value = optics.na or self._na.value or guess.na
+        self._wavelength.value = optics.wavelength_nm or self._wavelength.value
+        self._pixel_size.value = optics.pixel_size_nm or self._pixel_size.value
+        self._update_fc()
+
+    def _on_use_optics(self, value: bool) -> None:
+        for w in (self._na, self._wavelength, self._pixel_size):
+            w.enabled = bool(value)
+
+    def _optics(self) -> logic.Optics:
+        if not self._use_optics.value:
+            return logic.Optics()
+        layer = self._image_layer.value
+        known = logic.optics_from_layer(getattr(layer, "metadata", None))
+        return logic.Optics(
+            na=float(self._na.value),
+            wavelength_nm=float(self._wavelength.value),
+            pixel_size_nm=float(self._pixel_size.value),
+            refractive_index=known.refractive_index,
+        )
+
+    def _update_fc(self, *_: Any) -> None:
+        try:
+            from ..models import load_model
+
+            model_fc = load_model(self._model_value(), device="cpu").fc
+        except Exception:  # noqa: BLE001 - shown when Identify runs
+            model_fc = 0.2
+        self._fc_label.value = logic.fc_text(self._optics(), model_fc)
+
+    def _prepare(self):
+        layer = self._image_layer.value
+        if layer is None:
+            raise logic.UserError("open an image first (File > Open, or File > Open Sample)")
+        shape = layer.data[0].shape if layer.multiscale else layer.data.shape
+        logic.check_layer(type(layer).__name__, rgb=getattr(layer, "rgb", False), shape=shape)
+        data = layer.data[0] if layer.multiscale else layer.data
+        request = logic.IdentifyRequest(
+            data=data,
+            source=layer.name,
+            plane=self._plane_of(layer),
+            model=self._model_value(),
+            optics=self._optics(),
+            device=self._device.value,
+            augment=bool(self._augment.value),
+            tile_px=int(self._tile_px.value),
+            geometry=logic.layer_geometry(
+                layer.scale, layer.translate, getattr(layer, "units", None)
+            ),
+        )
+        return logic.iter_identify_layers(request)
+
+    # -- result → viewer --------------------------------------------------------------------
+    def _finish(self, result: logic.IdentifyResult) -> None:
+        from napari.layers import Layer
+
+        added = [self._viewer.add_layer(Layer.create(*ldt)) for ldt in result.layers]
+        self._result_layer = added[0]
+        self.show_estimate(added[0].metadata)
+        self._export_button.enabled = True
+        if not str(self._export_path.value) or str(self._export_path.value) == ".":
+            self._export_path.value = _export_folder(self._image_layer.value) / (
+                f"{_safe(added[0].name)}.psf.tif"
+            )
+        tiles = len(result.estimate.tiles)
+        self._status.value = f"Added '{added[0].name}'" + (
+            f" and a map of {tiles} local PSFs." if tiles else "."
+        )
+
+    def show_estimate(self, metadata: dict) -> None:
+        """Fill the coefficient table and the summary from a PSF layer's metadata."""
+        estimate = metadata.get("estimate") or metadata
+        rows = logic.coefficient_rows(estimate)
+        self._table.value = {
+            "data": [
+                [
+                    r["aberration"],
+                    f"{r['waves_rms']:+.3f}"
+                    + ("" if r["uncertainty"] is None else f" ± {r['uncertainty']:.3f}"),
+                    r["bar"],
+                ]
+                for r in rows
+            ],
+            "columns": list(TABLE_COLUMNS),
+            "index": [f"Z{r['noll']}" for r in rows],
+        }
+        table = self._table.native
+        table.verticalHeader().setVisible(False)
+        table.resizeColumnsToContents()
+        rows_px = sum(table.rowHeight(i) for i in range(len(rows)))
+        table.setFixedHeight(rows_px + table.horizontalHeader().height() + 4)
+        self._table.visible = bool(rows)
+        self._summary.value = logic.summary_text(estimate)
+        self._summary.visible = True
+
+    # -- export -------------------------------------------------------------------------------
+    def _on_export_clicked(self, *_: Any) -> None:
+        self.export_psf(self._export_path.value)
+
+    def export_psf(self, path) -> list[str]:
+        """Write the last PSF layer (or the selected PSF layer) as TIFF + JSON; never
+        overwrites (a notification says so)."""
+        from .._writer import write_psf_layer
+
+        layer = self._viewer.layers.selection.active
+        if layer is None or not logic.is_psf_metadata(getattr(layer, "metadata", None)):
+            layer = self._result_layer
+        if layer is None or layer not in self._viewer.layers:
+            notify_error("Export PSF failed: identify the blur first (no PSF layer to export).")
+            return []
+        try:
+            written = write_psf_layer(
+                str(path),
+                layer.data,
+                {"metadata": layer.metadata, "name": layer.name},
+                overwrite=False,
+            )
+        except Exception as exc:  # noqa: BLE001
+            notify_error(logic.user_message(exc, "Export PSF"))
+            return []
+        notify_info(f"PSF written to {written[0]} and {written[1]}.")
+        return written
+
+
+def _export_folder(layer) -> Path:
+    """The folder of the image's file when it came from one, else the home folder."""
+    path = getattr(getattr(layer, "source", None), "path", None)
+    if path and Path(path).parent.is_dir():
+        return Path(path).parent
+    return Path.home()
+
+
+def _safe(name: str) -> str:
+    text = "".join(c if c.isalnum() or c in "-." else "_" for c in name)
+    return "_".join(part for part in text.split("_") if part) or "psf"

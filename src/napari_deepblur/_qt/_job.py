@@ -1,0 +1,256 @@
+"""The part every Deep-Blur dock widget shares: a Run/Cancel button driving one thread
+worker at a time, an explicit run state, progress (in the dock and in napari's activity
+panel) and notifications for every error.
+
+A subclass builds its controls, then implements :meth:`JobWidget._prepare` (read the controls
+and layers into a job generator from :mod:`napari_deepblur._widget_logic`, quickly, on the
+main thread) and :meth:`JobWidget._finish` (add the layers the job returned).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
+from napari.qt.threading import create_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info, show_warning
+
+from .._widget_logic import RunState, RunStateMachine, UserError, guarded, user_message
+
+if TYPE_CHECKING:
+    import napari
+
+MODEL_FILE_CHOICE = "model file…"
+#: Docks stay narrow enough to leave the canvas most of the window.
+MAX_WIDTH_PX = 480
+
+__all__ = ["JobWidget", "notify_error", "notify_info", "notify_warning"]
+
+
+# Module-level so that tests can capture them (monkeypatch this module's attributes).
+def notify_error(message: str) -> None:
+    show_error(message)
+
+
+def notify_warning(message: str) -> None:
+    show_warning(message)
+
+
+def notify_info(message: str) -> None:
+    show_info(message)
+
+
+def device_choices() -> list[str]:
+    """ "auto", "cpu", and the accelerators present on this machine."""
+    import torch
+
+    choices = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        choices.append("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        choices.append("mps")
+    return choices
+
+
+def model_choices() -> list[str]:
+    from ..models import DEFAULT_MODEL, list_models
+
+    names = list(list_models())
+    if DEFAULT_MODEL in names:  # the default first
+        names.remove(DEFAULT_MODEL)
+        names.insert(0, DEFAULT_MODEL)
+    return [*names, MODEL_FILE_CHOICE]
+
+
+class JobWidget(Container):
+    """A dock widget that runs one pipeline job at a time in a napari thread worker.
+
+    Run state: idle → running → done | failed, or running → cancelling → idle. While a job
+    runs the Run button reads "Cancel"; clicking it asks the worker to stop, which happens
+    at the pipeline's next progress step (between tiles or planes). :meth:`run` never starts
+    a second job while one is running.
+    """
+
+    #: Button text and the name of the action in messages.
+    action = "Run"
+
+    def __init__(self, viewer: napari.viewer.Viewer, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._viewer = viewer
+        self._run_state = RunStateMachine()
+        self._worker = None
+        self._pbar = None
+        self._run_button = PushButton(text=self.action)
+        self._progress = ProgressBar(value=0, min=0, max=1, visible=False, label="")
+        self._status = Label(value="", label="")
+        self._run_button.changed.connect(self._on_run_clicked)
+        self._run_state.connect(self._on_state)
+        self._last_error = ""
+        self.native.setMaximumWidth(MAX_WIDTH_PX)
+        self._status.native.setWordWrap(True)
+
+    # -- state ----------------------------------------------------------------------
+    @property
+    def state(self) -> RunState:
+        return self._run_state.state
+
+    @property
+    def busy(self) -> bool:
+        return self._run_state.busy
+
+    @property
+    def worker(self):
+        """The running thread worker, or None."""
+        return self._worker
+
+    def _on_state(self, state: RunState) -> None:
+        self._run_button.text = {
+            RunState.RUNNING: "Cancel",
+            RunState.CANCELLING: "Cancelling…",
+        }.get(state, self.action)
+        self._run_button.enabled = state != RunState.CANCELLING
+        self._progress.visible = state in (RunState.RUNNING, RunState.CANCELLING)
+
+    # -- subclass hooks -----------------------------------------------------------------
+    def _prepare(self) -> Generator:
+        """Read controls and layers; return the job generator (raise to refuse)."""
+        raise NotImplementedError
+
+    def _finish(self, result: Any) -> None:
+        """Add the job's result to the viewer (main thread)."""
+        raise NotImplementedError
+
+    # -- running --------------------------------------------------------------------------
+    def _on_run_clicked(self, *_: Any) -> None:
+        if self.busy:
+            self.cancel()
+        else:
+            self.run()
+
+    def run(self):
+        """Start the job in a thread worker and return the worker (None if refused)."""
+        if self.busy:
+            notify_info(
+                f"{self.action} is already running; wait for it or click Cancel to stop it."
+            )
+            return None
+        try:
+            job = self._prepare()
+        except Exception as exc:  # noqa: BLE001 - every error becomes a notification
+            self._fail(user_message(exc, self.action))
+            return None
+        self._run_state.set(RunState.RUNNING)
+        self._status.value = f"{self.action}: starting…"
+        self._progress.max, self._progress.value = 1, 0
+        self._pbar = progress(total=0, desc=self.action)
+        worker = create_worker(guarded, job, self.action, _start_thread=False, _ignore_errors=True)
+        worker.yielded.connect(self._on_yielded)
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(self._on_errored)
+        worker.aborted.connect(self._on_aborted)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        """Ask the running job to stop at its next progress step (no layer is added)."""
+        if self.state != RunState.RUNNING or self._worker is None:
+            return
+        self._run_state.set(RunState.CANCELLING)
+        self._status.value = f"{self.action}: cancelling…"
+        self._worker.quit()
+
+    def _on_yielded(self, step: Any) -> None:
+        done, total = int(getattr(step, "done", 0)), int(getattr(step, "total", 0))
+        message = getattr(step, "message", "")
+        if total > 0:
+            self._progress.max = total
+            self._progress.value = min(done, total)
+        pbar = self._pbar  # (updating it may process events, finishing the job meanwhile)
+        if pbar is not None:
+            if total and pbar.total != total:
+                pbar.total = total
+                pbar.n = 0
+            if done > pbar.n:
+                pbar.update(done - pbar.n)
+            if message:
+                pbar.set_description(f"{self.action}: {message}")
+        if self.state == RunState.RUNNING:
+            self._status.value = f"{self.action}: {message or f'{done} of {total}'}"
+
+    def _on_returned(self, result: Any) -> None:
+        if self.state == RunState.CANCELLING:  # finished before the cancel took effect
+            self._run_state.set(RunState.IDLE)
+            self._status.value = f"{self.action}: cancelled."
+            return
+        try:
+            self._finish(result)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(user_message(exc, self.action))
+            return
+        self._run_state.set(RunState.DONE)
+
+    def _on_errored(self, exc: Exception) -> None:
+        self._fail(str(exc) if isinstance(exc, UserError) else user_message(exc, self.action))
+
+    def _on_aborted(self) -> None:
+        self._run_state.set(RunState.IDLE)
+        self._status.value = f"{self.action}: cancelled."
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+
+    def _fail(self, message: str) -> None:
+        self._last_error = message
+        self._status.value = message
+        self._run_state.set(RunState.FAILED)
+        notify_error(message)
+
+    # -- shared pieces ------------------------------------------------------------------
+    def _image_layer_choices(self, _widget=None) -> list:
+        """Image and Labels layers (Labels are refused with a message when run)."""
+        from napari.layers import Image, Labels
+
+        return [layer for layer in self._viewer.layers if isinstance(layer, Image | Labels)]
+
+    def _make_model_widgets(self) -> tuple[ComboBox, FileEdit]:
+        model = ComboBox(label="Model", choices=model_choices())
+        model_file = FileEdit(
+            label="Model file (.safetensors)", mode="r", filter="*.safetensors", visible=False
+        )
+        model.changed.connect(lambda v: setattr(model_file, "visible", v == MODEL_FILE_CHOICE))
+        return model, model_file
+
+    def _model_value(self) -> str:
+        if self._model.value == MODEL_FILE_CHOICE:
+            path = self._model_file.value
+            if not str(path) or str(path) == ".":
+                raise UserError("choose a model file (.safetensors), or pick a shipped model")
+            return str(path)
+        return self._model.value
+
+    def _connect_layer_events(self) -> None:
+        events = self._viewer.layers.events
+        for name in ("inserted", "removed", "moved", "reordered"):
+            emitter = getattr(events, name, None)
+            if emitter is not None:
+                emitter.connect(self._refresh_choices)
+
+    def _refresh_choices(self, *_: Any) -> None:
+        self.reset_choices()
+
+    def _plane_of(self, layer) -> tuple[int, ...]:
+        """The indices of the plane shown now for ``layer``'s leading axes."""
+        from .._widget_logic import plane_index
+
+        shape = layer.data[0].shape if layer.multiscale else layer.data.shape
+        if len(shape) <= 2:
+            return ()
+        position = layer.world_to_data(self._viewer.dims.point)
+        return plane_index(shape, position)

@@ -1,0 +1,714 @@
+"""What the napari widgets do, without napari or Qt: the widgets' headless twins.
+
+The dock widgets in :mod:`napari_deepblur._qt` only read their controls and the chosen
+layers into a request, hand the request's generator to a thread worker, and add the layer
+data tuples it returns. Everything in between lives here and is testable without a viewer:
+
+- :class:`RunState` / :class:`RunStateMachine`: the explicit run state of a dock widget;
+- :func:`check_layer`: refuse RGB, Labels, too small or otherwise unusable layers with a
+  sentence that says what to do;
+- :func:`optics_from_layer`: NA, wavelength and pixel size (nm) from a layer's metadata and
+  scale/units, to prefill the widgets;
+- :func:`iter_identify_layers` / :func:`identify_layers` and :func:`iter_deblur_layers` /
+  :func:`deblur_layers`: the jobs, as generators of :class:`~napari_deepblur.pipeline.Progress`
+  returning napari layer data tuples ``(data, kwargs, "image")`` (plain tuples: no napari);
+- :func:`psf_metadata`, :func:`estimate_from_psf_layer`: the PSF layer's metadata (the same
+  dict the PSF files carry) and back;
+- :func:`coefficient_rows`, :func:`summary_text`: what the coefficient table shows;
+- :func:`user_message`: any exception → one sentence for a notification.
+
+Nothing here imports napari, magicgui or qtpy; torch and the pipeline are imported lazily.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: The ``format`` value of PSF layers and PSF files (= :data:`napari_deepblur.io.PSF_FORMAT`).
+PSF_FORMAT = "napari-deepblur-psf"
+#: Colormaps of the layers we add.
+PSF_COLORMAP = "magma"
+#: A full bar in the coefficient table is this many waves RMS.
+BAR_FULL_SCALE_WAVES = 0.2
+BAR_WIDTH = 16
+#: Maréchal criterion: a wavefront error below this RMS (waves) is "diffraction-limited".
+MARECHAL_WAVES = 0.072
+
+LayerDataTuple = tuple[Any, dict, str]
+
+
+# -- run state --------------------------------------------------------------------------
+class RunState(str, enum.Enum):
+    """The run state of a dock widget."""
+
+    IDLE = "idle"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    DONE = "done"
+    FAILED = "failed"
+
+
+_TRANSITIONS = {
+    RunState.IDLE: {RunState.RUNNING, RunState.FAILED},
+    RunState.RUNNING: {RunState.CANCELLING, RunState.DONE, RunState.FAILED},
+    RunState.CANCELLING: {RunState.IDLE, RunState.DONE, RunState.FAILED},
+    RunState.DONE: {RunState.RUNNING, RunState.FAILED, RunState.IDLE},
+    RunState.FAILED: {RunState.RUNNING, RunState.FAILED, RunState.IDLE},
+}
+
+
+class RunStateMachine:
+    """Explicit run state with checked transitions and change callbacks.
+
+    >>> s = RunStateMachine()
+    >>> s.state, s.busy
+    (<RunState.IDLE: 'idle'>, False)
+    >>> s.set(RunState.RUNNING); s.busy
+    True
+    """
+
+    def __init__(self) -> None:
+        self._state = RunState.IDLE
+        self._callbacks: list[Callable[[RunState], None]] = []
+
+    @property
+    def state(self) -> RunState:
+        return self._state
+
+    @property
+    def busy(self) -> bool:
+        """A job is running or being cancelled: no second job may start."""
+        return self._state in (RunState.RUNNING, RunState.CANCELLING)
+
+    def connect(self, callback: Callable[[RunState], None]) -> None:
+        self._callbacks.append(callback)
+
+    def set(self, state: RunState) -> None:
+        state = RunState(state)
+        if state not in _TRANSITIONS[self._state]:
+            raise RuntimeError(f"run state cannot go from {self._state.value} to {state.value}")
+        self._state = state
+        for callback in self._callbacks:
+            callback(state)
+
+
+# -- messages ---------------------------------------------------------------------------
+class UserError(ValueError):
+    """An error whose message is already a sentence for the user (what went wrong, what
+    to do)."""
+
+
+def user_message(exc: BaseException, action: str = "") -> str:
+    """One readable sentence for a notification (no traceback), saying what to do."""
+    prefix = f"{action} failed: " if action else ""
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, UserError):
+        return prefix + _sentence(text)
+    try:
+        import torch
+
+        oom = isinstance(exc, torch.cuda.OutOfMemoryError)
+    except (ImportError, AttributeError):  # pragma: no cover
+        oom = False
+    if oom or "out of memory" in text.lower():
+        return prefix + (
+            "the GPU ran out of memory. Choose the device 'cpu', close other programs that "
+            "use the GPU, or use a smaller tile size."
+        )
+    from .models import ModelFileError
+
+    if isinstance(exc, ModelFileError):
+        return prefix + _sentence(text) + " Choose a shipped model or another model file."
+    if isinstance(exc, FileNotFoundError):
+        return prefix + _sentence(text) + " Check the path, or choose a shipped model."
+    if isinstance(exc, FileExistsError):
+        return prefix + _sentence(text.split(";")[0]) + " Choose another file name."
+    if isinstance(exc, ValueError):
+        return prefix + _sentence(text)
+    return prefix + (
+        f"unexpected {type(exc).__name__}: {_sentence(text)} Please report it (napari "
+        "version, image size and the settings you used)."
+    )
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+# -- layers -----------------------------------------------------------------------------
+def check_layer(
+    kind: str, *, rgb: bool = False, shape: Sequence[int] = (), min_size: int = 32
+) -> None:
+    """Refuse a layer Deep-Blur cannot use, with a :class:`UserError` that says what to do.
+
+    ``kind``: the layer's type name ("image", "labels", …); ``shape``: its data shape.
+    """
+    kind = kind.lower()
+    if kind == "labels":
+        raise UserError(
+            "this is a Labels (segmentation) layer; choose the fluorescence image layer instead"
+        )
+    if kind != "image":
+        raise UserError(f"a {kind} layer cannot be deblurred; choose an image layer")
+    if rgb:
+        raise UserError(
+            "this is an RGB image; Deep-Blur works on one fluorescence channel: split the "
+            "channels (right-click the layer > Split RGB) and choose one"
+        )
+    if len(shape) < 2:
+        raise UserError(f"expected an image with at least 2 dimensions, got shape {tuple(shape)}")
+    if min(shape[-2:]) < min_size:
+        raise UserError(
+            f"the image ({shape[-2]}×{shape[-1]} px) is too small: at least "
+            f"{min_size}×{min_size} px are needed"
+        )
+
+
+#: Length unit → nanometres (pint's names as napari writes them, and short forms).
+_UNIT_NM = {
+    "nanometer": 1.0,
+    "nm": 1.0,
+    "micrometer": 1e3,
+    "micron": 1e3,
+    "um": 1e3,
+    "µm": 1e3,
+    "μm": 1e3,
+    "millimeter": 1e6,
+    "mm": 1e6,
+    "meter": 1e9,
+    "m": 1e9,
+    "angstrom": 0.1,
+}
+
+
+def unit_to_nm(unit: Any) -> float | None:
+    """Nanometres per ``unit`` (a string or a pint unit), or None if not a length."""
+    if unit is None:
+        return None
+    return _UNIT_NM.get(str(unit).strip().lower())
+
+
+@dataclass
+class Optics:
+    """The optics the widgets show: NA, emission wavelength (nm), pixel size (nm)."""
+
+    na: float | None = None
+    wavelength_nm: float | None = None
+    pixel_size_nm: float | None = None
+    refractive_index: float | None = None
+
+    @property
+    def complete(self) -> bool:
+        return None not in (self.na, self.wavelength_nm, self.pixel_size_nm)
+
+    def kwargs(self) -> dict:
+        """Keyword arguments for the pipeline (empty unless complete)."""
+        if not self.complete:
+            return {}
+        return {
+            "na": self.na,
+            "wavelength_nm": self.wavelength_nm,
+            "pixel_size_nm": self.pixel_size_nm,
+            "refractive_index": self.refractive_index,
+        }
+
+
+def _number(value) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def optics_from_layer(
+    metadata: Mapping | None, scale: Sequence[float] = (), units: Sequence[Any] | None = None
+) -> Optics:
+    """Optics known for a layer: ``metadata['optics']`` (our samples and files), the
+    estimate of a PSF layer, flat keys (``na``, ``wavelength_nm``, ``pixel_size_nm``), and the
+    pixel size from the layer's scale when its units are lengths. Unknown values are None."""
+    metadata = metadata or {}
+    sources = [
+        metadata.get("optics"),
+        (metadata.get("estimate") or {}).get("optics"),
+        metadata,
+    ]
+    found: dict[str, float | None] = dict.fromkeys(
+        ("na", "wavelength_nm", "pixel_size_nm", "refractive_index")
+    )
+    for source in sources:
+        if not isinstance(source, Mapping):
+            continue
+        for key in found:
+            if found[key] is None:
+                found[key] = _number(source.get(key))
+    if found["pixel_size_nm"] is None and len(scale) >= 2 and units is not None:
+        per_unit = unit_to_nm(list(units)[-1]) if len(units) else None
+        pixel = _number(scale[-1])
+        if per_unit is not None and pixel is not None:
+            found["pixel_size_nm"] = pixel * per_unit
+    return Optics(**found)
+
+
+def fc_text(optics: Optics, model_fc: float) -> str:
+    """A line about the sampling, for the widget: fc and whether it is above Nyquist."""
+    from .optics import NYQUIST_FC
+    from .pipeline import image_fc
+
+    if not optics.complete:
+        return f"Optics unknown: the image is assumed sampled like the model (fc = {model_fc:.3f})."
+    try:
+        fc, _ = image_fc(model_fc, **optics.kwargs())
+    except ValueError as exc:
+        return f"⚠ {exc}"
+    return f"fc = {fc:.3f} cycles/pixel (Nyquist: at most {NYQUIST_FC}; model: {model_fc:.3f})"
+
+
+def plane_index(shape: Sequence[int], data_position: Sequence[float] | None) -> tuple[int, ...]:
+    """Indices of the leading (non-YX) axes at ``data_position`` (rounded, clipped)."""
+    lead = tuple(shape[:-2])
+    if not lead:
+        return ()
+    if data_position is None:
+        return (0,) * len(lead)
+    position = list(data_position)[-len(shape) :][: len(lead)]
+    position = [0.0] * (len(lead) - len(position)) + position
+    return tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(position, lead, strict=True))
+
+
+def layer_geometry(scale: Sequence[float], translate: Sequence[float], units=None) -> dict:
+    """``scale``/``translate``/``units`` of the last two axes, for 2D layers we add."""
+    geometry = {
+        "scale": tuple(float(s) for s in scale[-2:]),
+        "translate": tuple(float(t) for t in translate[-2:]),
+    }
+    if units is not None and len(units) >= 2:
+        geometry["units"] = tuple(str(u) for u in list(units)[-2:])
+    return geometry
+
+
+# -- PSF metadata ------------------------------------------------------------------------
+def psf_metadata(estimate, source: str = "") -> dict:
+    """The metadata of a PSF layer: what PSF files carry (flat keys, as
+    :func:`napari_deepblur.io.write_psf` expects) plus the whole estimate (``to_dict()``)."""
+    d = estimate.to_dict()
+    optics = dict(estimate.optics) if estimate.optics else {"fc": float(estimate.fc)}
+    names = list(estimate.names) or _names(estimate.noll_indices)
+    return {
+        "format": PSF_FORMAT,
+        "source": source,
+        "optics": optics,
+        "fc": float(estimate.fc),
+        "noll_indices": [int(j) for j in estimate.noll_indices],
+        "names": names,
+        "coefficients_waves_rms": d["coefficients"],
+        "uncertainty_waves_rms": d.get("uncertainty"),
+        "noise": d.get("noise") or {},
+        "model": estimate.model,
+        "estimate": d,
+    }
+
+
+def _names(noll) -> list[str]:
+    from .optics import zernike_name
+
+    return [zernike_name(int(j)) for j in noll]
+
+
+def is_psf_metadata(metadata: Mapping | None) -> bool:
+    """True for the metadata of our PSF layers and of PSF files we read."""
+    return bool(metadata) and metadata.get("format") == PSF_FORMAT
+
+
+def estimate_from_psf_layer(data, metadata: Mapping | None, default_fc: float | None = None):
+    """A :class:`~napari_deepblur.pipeline.BlurEstimate` from a PSF layer (an Identify
+    result, or a PSF file read back): its estimate when there is one, else its Zernike
+    coefficients, else the PSF alone (with its sampling ``fc`` from the metadata, or
+    ``default_fc``)."""
+    from .pipeline import BlurEstimate
+
+    metadata = dict(metadata or {})
+    psf = np.asarray(data, dtype=np.float32)
+    if psf.ndim != 2:
+        raise UserError(
+            f"the PSF layer has shape {psf.shape}; deblurring needs a 2D PSF (Y, X): "
+            "choose a 2D PSF or identify the blur of this image first"
+        )
+    if not (np.all(np.isfinite(psf)) and psf.sum() > 0):
+        raise UserError("the PSF layer has no positive, finite values; choose another PSF")
+    psf = psf / psf.sum(dtype=np.float64)
+    if isinstance(metadata.get("estimate"), Mapping):
+        return BlurEstimate.from_dict(dict(metadata["estimate"]), psf=psf)
+    optics = metadata.get("optics") if isinstance(metadata.get("optics"), Mapping) else {}
+    fc = _number(metadata.get("fc")) or _number(optics.get("fc")) or default_fc
+    if fc is None:
+        raise UserError(
+            "the PSF has no sampling information (fc or optics in its metadata); "
+            "identify the blur of the image instead"
+        )
+    coefficients = metadata.get("coefficients_waves_rms")
+    noll = metadata.get("noll_indices")
+    if coefficients is None or noll is None or len(coefficients) != len(noll):
+        coefficients, noll = [], []
+    return BlurEstimate.from_dict(
+        {
+            "coefficients": list(coefficients),
+            "noll_indices": list(noll),
+            "fc": fc,
+            "noise": metadata.get("noise") or {},
+            "names": metadata.get("names") or [],
+            "model": metadata.get("model", ""),
+            "optics": dict(optics) or None,
+        },
+        psf=psf,
+    )
+
+
+# -- what the coefficient table shows -------------------------------------------------------
+def coefficient_rows(estimate: Mapping) -> list[dict]:
+    """One row per Zernike term of ``estimate`` (a ``to_dict()`` or PSF metadata):
+    aberration name, Noll index, coefficient (waves RMS), its uncertainty and a text bar
+    proportional to its magnitude (full bar = :data:`BAR_FULL_SCALE_WAVES`)."""
+    coefficients = estimate.get("coefficients", estimate.get("coefficients_waves_rms")) or []
+    noll = estimate.get("noll_indices") or []
+    names = estimate.get("names") or _names(noll)
+    uncertainty = estimate.get("uncertainty", estimate.get("uncertainty_waves_rms"))
+    rows = []
+    for i, (j, c) in enumerate(zip(noll, coefficients, strict=True)):
+        u = None if uncertainty is None else float(uncertainty[i])
+        rows.append(
+            {
+                "aberration": names[i] if i < len(names) else f"Z{j}",
+                "noll": int(j),
+                "waves_rms": float(c),
+                "uncertainty": u,
+                "bar": magnitude_bar(float(c)),
+            }
+        )
+    return rows
+
+
+def magnitude_bar(value: float, full: float = BAR_FULL_SCALE_WAVES, width: int = BAR_WIDTH) -> str:
+    """A text bar of ``|value|`` (eighth-block resolution), ``▸`` past ``full``.
+
+    >>> magnitude_bar(0.1, full=0.2, width=4)
+    '██'
+    """
+    blocks = " ▏▎▍▌▋▊▉█"
+    eighths = round(min(abs(value) / full, 1.0) * width * 8)
+    text = "█" * (eighths // 8) + (blocks[eighths % 8] if eighths % 8 else "")
+    return text + ("▸" if abs(value) > full else "")
+
+
+def summary_text(estimate: Mapping) -> str:
+    """Total aberration (RMS waves, Strehl ratio), noise and model, in a few lines."""
+    coefficients = np.asarray(
+        estimate.get("coefficients", estimate.get("coefficients_waves_rms")) or [], float
+    )
+    lines = []
+    if coefficients.size:
+        rms = float(np.sqrt((coefficients**2).sum()))
+        strehl = math.exp(-((2 * math.pi * rms) ** 2))
+        verdict = "diffraction-limited" if rms < MARECHAL_WAVES else "aberrated"
+        lines.append(
+            f"Total aberration: {rms:.3f} waves RMS, Strehl ≈ {strehl:.2f} ({verdict}; "
+            f"diffraction-limited below {MARECHAL_WAVES} waves)"
+        )
+    noise = estimate.get("noise") or {}
+    if noise:
+        lines.append(
+            f"Noise: Poisson gain α = {noise.get('alpha', 0):.3g}, Gaussian std β = "
+            f"{noise.get('beta', 0):.3g} (image intensity units)"
+        )
+    if estimate.get("uncertainty", estimate.get("uncertainty_waves_rms")) is not None:
+        lines.append("± = spread over flipped/rotated copies of the image (waves RMS)")
+    if estimate.get("model"):
+        lines.append(f"Model: {estimate['model']}, fc = {float(estimate.get('fc', 0)):.3f}")
+    return "\n".join(lines)
+
+
+# -- layer data tuples ------------------------------------------------------------------------
+def psf_layer_data(
+    estimate, source: str, geometry: Mapping, image_shape: Sequence[int] | None = None
+) -> LayerDataTuple:
+    """The PSF as an image layer named after the source. It is sampled at the image's
+    pixels, so it takes the image's scale and units (nm for our samples and files; without
+    units on the image, the pixel size in nm is kept in the metadata's ``optics``), and sits
+    just right of the image (of ``image_shape``) so that both are visible."""
+    geometry = layer_geometry(
+        geometry.get("scale", (1.0, 1.0)),
+        geometry.get("translate", (0.0, 0.0)),
+        geometry.get("units"),
+    )
+    scale, translate = geometry["scale"], geometry["translate"]
+    if image_shape is not None:
+        gap = 8
+        translate = (translate[0], translate[1] + (image_shape[-1] + gap) * scale[1])
+    kwargs: dict[str, Any] = {
+        "name": f"{source} PSF",
+        "colormap": PSF_COLORMAP,
+        "metadata": psf_metadata(estimate, source),
+        "scale": scale,
+        "translate": translate,
+    }
+    if "units" in geometry:
+        kwargs["units"] = tuple(geometry["units"])
+    return np.asarray(estimate.psf, np.float32), kwargs, "image"
+
+
+def psf_map_layer_data(
+    estimate, source: str, image_shape: Sequence[int], geometry: Mapping, size: int = 31
+) -> LayerDataTuple | None:
+    """A mosaic of the local PSFs of ``estimate.tiles`` (each scaled to its own peak), laid
+    over the image so that each PSF sits over its tile; None without tiles."""
+    tiles = list(estimate.tiles or [])
+    if not tiles or not len(estimate.noll_indices):
+        return None
+    import torch
+
+    from .optics import zernike_psf
+
+    ys = sorted({round(float(t["y"]), 3) for t in tiles})
+    xs = sorted({round(float(t["x"]), 3) for t in tiles})
+    coefficients = torch.as_tensor(np.stack([np.asarray(t["coefficients"]) for t in tiles]))
+    psfs = zernike_psf(coefficients.float(), estimate.fc, size, estimate.noll_indices).numpy()
+    mosaic = np.zeros((len(ys) * size, len(xs) * size), np.float32)
+    for t, psf in zip(tiles, psfs, strict=True):
+        i = ys.index(round(float(t["y"]), 3))
+        j = xs.index(round(float(t["x"]), 3))
+        mosaic[i * size : (i + 1) * size, j * size : (j + 1) * size] = psf / psf.max()
+
+    def step(centres, length):
+        return (centres[-1] - centres[0]) / (len(centres) - 1) if len(centres) > 1 else length
+
+    dy = step(ys, image_shape[-2])
+    dx = step(xs, image_shape[-1])
+    if len(ys) == 1 and len(xs) > 1:
+        dy = min(dx, image_shape[-2])
+    if len(xs) == 1 and len(ys) > 1:
+        dx = min(dy, image_shape[-1])
+    scale = tuple(geometry.get("scale", (1.0, 1.0)))
+    translate = tuple(geometry.get("translate", (0.0, 0.0)))
+    cell = (dy / size, dx / size)  # image pixels per mosaic pixel
+    # mosaic pixel (i·size + size//2) sits over the image pixel (centre_i − 0.5)
+    origin = (ys[0] - 0.5 - (size // 2) * cell[0], xs[0] - 0.5 - (size // 2) * cell[1])
+    kwargs: dict[str, Any] = {
+        "name": f"{source} PSF map",
+        "colormap": PSF_COLORMAP,
+        "blending": "additive",
+        "opacity": 0.8,
+        "scale": (cell[0] * scale[0], cell[1] * scale[1]),
+        "translate": (translate[0] + origin[0] * scale[0], translate[1] + origin[1] * scale[1]),
+        "metadata": {
+            "source": source,
+            "tiles": [
+                {"y": float(t["y"]), "x": float(t["x"]), "coefficients": list(map(float, c))}
+                for t, c in zip(tiles, coefficients.numpy(), strict=True)
+            ],
+            "noll_indices": [int(j) for j in estimate.noll_indices],
+            "fc": float(estimate.fc),
+            "grid": [len(ys), len(xs)],
+        },
+    }
+    if "units" in geometry:
+        kwargs["units"] = tuple(geometry["units"])
+    return mosaic, kwargs, "image"
+
+
+# -- the jobs (headless twins of the widgets) ---------------------------------------------------
+@dataclass
+class IdentifyRequest:
+    """What the Identify widget asks for. ``data`` is the layer's array (any leading axes);
+    ``plane`` indexes the leading axes (``()`` for 2D)."""
+
+    data: Any
+    source: str
+    plane: tuple[int, ...] = ()
+    model: str | None = None
+    optics: Optics = field(default_factory=Optics)
+    device: str = "auto"
+    augment: bool = True
+    tile_px: int | None = None
+    geometry: dict = field(default_factory=dict)
+
+
+@dataclass
+class IdentifyResult:
+    estimate: Any
+    layers: list[LayerDataTuple]
+
+
+def _load(model, device):
+    from .models import load_model
+
+    try:
+        return load_model(model, device=device)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(
+            f"the model could not be loaded ({exc}); choose a shipped model or a valid "
+            ".safetensors model file"
+        ) from exc
+
+
+def iter_identify_layers(request: IdentifyRequest) -> Generator[Any, None, IdentifyResult]:
+    """Identify the blur of one plane; yields pipeline ``Progress``, returns the estimate
+    and the layers to add (the PSF, and a PSF map when the image was processed in tiles)."""
+    from .pipeline import DEFAULT_TILE_PX, iter_identify
+
+    model = _load(request.model, request.device)
+    image = np.asarray(request.data[request.plane] if request.plane else request.data)
+    estimate = yield from iter_identify(
+        image,
+        model,
+        device=request.device,
+        augment=request.augment,
+        tile_px=request.tile_px or DEFAULT_TILE_PX,
+        **request.optics.kwargs(),
+    )
+    name = request.source + (f" {list(request.plane)}" if request.plane else "")
+    layers = [psf_layer_data(estimate, name, request.geometry, image.shape)]
+    psf_map = psf_map_layer_data(estimate, name, image.shape, request.geometry)
+    if psf_map is not None:
+        layers.append(psf_map)
+    return IdentifyResult(estimate, layers)
+
+
+def identify_layers(request: IdentifyRequest) -> IdentifyResult:
+    """The Identify widget without a viewer: run :func:`iter_identify_layers` to the end."""
+    from .pipeline import run
+
+    return run(iter_identify_layers(request))
+
+
+@dataclass
+class DeblurRequest:
+    """What the Deblur widget asks for. ``plane``: indices of the leading axes to deblur one
+    plane, or None for all planes. ``estimate``: a ``BlurEstimate`` or None (identify the
+    (first) plane first). ``noise``: override ``{"alpha", "beta"}`` in image units, or None."""
+
+    data: Any
+    source: str
+    plane: tuple[int, ...] | None = ()
+    estimate: Any = None
+    model: str | None = None
+    optics: Optics = field(default_factory=Optics)
+    device: str = "auto"
+    strength: float = 1.0
+    noise: dict | None = None
+    geometry: dict = field(default_factory=dict)
+    colormap: str | None = None
+
+
+@dataclass
+class DeblurResult:
+    restored: np.ndarray
+    estimate: Any
+    layers: list[LayerDataTuple]
+
+
+def iter_deblur_layers(request: DeblurRequest) -> Generator[Any, None, DeblurResult]:
+    """Deblur one plane or every plane (identifying the blur first when no estimate is
+    given); yields pipeline ``Progress``, returns the restored array and the layers to add:
+    ``"<source> deblurred"`` (and, when it identified, the PSF it used)."""
+    from .pipeline import Progress, iter_deblur, iter_identify
+
+    model = _load(request.model, request.device)
+    data = request.data
+    shape = tuple(np.shape(data))
+    planes = [request.plane] if request.plane is not None else list(np.ndindex(*shape[:-2]))
+    layers: list[LayerDataTuple] = []
+    estimate = request.estimate
+    if estimate is None:
+        first = np.asarray(data[planes[0]] if planes[0] else data)
+        estimate = yield from iter_identify(
+            first, model, device=request.device, **request.optics.kwargs()
+        )
+        layers.append(psf_layer_data(estimate, request.source, request.geometry, first.shape))
+    # with an estimate from this image, its fc is the image's sampling; the layer's optics
+    # matter for a PSF from elsewhere
+    optics = request.optics.kwargs() if request.estimate is not None else {}
+    restored_planes = []
+    for k, index in enumerate(planes):
+        image = np.asarray(data[index] if index else data)
+        step = iter_deblur(
+            image,
+            estimate,
+            model,
+            noise=request.noise,
+            strength=request.strength,
+            device=request.device,
+            **optics,
+        )
+        while True:
+            try:
+                p = next(step)
+            except StopIteration as stop:
+                restored_planes.append(stop.value)
+                break
+            if len(planes) > 1:
+                p = Progress(
+                    k * p.total + p.done, len(planes) * p.total, f"plane {k + 1} of {len(planes)}"
+                )
+            yield p
+    if request.plane is None and shape[:-2]:
+        restored = np.stack(restored_planes).reshape(shape)
+    else:
+        restored = restored_planes[0]
+    name = f"{request.source} deblurred"
+    if request.plane:
+        name += f" {list(request.plane)}"
+    geometry = dict(request.geometry)
+    kwargs: dict[str, Any] = {
+        "name": name,
+        "metadata": {
+            "deblurred_from": request.source,
+            "plane": None if request.plane is None else list(request.plane),
+            "strength": float(request.strength),
+            "noise": request.noise,
+            "estimate": estimate.to_dict(),
+        },
+        **geometry,
+    }
+    if request.colormap:
+        kwargs["colormap"] = request.colormap
+    layers.append((restored.astype(np.float32, copy=False), kwargs, "image"))
+    return DeblurResult(restored, estimate, layers)
+
+
+def deblur_layers(request: DeblurRequest) -> DeblurResult:
+    """The Deblur widget without a viewer: run :func:`iter_deblur_layers` to the end."""
+    from .pipeline import run
+
+    return run(iter_deblur_layers(request))
+
+
+def guarded(job: Generator, action: str) -> Generator:
+    """Run ``job`` (``yield from``), turning any exception into a :class:`UserError` with a
+    sentence (thread workers swallow RuntimeErrors raised by generators, so a CUDA
+    out-of-memory error would otherwise never reach the user)."""
+    try:
+        return (yield from job)
+    except Exception as exc:  # noqa: BLE001 - every error becomes a message
+        raise UserError(user_message(exc, action)) from exc
+
+
+def matched_contrast_limits(*arrays, percentiles=(0.5, 99.8)) -> tuple[float, float]:
+    """Common contrast limits for side-by-side views (robust percentiles over all arrays)."""
+    samples = []
+    for a in arrays:
+        a = np.asarray(a, dtype=np.float32).ravel()
+        if a.size > 1_000_000:
+            a = a[:: a.size // 1_000_000]
+        samples.append(a[np.isfinite(a)])
+    values = np.concatenate(samples)
+    low, high = np.percentile(values, percentiles)
+    if not high > low:
+        high = low + 1.0
+    return float(low), float(high)

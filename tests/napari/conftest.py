@@ -1,0 +1,36 @@
+"""Fixtures for the napari widget tests: small sample images, captured notifications."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def small_sample():
+    """The synthetic sample at 128×128 px (data + layer kwargs), computed once."""
+    from napari_deepblur._sample_data import SAMPLE_NAME, make_blurred_sample
+
+    sample = make_blurred_sample(seed=0, size=128)
+    image = sample.pop("image")
+    pixel = sample["optics"]["pixel_size_nm"]
+    kwargs = {
+        "name": SAMPLE_NAME,
+        "scale": (pixel, pixel),
+        "units": ("nm", "nm"),
+        "metadata": sample,
+    }
+    return image, kwargs
+
+
+@pytest.fixture
+def notes(monkeypatch):
+    """Messages the widgets send to the user: {"error": [...], "warning": [...], "info": [...]}."""
+    from napari_deepblur._qt import _deblur, _identify, _job
+
+    captured = {"error": [], "warning": [], "info": []}
+    for module in (_job, _identify, _deblur):
+        for kind in captured:
+            name = f"notify_{kind}"
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, captured[kind].append)
+    return captured

@@ -1,0 +1,339 @@
+"""The dock widgets end to end in a napari viewer (run under ``xvfb-run -a``).
+
+Behaviour only (layers, metadata, notifications, run state, cancel), never the accuracy of
+the shipped model.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from napari_deepblur._widget_logic import PSF_FORMAT, RunState
+
+pytestmark = pytest.mark.napari
+
+TIMEOUT_MS = 60_000
+
+
+def _wait_idle(qtbot, widget):
+    qtbot.waitUntil(lambda: not widget.busy and widget.worker is None, timeout=TIMEOUT_MS)
+
+
+def _run(qtbot, widget):
+    widget._run_button.native.click()
+    _wait_idle(qtbot, widget)
+
+
+@pytest.fixture
+def viewer_with_sample(make_napari_viewer, small_sample):
+    viewer = make_napari_viewer()
+    data, kwargs = small_sample
+    layer = viewer.add_image(data.copy(), **kwargs)
+    return viewer, layer
+
+
+def test_identify_adds_psf_layer(viewer_with_sample, qtbot, notes):
+    from napari_deepblur._qt import IdentifyWidget
+
+    viewer, layer = viewer_with_sample
+    before = layer.data.copy()
+    widget = IdentifyWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    assert widget._image_layer.value is layer
+    # optics prefilled from the sample's metadata
+    assert widget._use_optics.value
+    assert widget._na.value == pytest.approx(1.4)
+    assert widget._wavelength.value == pytest.approx(520)
+    assert widget._pixel_size.value == pytest.approx(74)
+    assert "fc = 0.199" in widget._fc_label.value
+    widget._device.value = "cpu"
+
+    _run(qtbot, widget)
+
+    assert notes["error"] == [], notes["error"]
+    assert widget.state == RunState.DONE
+    psf = viewer.layers[f"{layer.name} PSF"]
+    assert psf.data.shape == (31, 31)
+    assert psf.data.sum() == pytest.approx(1.0, abs=1e-4)
+    np.testing.assert_allclose(psf.scale, (74.0, 74.0))
+    assert psf.colormap.name == "magma"
+    md = psf.metadata
+    assert md["format"] == PSF_FORMAT and md["source"] == layer.name
+    assert md["optics"]["na"] == pytest.approx(1.4)
+    assert len(md["coefficients_waves_rms"]) == len(md["noll_indices"]) == 7
+    assert md["estimate"]["model"] == "zernike-default"
+    assert {"alpha", "beta"} <= set(md["noise"])
+    # the table: one row per aberration, names in words
+    rows = widget._table.data.to_list()
+    assert [r[0] for r in rows][:3] == ["defocus", "oblique astigmatism", "vertical astigmatism"]
+    assert "waves RMS" in widget._summary.value
+    # the input is untouched
+    np.testing.assert_array_equal(layer.data, before)
+
+
+def test_identify_large_image_adds_psf_map(make_napari_viewer, small_sample, qtbot, notes):
+    from napari_deepblur._qt import IdentifyWidget
+
+    viewer = make_napari_viewer()
+    data, kwargs = small_sample
+    layer = viewer.add_image(np.tile(data, (2, 2)), **kwargs)  # 256×256
+    widget = IdentifyWidget(viewer)
+    widget._device.value = "cpu"
+    widget._augment.value = False
+    widget._tile_px.value = 128  # tiles of 128 px → a 3×3 map
+    _run(qtbot, widget)
+    assert notes["error"] == []
+    psf_map = viewer.layers[f"{layer.name} PSF map"]
+    assert psf_map.data.shape == (3 * 31, 3 * 31)
+    assert len(psf_map.metadata["tiles"]) == 9
+    # the map lies over the image
+    lo, hi = psf_map.extent.world
+    assert lo[0] < 74 * 64 < hi[0] and hi[1] <= 74 * 256 + 74 * 31
+
+
+def test_identify_current_plane_of_stack(make_napari_viewer, small_sample, qtbot, notes):
+    from napari_deepblur._qt import IdentifyWidget
+
+    viewer = make_napari_viewer()
+    data, kwargs = small_sample
+    stack = np.stack([data, data[::-1], data[:, ::-1]])
+    kwargs = {**kwargs, "scale": (200.0, 74.0, 74.0), "units": ("nm", "nm", "nm")}
+    layer = viewer.add_image(stack, **kwargs)
+    viewer.dims.set_current_step(0, 2)
+    widget = IdentifyWidget(viewer)
+    widget._device.value = "cpu"
+    _run(qtbot, widget)
+    assert notes["error"] == []
+    assert f"{layer.name} [2] PSF" in viewer.layers
+
+
+def test_deblur_adds_layer_and_keeps_input(viewer_with_sample, qtbot, notes):
+    from napari_deepblur._qt import DeblurWidget
+    from napari_deepblur._qt._deblur import _grid
+
+    viewer, layer = viewer_with_sample
+    layer.translate = (10.0, 20.0)
+    before = layer.data.copy()
+    widget = DeblurWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    assert widget._image_layer.value is layer
+    assert widget._psf_layer.value is None  # "identify first"
+    widget._device.value = "cpu"
+    widget._strength.value = 1.5
+
+    _run(qtbot, widget)
+
+    assert notes["error"] == [], notes["error"]
+    assert widget.state == RunState.DONE
+    out = viewer.layers[f"{layer.name} deblurred"]
+    assert out.data.shape == layer.data.shape and out.data.dtype == np.float32
+    np.testing.assert_allclose(out.scale, layer.scale)
+    np.testing.assert_allclose(out.translate, layer.translate)
+    assert out.metadata["strength"] == 1.5
+    # identify-first also shows the PSF it used, and selects it for the next run
+    psf = viewer.layers[f"{layer.name} PSF"]
+    assert widget._psf_layer.value is psf
+    np.testing.assert_array_equal(layer.data, before)
+
+    # compare side by side: grid, only the two visible, same contrast limits; and back
+    widget._compare_button.native.click()
+    assert _grid(viewer).enabled
+    assert [lay.name for lay in viewer.layers if lay.visible] == [layer.name, out.name] or [
+        lay.name for lay in viewer.layers if lay.visible
+    ] == [out.name, layer.name]
+    np.testing.assert_allclose(layer.contrast_limits, out.contrast_limits)
+    widget._compare_button.native.click()
+    assert not _grid(viewer).enabled and psf.visible
+
+    # deblur again with the PSF layer and a manual noise level
+    widget._noise_override.value = True
+    assert widget._noise_alpha.value == pytest.approx(psf.metadata["noise"]["alpha"], abs=1e-3)
+    widget._noise_alpha.value = 0.0
+    widget._noise_beta.value = 0.05
+    _run(qtbot, widget)
+    assert notes["error"] == []
+    deblurred = [lay for lay in viewer.layers if lay.name.startswith(f"{layer.name} deblurred")]
+    assert len(deblurred) == 2
+    assert deblurred[-1].metadata["noise"] == {"alpha": 0.0, "beta": 0.05}
+    np.testing.assert_array_equal(layer.data, before)
+
+
+def test_deblur_all_planes(make_napari_viewer, small_sample, qtbot, notes):
+    from napari_deepblur._qt import DeblurWidget
+
+    viewer = make_napari_viewer()
+    data, kwargs = small_sample
+    stack = np.stack([data[:96, :96], data[32:, 32:]]).astype(np.float32)
+    layer = viewer.add_image(stack, name="stack", scale=(300.0, 74.0, 74.0))
+    widget = DeblurWidget(viewer)
+    assert not widget._planes.native.isHidden()  # shown for stacks
+    widget._planes.value = "all planes"
+    widget._device.value = "cpu"
+    _run(qtbot, widget)
+    assert notes["error"] == []
+    out = viewer.layers["stack deblurred"]
+    assert out.data.shape == stack.shape
+    np.testing.assert_allclose(out.scale, layer.scale)
+
+
+def _slow_generator(steps=400, delay=0.01):
+    from napari_deepblur.pipeline import Progress
+
+    def slow(*args, **kwargs):
+        for i in range(steps):
+            time.sleep(delay)
+            yield Progress(i + 1, steps, f"step {i + 1}")
+        raise AssertionError("the job should have been cancelled")
+
+    return slow
+
+
+def test_cancel_adds_no_layer(viewer_with_sample, qtbot, notes, monkeypatch):
+    from napari_deepblur import _widget_logic
+    from napari_deepblur._qt import IdentifyWidget
+
+    monkeypatch.setattr("napari_deepblur.pipeline.iter_identify", _slow_generator())
+    viewer, layer = viewer_with_sample
+    widget = IdentifyWidget(viewer)
+    widget._device.value = "cpu"
+    worker = widget.run()
+    assert worker is not None and widget.state == RunState.RUNNING
+    assert widget._run_button.text == "Cancel"
+    qtbot.waitUntil(lambda: widget._progress.value >= 3, timeout=TIMEOUT_MS)
+    # a second Run while running starts nothing
+    assert widget.run() is None and widget.worker is worker
+    assert notes["info"] and "already running" in notes["info"][-1]
+    widget._run_button.native.click()  # Cancel
+    assert widget.state in (RunState.CANCELLING, RunState.IDLE)
+    _wait_idle(qtbot, widget)
+    assert widget.state == RunState.IDLE
+    assert widget._run_button.text == "Identify blur"
+    assert [lay.name for lay in viewer.layers] == [layer.name]
+    assert notes["error"] == []
+    assert _widget_logic  # imported for monkeypatch's target
+
+
+def test_cancel_deblur(viewer_with_sample, qtbot, notes, monkeypatch):
+    from napari_deepblur._qt import DeblurWidget
+
+    monkeypatch.setattr("napari_deepblur.pipeline.iter_identify", _slow_generator())
+    viewer, layer = viewer_with_sample
+    widget = DeblurWidget(viewer)
+    widget._device.value = "cpu"
+    widget.run()
+    qtbot.waitUntil(lambda: widget._progress.value >= 2, timeout=TIMEOUT_MS)
+    widget.cancel()
+    _wait_idle(qtbot, widget)
+    assert widget.state == RunState.IDLE
+    assert len(viewer.layers) == 1 and notes["error"] == []
+
+
+@pytest.mark.parametrize(
+    "make_layer, expected",
+    [
+        (lambda v, d: v.add_image(np.stack([d] * 3, -1), rgb=True), "RGB"),
+        (lambda v, d: v.add_labels((d > d.mean()).astype(np.int32)), "Labels"),
+        (lambda v, d: v.add_image(d[:16, :16]), "too small"),
+    ],
+    ids=["rgb", "labels", "too-small"],
+)
+def test_bad_layers_notify(make_napari_viewer, small_sample, qtbot, notes, make_layer, expected):
+    from napari_deepblur._qt import DeblurWidget, IdentifyWidget
+
+    viewer = make_napari_viewer()
+    data, _ = small_sample
+    layer = make_layer(viewer, data)
+    before = np.array(layer.data, copy=True)
+    for cls in (IdentifyWidget, DeblurWidget):
+        widget = cls(viewer)
+        widget._image_layer.value = layer
+        assert widget.run() is None
+        assert widget.state == RunState.FAILED
+        assert expected in notes["error"][-1]
+    assert len(viewer.layers) == 1
+    np.testing.assert_array_equal(layer.data, before)
+
+
+def test_errors_in_the_worker_notify(viewer_with_sample, qtbot, notes, monkeypatch):
+    """fc above Nyquist, a missing model file, CUDA out of memory: a sentence each."""
+    import torch
+
+    from napari_deepblur._qt import IdentifyWidget
+
+    viewer, layer = viewer_with_sample
+    widget = IdentifyWidget(viewer)
+    widget._device.value = "cpu"
+
+    widget._pixel_size.value = 200.0  # NA 1.4, 520 nm: fc = 0.54 > 0.25
+    assert "Nyquist" in widget._fc_label.value
+    _run(qtbot, widget)
+    assert widget.state == RunState.FAILED
+    assert "Nyquist" in notes["error"][-1] and "pixel size" in notes["error"][-1]
+    widget._pixel_size.value = 74.0
+
+    widget._model.value = "model file…"
+    widget._model_file.value = "/nonexistent/model.safetensors"
+    _run(qtbot, widget)
+    assert "model could not be loaded" in notes["error"][-1]
+    widget._model.value = "zernike-default"
+
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+        yield  # a generator
+
+    monkeypatch.setattr("napari_deepblur.pipeline.iter_identify", oom)
+    _run(qtbot, widget)
+    assert widget.state == RunState.FAILED
+    assert "GPU ran out of memory" in notes["error"][-1] and "cpu" in notes["error"][-1]
+    assert len(notes["error"]) == 3
+    assert [lay.name for lay in viewer.layers] == [layer.name]
+
+
+def test_export_psf_and_read_back(viewer_with_sample, qtbot, notes, tmp_path):
+    """Identify → Export (the writer) → open (the reader): the same PSF and metadata."""
+    import npe2
+
+    from napari_deepblur._qt import DeblurWidget, IdentifyWidget
+    from napari_deepblur.io import to_jsonable
+
+    viewer, layer = viewer_with_sample
+    widget = IdentifyWidget(viewer)
+    widget._device.value = "cpu"
+    widget._augment.value = False
+    _run(qtbot, widget)
+    psf = viewer.layers[f"{layer.name} PSF"]
+
+    # the widget's Export button: TIFF + JSON, never overwrites
+    target = tmp_path / "sample.psf.tif"
+    widget._export_path.value = target
+    widget._export_button.native.click()
+    assert target.is_file() and target.with_suffix(".json").is_file()
+    widget._export_button.native.click()
+    assert "exists" in notes["error"][-1] and "another file name" in notes["error"][-1]
+
+    # napari's writer (File > Save Selected Layers… as *.psf.tif)
+    viewer.layers.selection.active = psf
+    saved = viewer.layers.save(str(tmp_path / "saved.psf.tif"), selected=True)
+    assert [p.rsplit("/", 1)[-1] for p in saved] == ["saved.psf.tif", "saved.psf.json"]
+    written = npe2.write(str(tmp_path / "again.psf.tif"), [psf])
+    assert written and written[0].endswith("again.psf.tif")
+
+    # the reader: drag and drop / File > Open on the .psf.tif
+    opened = viewer.open(str(target), plugin="napari-deepblur")
+    [back] = opened
+    np.testing.assert_allclose(back.data, psf.data, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(back.scale, psf.scale)
+    expected = to_jsonable(psf.metadata)
+    for key, value in expected.items():
+        assert back.metadata[key] == value, key
+
+    # a read-back PSF is offered to Deblur, and deblurring with it works
+    deblur = DeblurWidget(viewer)
+    assert deblur._psf_layer.value is back  # the latest PSF of this image, preselected
+    deblur._device.value = "cpu"
+    _run(qtbot, deblur)
+    assert notes["error"][1:] == []
+    assert f"{layer.name} deblurred" in viewer.layers
