@@ -133,3 +133,22 @@ def test_estimate_round_trips_through_json(estimate):
     back = ndb.BlurEstimate.from_dict(json.loads(json.dumps(estimate.to_dict())))
     np.testing.assert_allclose(back.coefficients, estimate.coefficients)
     np.testing.assert_allclose(back.psf, estimate.psf, atol=1e-6)
+
+
+def test_an_estimate_from_a_psf_alone_deblurs(model, sample):
+    est = ndb.BlurEstimate.from_psf(sample["true_psf"] * 5, fc=sample["optics"]["fc"])
+    assert est.coefficients.size == 0 and abs(est.psf.sum() - 1) < 1e-5
+    restored = ndb.deblur(sample["image"], est, model=model)
+    sharp = sample["sharp"]
+    assert ssim(np.clip(restored, 0, 1), sharp) > ssim(np.clip(sample["image"], 0, 1), sharp)
+    with pytest.raises(ValueError, match="2D array"):
+        ndb.BlurEstimate.from_psf(np.zeros((31, 31)), fc=0.2)
+
+
+def test_local_psfs_of_a_tiled_estimate(model, sample):
+    image = np.tile(sample["image"], (1, 2))  # 256 × 512: two tiles of 288 px
+    est = ndb.identify(image, model=model, tile_px=288, augment=False)
+    psfs = est.local_psfs()
+    assert len(est.tiles) == 2 and psfs.shape == (2, 31, 31)
+    np.testing.assert_allclose(psfs.sum(axis=(1, 2)), 1, atol=1e-4)
+    assert est.tiles[0]["x"] < est.tiles[1]["x"]

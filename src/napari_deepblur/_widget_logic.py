@@ -356,7 +356,9 @@ def estimate_from_psf_layer(data, metadata: Mapping | None, default_fc: float | 
     coefficients = metadata.get("coefficients_waves_rms")
     noll = metadata.get("noll_indices")
     if coefficients is None or noll is None or len(coefficients) != len(noll):
-        coefficients, noll = [], []
+        return BlurEstimate.from_psf(
+            psf, fc, noise=metadata.get("noise") or {}, optics=dict(optics) or None
+        )
     return BlurEstimate.from_dict(
         {
             "coefficients": list(coefficients),
@@ -471,14 +473,9 @@ def psf_map_layer_data(
     tiles = list(estimate.tiles or [])
     if not tiles or not len(estimate.noll_indices):
         return None
-    import torch
-
-    from .optics import zernike_psf
-
     ys = sorted({round(float(t["y"]), 3) for t in tiles})
     xs = sorted({round(float(t["x"]), 3) for t in tiles})
-    coefficients = torch.as_tensor(np.stack([np.asarray(t["coefficients"]) for t in tiles]))
-    psfs = zernike_psf(coefficients.float(), estimate.fc, size, estimate.noll_indices).numpy()
+    psfs = estimate.local_psfs(size)
     mosaic = np.zeros((len(ys) * size, len(xs) * size), np.float32)
     for t, psf in zip(tiles, psfs, strict=True):
         i = ys.index(round(float(t["y"]), 3))
@@ -509,8 +506,12 @@ def psf_map_layer_data(
         "metadata": {
             "source": source,
             "tiles": [
-                {"y": float(t["y"]), "x": float(t["x"]), "coefficients": list(map(float, c))}
-                for t, c in zip(tiles, coefficients.numpy(), strict=True)
+                {
+                    "y": float(t["y"]),
+                    "x": float(t["x"]),
+                    "coefficients": [float(v) for v in t["coefficients"]],
+                }
+                for t in tiles
             ],
             "noll_indices": [int(j) for j in estimate.noll_indices],
             "fc": float(estimate.fc),

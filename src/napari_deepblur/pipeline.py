@@ -103,6 +103,29 @@ class BlurEstimate:
             list(d.get("tiles") or []),
         )
 
+    @classmethod
+    def from_psf(
+        cls, psf, fc: float, *, noise: dict | None = None, optics: dict | None = None
+    ) -> BlurEstimate:
+        """An estimate made of a PSF alone (e.g. measured or exported by another tool),
+        sampled at ``fc`` cycles/pixel: no Zernike coefficients; deblurring uses the PSF
+        (normalised to sum 1) as it is."""
+        psf = np.asarray(psf, np.float32)
+        if psf.ndim != 2 or not np.isfinite(psf).all() or psf.sum() <= 0:
+            raise ValueError("a PSF must be a 2D array of finite values with a positive sum")
+        return cls(
+            np.zeros(0, np.float32), (), float(fc), psf / psf.sum(), dict(noise or {}),
+            optics=optics,
+        )  # fmt: skip
+
+    def local_psfs(self, size: int = 31) -> np.ndarray:
+        """The PSFs ``(n_tiles, size, size)`` of the per-tile estimates (``tiles``), in the
+        order of ``tiles``, at the image's sampling ``fc``; empty without tiles."""
+        if not self.tiles or not self.noll_indices:
+            return np.zeros((0, size, size), np.float32)
+        coefficients = np.stack([np.asarray(t["coefficients"], np.float32) for t in self.tiles])
+        return zernike_psf(torch.from_numpy(coefficients), self.fc, size, self.noll_indices).numpy()
+
 
 def _jsonable(obj):
     if isinstance(obj, np.ndarray):
@@ -252,6 +275,7 @@ def iter_identify(
     total = len(rows) * len(cols)
     estimates, tiles = [], []
     dev = model.device
+    yield Progress(0, total, f"identifying {total} tile(s)")  # a first chance to cancel
     with torch.no_grad():
         for i, (top, left) in enumerate((t, l) for t in rows for l in cols):
             tile = torch.from_numpy(y[top : top + tile_px, left : left + tile_px]).to(dev)
