@@ -549,6 +549,11 @@ def _tile_spans(length: int, tile: int, overlap: int, align: int) -> list[tuple[
     the end, up to ``align − 1`` px longer)."""
     if length <= tile:
         return [(0, length)]
+    count = len(tile_starts(length, tile, overlap + align))
+    # The smallest tiles that cover the length in as many tiles: a 2048 px side cut into
+    # 1024 px tiles would otherwise be computed 2.25 times over (3 tiles of 1024 px).
+    balanced = -(-(length + (count - 1) * (overlap + align)) // count)
+    tile = min(tile, -(-balanced // align) * align)
     starts = [s // align * align for s in tile_starts(length, tile, overlap + align)]
     ends = [min(length, s + tile) for s in starts[:-1]] + [length]
     return list(zip(starts, ends, strict=True))
