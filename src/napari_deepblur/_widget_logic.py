@@ -524,14 +524,21 @@ def psf_map_layer_data(
 
 
 # -- the jobs (headless twins of the widgets) ---------------------------------------------------
+#: How the Identify widget treats a stack: the current plane, or the median over all planes.
+IDENTIFY_STACK_MODES = ("plane", "median")
+
+
 @dataclass
 class IdentifyRequest:
     """What the Identify widget asks for. ``data`` is the layer's array (any leading axes);
-    ``plane`` indexes the leading axes (``()`` for 2D)."""
+    ``plane`` indexes the leading axes (``()`` for 2D). ``stack_mode``: ``"plane"`` identifies
+    that one plane; ``"median"`` (stacks) the median over all planes, one plane at a time
+    (:func:`napari_deepblur.pipeline.iter_identify_stack`), and ignores ``plane``."""
 
     data: Any
     source: str
     plane: tuple[int, ...] = ()
+    stack_mode: str = "plane"
     model: str | None = None
     optics: Optics = field(default_factory=Optics)
     device: str = "auto"
@@ -559,23 +566,44 @@ def _load(model, device):
 
 
 def iter_identify_layers(request: IdentifyRequest) -> Generator[Any, None, IdentifyResult]:
-    """Identify the blur of one plane; yields pipeline ``Progress``, returns the estimate
-    and the layers to add (the PSF, and a PSF map when the image was processed in tiles)."""
-    from .pipeline import DEFAULT_TILE_PX, iter_identify
+    """Identify the blur of one plane, or the median over all planes of a stack
+    (``stack_mode="median"``, progress in planes); yields pipeline ``Progress``, returns the
+    estimate and the layers to add (the PSF, and a PSF map when the image was processed in
+    tiles). For a stack the PSF layer's metadata lists the ``planes`` used (index lists of the
+    leading axes) and the ``stack_mode``."""
+    from .pipeline import DEFAULT_TILE_PX, iter_identify, iter_identify_stack, plane_indices
 
+    if request.stack_mode not in IDENTIFY_STACK_MODES:
+        raise ValueError(
+            f"stack_mode must be one of {', '.join(IDENTIFY_STACK_MODES)}, "
+            f"got {request.stack_mode!r}"
+        )
     model = _load(request.model, request.device)
-    image = np.asarray(request.data[request.plane] if request.plane else request.data)
-    estimate = yield from iter_identify(
-        image,
-        model,
-        device=request.device,
-        augment=request.augment,
-        tile_px=request.tile_px or DEFAULT_TILE_PX,
+    options = {
+        "device": request.device,
+        "augment": request.augment,
+        "tile_px": request.tile_px or DEFAULT_TILE_PX,
         **request.optics.kwargs(),
-    )
-    name = request.source + (f" {list(request.plane)}" if request.plane else "")
-    layers = [psf_layer_data(estimate, name, request.geometry, image.shape)]
-    psf_map = psf_map_layer_data(estimate, name, image.shape, request.geometry)
+    }
+    shape = tuple(np.shape(request.data))
+    if request.stack_mode == "median" and len(shape) > 2:
+        planes = plane_indices(shape)
+        # every plane (max_planes: no subsampling); the loop and cancel points are the pipeline's
+        estimate = yield from iter_identify_stack(
+            request.data, model, mode="median", max_planes=len(planes), **options
+        )
+        name = f"{request.source} median"
+    else:
+        planes = [tuple(request.plane)]
+        image = np.asarray(request.data[request.plane] if request.plane else request.data)
+        estimate = yield from iter_identify(image, model, **options)
+        name = request.source + (f" {list(request.plane)}" if request.plane else "")
+    layers = [psf_layer_data(estimate, name, request.geometry, shape[-2:])]
+    if len(shape) > 2:
+        metadata = layers[0][1]["metadata"]
+        metadata["stack_mode"] = request.stack_mode
+        metadata["planes"] = [[int(i) for i in index] for index in planes]
+    psf_map = psf_map_layer_data(estimate, name, shape[-2:], request.geometry)
     if psf_map is not None:
         layers.append(psf_map)
     return IdentifyResult(estimate, layers)

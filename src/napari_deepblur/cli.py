@@ -242,6 +242,29 @@ def _add_plane_arguments(p: argparse.ArgumentParser, per_plane_flag: str) -> Non
     )
 
 
+def _deblur_options(args: argparse.Namespace, estimate, **overrides):
+    """The :class:`~napari_deepblur.batch.DeblurOptions` of ``deblur`` and ``batch``."""
+    from .batch import DeblurOptions
+
+    mode, plane = _stack_mode(args)
+    return DeblurOptions(
+        **{
+            "model": args.model,
+            "device": args.device,
+            "estimate": estimate,
+            "mode": mode,
+            "plane": plane,
+            "noise": args.noise,
+            "strength": args.strength,
+            "optics": _optics_args(args),
+            "dtype": args.dtype,
+            "tile_px": args.tile_px,
+            "overwrite": args.overwrite,
+            **overrides,
+        }
+    )
+
+
 def _stack_mode(args) -> tuple[str, object]:
     plane = None
     if args.plane is not None:
@@ -530,7 +553,7 @@ def _run_deblur(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from . import io
-    from .batch import DeblurOptions, image_optics, iter_deblur_file
+    from .batch import image_optics, iter_deblur_file
 
     _check_new([args.out], args.overwrite)
     estimate = _given_estimate(args)
@@ -545,21 +568,7 @@ def _run_deblur(args: argparse.Namespace) -> int:
 
             fc, _ = image_fc(0.2, **optics)
         estimate = replace(estimate, fc=fc or load_model(args.model, device="cpu").fc)
-    mode, plane = _stack_mode(args)
-    options = DeblurOptions(
-        model=args.model,
-        device=args.device,
-        estimate=estimate,
-        mode=mode,
-        plane=plane,
-        noise=args.noise,
-        strength=args.strength,
-        optics=_optics_args(args),
-        dtype=args.dtype,
-        tile_px=args.tile_px,
-        overwrite=args.overwrite,
-        estimate_json=False,
-    )
+    options = _deblur_options(args, estimate, estimate_json=False)
     result = _drive(iter_deblur_file(args.image, Path(args.out), options), args.quiet, "deblur")
     print(f"wrote {result['output']} {tuple(result['shape'])} in {result['seconds']:.1f} s")
     return 0
@@ -664,7 +673,7 @@ def _add_batch(sub) -> None:
 def _run_batch(args: argparse.Namespace) -> int:
     import math
 
-    from .batch import DeblurOptions, iter_batch
+    from .batch import iter_batch
 
     if args.workers is not None and args.workers < 1:
         raise ValueError("--workers must be at least 1")
@@ -674,20 +683,7 @@ def _run_batch(args: argparse.Namespace) -> int:
             f"the PSF {args.psf} carries no sampling: give --fc (or NA, "
             "wavelength and pixel size) for it"
         )
-    mode, plane = _stack_mode(args)
-    options = DeblurOptions(
-        model=args.model,
-        device=args.device,
-        estimate=estimate,
-        mode=mode,
-        plane=plane,
-        noise=args.noise,
-        strength=args.strength,
-        optics=_optics_args(args),
-        dtype=args.dtype,
-        tile_px=args.tile_px,
-        overwrite=args.overwrite,
-    )
+    options = _deblur_options(args, estimate)
     result = _drive(
         iter_batch(args.inputs, args.out, options, scheduler=args.scheduler, workers=args.workers),
         args.quiet,

@@ -126,6 +126,57 @@ def test_headless_identify_and_deblur(small_sample):
         logic.estimate_from_psf_layer(psf, {})
 
 
+def test_headless_identify_stack(small_sample, monkeypatch):
+    """A stack: the current plane, or the median over all planes (progress in planes,
+    stopping between planes, the planes used in the metadata)."""
+    data, _ = small_sample
+    stack = np.stack([data, data[::-1]])
+    before = stack.copy()
+    one = logic.identify_layers(
+        logic.IdentifyRequest(stack, "s", plane=(1,), device="cpu", augment=False)
+    )
+    [(_, one_kwargs, _)] = one.layers
+    assert one_kwargs["name"] == "s [1] PSF"
+    assert one_kwargs["metadata"]["planes"] == [[1]]
+    assert one_kwargs["metadata"]["stack_mode"] == "plane"
+
+    request = logic.IdentifyRequest(
+        stack, "s", plane=(1,), stack_mode="median", device="cpu", augment=False
+    )
+    job = logic.iter_identify_layers(request)
+    steps = []
+    with pytest.raises(StopIteration) as stop:
+        while True:
+            steps.append(next(job))
+    result = stop.value.value
+    assert {s.total for s in steps} == {2} and steps[-1].done == 2
+    [(psf, kwargs, _)] = result.layers
+    assert psf.shape == (31, 31) and kwargs["name"] == "s median PSF"
+    assert kwargs["metadata"]["planes"] == [[0], [1]]
+    assert kwargs["metadata"]["stack_mode"] == "median"
+    np.testing.assert_array_equal(stack, before)
+
+    # cancelling = no longer iterating: stopped after the first plane, the second is never read
+    from napari_deepblur import pipeline
+
+    calls = []
+    real = pipeline.iter_identify
+
+    def counting(image, *args, **kwargs):
+        calls.append(image.shape)
+        return (yield from real(image, *args, **kwargs))
+
+    monkeypatch.setattr(pipeline, "iter_identify", counting)
+    job = logic.iter_identify_layers(request)
+    step = next(job)
+    while step.done < 1:
+        step = next(job)
+    job.close()
+    assert len(calls) == 1
+    with pytest.raises(ValueError, match="stack_mode"):
+        logic.identify_layers(logic.IdentifyRequest(stack, "s", stack_mode="best"))
+
+
 def test_psf_map_layer_data(small_sample):
     data, _ = small_sample
     result = logic.identify_layers(

@@ -110,6 +110,46 @@ def test_identify_current_plane_of_stack(make_napari_viewer, small_sample, qtbot
     assert f"{layer.name} [2] PSF" in viewer.layers
 
 
+def test_identify_all_planes_median(make_napari_viewer, small_sample, qtbot, notes):
+    from napari_deepblur._qt import IdentifyWidget
+    from napari_deepblur._qt._identify import ALL_PLANES_MEDIAN, CURRENT_PLANE
+
+    viewer = make_napari_viewer()
+    data, kwargs = small_sample
+    stack = np.stack([data, data[::-1], data[:, ::-1]])  # 3 × 128 × 128
+    kwargs = {**kwargs, "scale": (200.0, 74.0, 74.0), "units": ("nm", "nm", "nm")}
+    layer = viewer.add_image(stack, **kwargs)
+    before = layer.data.copy()
+    widget = IdentifyWidget(viewer)
+    assert not widget._planes.native.isHidden() and widget._planes.value == CURRENT_PLANE
+    widget._planes.value = ALL_PLANES_MEDIAN
+    widget._device.value = "cpu"
+    widget._augment.value = False
+    _run(qtbot, widget)
+
+    assert notes["error"] == [], notes["error"]
+    assert widget.state == RunState.DONE
+    # one PSF layer, no PSF map; its metadata says which planes were used
+    added = [lay for lay in viewer.layers if lay is not layer]
+    assert [lay.name for lay in added] == [f"{layer.name} median PSF"]
+    psf = added[0]
+    assert psf.data.shape == (31, 31)
+    md = psf.metadata
+    assert md["format"] == PSF_FORMAT
+    assert md["stack_mode"] == "median" and md["planes"] == [[0], [1], [2]]
+    assert len(md["coefficients_waves_rms"]) == 7
+    np.testing.assert_allclose(psf.scale, (74.0, 74.0))
+    assert "median of 3 planes" in widget._status.value
+    assert widget._progress.max == 3  # progress counts planes
+    # the input is untouched
+    np.testing.assert_array_equal(layer.data, before)
+
+    # a 2D image has no choice of planes
+    viewer.add_image(data, name="flat")
+    widget._image_layer.value = viewer.layers["flat"]
+    assert widget._planes.native.isHidden()
+
+
 def test_deblur_adds_layer_and_keeps_input(viewer_with_sample, qtbot, notes):
     from napari_deepblur._qt import DeblurWidget
     from napari_deepblur._qt._deblur import _grid

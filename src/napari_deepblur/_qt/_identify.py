@@ -31,15 +31,20 @@ if TYPE_CHECKING:
 #: Shown when a layer has no optics in its metadata.
 DEFAULT_OPTICS = logic.Optics(na=1.4, wavelength_nm=520.0, pixel_size_nm=74.0)
 TABLE_COLUMNS = ("aberration", "waves RMS", "")
+#: The choices for a stack (Z, T, C), and the pipeline's stack mode for each.
+CURRENT_PLANE = "current plane"
+ALL_PLANES_MEDIAN = "all planes (median)"
+STACK_MODES = {CURRENT_PLANE: "plane", ALL_PLANES_MEDIAN: "median"}
 
 
 class IdentifyWidget(JobWidget):
-    """Estimate the blur of the current plane of an image layer.
+    """Estimate the blur of an image layer: of the current plane of a stack, or the median
+    over all its planes.
 
-    Private sub-widgets (tests drive them): ``_image_layer``, ``_model``, ``_model_file``,
-    ``_use_optics``, ``_na``, ``_wavelength``, ``_pixel_size``, ``_fc_label``, ``_device``,
-    ``_augment``, ``_tile_px``, ``_run_button``, ``_progress``, ``_status``, ``_table``,
-    ``_summary``, ``_export_path``, ``_export_button``.
+    Private sub-widgets (tests drive them): ``_image_layer``, ``_planes``, ``_model``,
+    ``_model_file``, ``_use_optics``, ``_na``, ``_wavelength``, ``_pixel_size``,
+    ``_fc_label``, ``_device``, ``_augment``, ``_tile_px``, ``_run_button``, ``_progress``,
+    ``_status``, ``_table``, ``_summary``, ``_export_path``, ``_export_button``.
     """
 
     action = "Identify blur"
@@ -47,6 +52,13 @@ class IdentifyWidget(JobWidget):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer, labels=False)
         self._image_layer = ComboBox(label="Image", choices=self._image_layer_choices)
+        self._planes = ComboBox(
+            label="Planes",
+            choices=list(STACK_MODES),
+            value=CURRENT_PLANE,
+            tooltip="For a stack (Z, T, C): the plane shown now, or the median of the "
+            "estimates of every plane (one plane at a time; slower).",
+        )
         self._model, self._model_file = self._make_model_widgets()
         self._use_optics = CheckBox(
             text="Optics known",
@@ -92,6 +104,7 @@ class IdentifyWidget(JobWidget):
             labels=True,
             widgets=[
                 self._image_layer,
+                self._planes,
                 self._model,
                 self._model_file,
                 self._use_optics,
@@ -129,7 +142,10 @@ class IdentifyWidget(JobWidget):
 
     # -- controls → request ---------------------------------------------------------------
     def _on_layer_changed(self, layer: Any) -> None:
-        """Prefill the optics from the layer's metadata and scale/units."""
+        """Prefill the optics from the layer's metadata and scale/units; offer the choice of
+        planes for stacks only."""
+        shape = () if layer is None else tuple(_data(layer).shape)
+        self._planes.visible = len(shape) > 2 and not getattr(layer, "rgb", False)
         if layer is None:
             self._update_fc()
             return
@@ -172,13 +188,13 @@ class IdentifyWidget(JobWidget):
         layer = self._image_layer.value
         if layer is None:
             raise logic.UserError("open an image first (File > Open, or File > Open Sample)")
-        shape = layer.data[0].shape if layer.multiscale else layer.data.shape
-        logic.check_layer(type(layer).__name__, rgb=getattr(layer, "rgb", False), shape=shape)
-        data = layer.data[0] if layer.multiscale else layer.data
+        data = _data(layer)
+        logic.check_layer(type(layer).__name__, rgb=getattr(layer, "rgb", False), shape=data.shape)
         request = logic.IdentifyRequest(
             data=data,
             source=layer.name,
             plane=self._plane_of(layer),
+            stack_mode=STACK_MODES[self._planes.value] if len(data.shape) > 2 else "plane",
             model=self._model_value(),
             optics=self._optics(),
             device=self._device.value,
@@ -203,8 +219,11 @@ class IdentifyWidget(JobWidget):
                 f"{_safe(added[0].name)}.psf.tif"
             )
         tiles = len(result.estimate.tiles)
-        self._status.value = f"Added '{added[0].name}'" + (
-            f" and a map of {tiles} local PSFs." if tiles else "."
+        planes = added[0].metadata.get("planes") or []
+        self._status.value = (
+            f"Added '{added[0].name}'"
+            + (f" (median of {len(planes)} planes)" if len(planes) > 1 else "")
+            + (f" and a map of {tiles} local PSFs." if tiles else ".")
         )
 
     def show_estimate(self, metadata: dict) -> None:
@@ -260,6 +279,11 @@ class IdentifyWidget(JobWidget):
             return []
         notify_info(f"PSF written to {written[0]} and {written[1]}.")
         return written
+
+
+def _data(layer):
+    """The layer's array (the full-resolution level of a multiscale layer)."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
 
 
 def _export_folder(layer) -> Path:
