@@ -59,8 +59,9 @@ class BlurEstimate:
     — defocus, astigmatism, spherical — is not observable from one in-focus image).
     ``psf``: the ``31 × 31`` PSF (sum 1) sampled at the image's pixels (cutoff ``fc``
     cycles/pixel). ``noise``: ``{"alpha", "beta"}`` of ``var = α·I + β²`` in the image's
-    intensity units. ``uncertainty``: the spread (std, waves RMS) of the coefficients over
-    flipped/rotated copies of the image. ``tiles``: per-tile estimates for large images
+    intensity units. ``uncertainty``: the spread (std, waves RMS) of the coefficients
+    predicted for the windows of the image and their flipped/rotated copies (see
+    :mod:`napari_deepblur.estimation`), and across tiles for large images. ``tiles``: per-tile estimates for large images
     (``{"y", "x", "coefficients"}`` with the tile centre in pixels).
     """
 
@@ -343,7 +344,9 @@ def identify(image, model=None, **kwargs) -> BlurEstimate:
     fc / pixel_size_nm, na, wavelength_nm, refractive_index : the image's sampling; without
         them the image is assumed sampled like the model (``model.fc``).
     device : "auto" (CUDA, MPS, CPU), "cpu", "cuda", …
-    augment : average over the 8 flips/transpositions (and report their spread).
+    augment : also look at flipped/transposed copies of each window (as many of the 8 as
+        the budget of :data:`~napari_deepblur.estimation.MAX_EVALUATIONS` network
+        evaluations per tile allows); ``False``: each window once (faster).
     """
     return run(iter_identify(image, model, **kwargs))
 
