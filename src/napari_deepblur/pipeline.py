@@ -61,8 +61,9 @@ class BlurEstimate:
     cycles/pixel). ``noise``: ``{"alpha", "beta"}`` of ``var = α·I + β²`` in the image's
     intensity units. ``uncertainty``: the spread (std, waves RMS) of the coefficients
     predicted for the windows of the image and their flipped/rotated copies (see
-    :mod:`napari_deepblur.estimation`), and across tiles for large images. ``tiles``: per-tile estimates for large images
-    (``{"y", "x", "coefficients"}`` with the tile centre in pixels).
+    :mod:`napari_deepblur.estimation`), and across tiles for large images. ``tiles``:
+    per-tile estimates for large images (``{"y", "x", "coefficients"}`` with the tile
+    centre in pixels).
     """
 
     coefficients: np.ndarray
