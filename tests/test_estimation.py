@@ -41,3 +41,33 @@ def test_robust_combine_aligns_signs_and_ignores_an_outlier():
     aligned = min(family.equivalent_parameters(centre), key=lambda v: float((v - gamma).norm()))
     torch.testing.assert_close(aligned, gamma, atol=2e-3, rtol=0)
     assert spread.shape == (7,)
+
+
+def test_out_of_memory_retries_in_smaller_batches(monkeypatch):
+    import numpy as np
+
+    import napari_deepblur as ndb
+    from napari_deepblur._sample_data import make_blurred_sample
+
+    model = ndb.load_model()
+    image = make_blurred_sample(seed=1, size=192)["image"]
+    expected = ndb.identify(image, model=model, augment=False)
+    network = model.identification
+    original = network.forward
+
+    def small_batches_only(y):
+        if len(y) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(y)
+
+    monkeypatch.setattr(network, "forward", small_batches_only)
+    with pytest.warns(RuntimeWarning, match="windows at a time"):
+        result = ndb.identify(image, model=model, augment=False)
+    np.testing.assert_allclose(result.coefficients, expected.coefficients, atol=1e-5)
+
+    def never(y):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(network, "forward", never)
+    with pytest.warns(RuntimeWarning), pytest.raises(torch.cuda.OutOfMemoryError):
+        ndb.identify(image, model=model, augment=False)  # on the CPU already: nowhere to go

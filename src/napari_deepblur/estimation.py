@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import numpy as np
 import torch
 
+from .devices import empty_cache, is_out_of_memory
 from .optics import ZernikeConvolution
 from .training.train import network_inputs
 
@@ -96,6 +98,43 @@ def robust_combine(gammas: torch.Tensor, family) -> tuple[torch.Tensor, torch.Te
     return centre, spread
 
 
+def predict(model, windows: torch.Tensor) -> torch.Tensor:
+    """The identification network on ``windows (N, 1, h, w)`` → ``(N, K)`` float32, on the
+    windows' device. On a GPU out-of-memory error the windows go through in smaller batches,
+    and when even one does not fit, on the CPU (with a warning each time)."""
+    device = windows.device
+    windows = windows.to(model.device)  # the model may have moved to the CPU already
+    batch = len(windows)
+    while True:
+        try:
+            network = model.identification
+            parts = [network(windows[i : i + batch]) for i in range(0, len(windows), batch)]
+            return torch.cat(parts).float().to(device)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            empty_cache(model.device)
+            if batch > 1:
+                batch //= 2
+                warnings.warn(
+                    f"out of memory on {model.device} identifying: retrying {batch} windows "
+                    "at a time",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            elif model.device.type != "cpu":
+                warnings.warn(
+                    f"out of memory on {model.device} even for one window: continuing on the CPU",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                model.to("cpu")
+                batch = len(windows)
+                windows = windows.cpu()
+            else:
+                raise
+
+
 def identify_in_windows(
     model, image: torch.Tensor, augment: bool = True, max_evaluations: int = MAX_EVALUATIONS
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -124,7 +163,7 @@ def identify_in_windows(
     mats = zernike_transform_matrices(tuple(family.noll_indices)) if copies > 1 else None
     predictions = []
     for k in range(copies):
-        predicted = network(dihedral(y_n, k)).float() * family.parameter_scale  # (N, K)
+        predicted = predict(model, dihedral(y_n, k)) * family.parameter_scale  # (N, K)
         if mats is not None:  # back to the original orientation: γ = M_k⁻¹ γ'
             predicted = torch.linalg.solve(mats[k].to(predicted), predicted.T).T
         predictions.append(predicted)
