@@ -646,16 +646,15 @@ def iter_deblur_layers(request: DeblurRequest) -> Generator[Any, None, DeblurRes
     """Deblur one plane or every plane (identifying the blur first when no estimate is
     given); yields pipeline ``Progress``, returns the restored array and the layers to add:
     ``"<source> deblurred"`` (and, when it identified, the PSF it used)."""
-    from .pipeline import Progress, iter_deblur, iter_identify
+    from .pipeline import iter_deblur, iter_deblur_stack, iter_identify
 
     model = _load(request.model, request.device)
     data = request.data
-    shape = tuple(np.shape(data))
-    planes = [request.plane] if request.plane is not None else list(np.ndindex(*shape[:-2]))
     layers: list[LayerDataTuple] = []
     estimate = request.estimate
     if estimate is None:
-        first = np.asarray(data[planes[0]] if planes[0] else data)
+        first_plane = request.plane or (0,) * (len(np.shape(data)) - 2)
+        first = np.asarray(data[first_plane] if first_plane else data)
         estimate = yield from iter_identify(
             first, model, device=request.device, **request.optics.kwargs()
         )
@@ -663,33 +662,12 @@ def iter_deblur_layers(request: DeblurRequest) -> Generator[Any, None, DeblurRes
     # with an estimate from this image, its fc is the image's sampling; the layer's optics
     # matter for a PSF from elsewhere
     optics = request.optics.kwargs() if request.estimate is not None else {}
-    restored_planes = []
-    for k, index in enumerate(planes):
-        image = np.asarray(data[index] if index else data)
-        step = iter_deblur(
-            image,
-            estimate,
-            model,
-            noise=request.noise,
-            strength=request.strength,
-            device=request.device,
-            **optics,
-        )
-        while True:
-            try:
-                p = next(step)
-            except StopIteration as stop:
-                restored_planes.append(stop.value)
-                break
-            if len(planes) > 1:
-                p = Progress(
-                    k * p.total + p.done, len(planes) * p.total, f"plane {k + 1} of {len(planes)}"
-                )
-            yield p
-    if request.plane is None and shape[:-2]:
-        restored = np.stack(restored_planes).reshape(shape)
-    else:
-        restored = restored_planes[0]
+    options = dict(noise=request.noise, strength=request.strength, device=request.device)
+    if request.plane is not None:
+        image = np.asarray(data[request.plane])
+        restored = yield from iter_deblur(image, estimate, model, **options, **optics)
+    else:  # every plane (or the only one), in the pipeline's plane loop
+        restored = yield from iter_deblur_stack(data, estimate, model, **options, **optics)
     name = f"{request.source} deblurred"
     if request.plane:
         name += f" {list(request.plane)}"

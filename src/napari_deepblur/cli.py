@@ -560,14 +560,11 @@ def _run_deblur(args: argparse.Namespace) -> int:
     if estimate is not None and not isinstance(estimate, list) and math.isnan(estimate.fc):
         # a foreign PSF without sampling: take the image's (or the model's) cutoff
         from .models import load_model
+        from .pipeline import image_fc
 
         optics, _ = image_optics(io.read_image(args.image, mmap=True), _optics_args(args))
-        fc = optics.get("fc")
-        if fc is None and optics:
-            from .pipeline import image_fc
-
-            fc, _ = image_fc(0.2, **optics)
-        estimate = replace(estimate, fc=fc or load_model(args.model, device="cpu").fc)
+        model_fc = load_model(args.model, device="cpu").fc
+        estimate = replace(estimate, fc=image_fc(model_fc, **optics)[0])
     options = _deblur_options(args, estimate, estimate_json=False)
     result = _drive(iter_deblur_file(args.image, Path(args.out), options), args.quiet, "deblur")
     print(f"wrote {result['output']} {tuple(result['shape'])} in {result['seconds']:.1f} s")
