@@ -291,11 +291,6 @@ def _check_new(paths, overwrite: bool) -> None:
             raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
 
 
-def _say(args, *lines) -> None:
-    for line in lines:
-        print(line)
-
-
 # --- deepblur identify ------------------------------------------------------------------------
 
 
