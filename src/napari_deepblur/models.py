@@ -76,20 +76,33 @@ class DeepBlurModel:
 def save_model(model: DeepBlurModel, path: str | Path, card: dict | None = None) -> Path:
     """Write ``path`` (.safetensors) and, with ``card``, ``path.with_suffix('.json')`` whose
     ``sha256`` is the weights file's. Written atomically (temporary file, then rename)."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
     tensors = {f"identification.{k}": v for k, v in model.identification.state_dict().items()}
     if model.deblurring is not None:
         tensors.update({f"deblurring.{k}": v for k, v in model.deblurring.state_dict().items()})
     tensors.update({f"family.{k}": v for k, v in model.family.tensors().items()})
     # Weights are stored as float16 (half the size; inference upcasts to float32).
-    tensors = {
-        k: (v.half() if v.is_floating_point() else v).detach().cpu().contiguous()
-        for k, v in tensors.items()
-    }
+    tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+    return _write_with_card(path, tensors, model.config(), card)
+
+
+def save_family(
+    family: OperatorFamily, fc: float, path: str | Path, card: dict | None = None
+) -> Path:
+    """Write an operator family (e.g. product-convolution from beads or from a field model)
+    as a family file: ``path`` (.safetensors, float32) and its card ``path.with_suffix
+    ('.json')``. ``fc``: the sampling of its kernels (cycles/pixel)."""
+    tensors = {f"family.{k}": v.float() for k, v in family.tensors().items()}
+    config = {"format_version": FORMAT_VERSION, "fc": float(fc), "family": family.config()}
+    return _write_with_card(path, tensors, config, card)
+
+
+def _write_with_card(path, tensors: dict, config: dict, card: dict | None) -> Path:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     tmp = path.with_name(f".{path.name}.partial")
-    save_file(tensors, str(tmp), metadata={_METADATA_KEY: json.dumps(model.config())})
+    save_file(tensors, str(tmp), metadata={_METADATA_KEY: json.dumps(config)})
     os.replace(tmp, path)
     if card is not None:
         card = {
@@ -150,22 +163,21 @@ def load_model(
     return model.to(resolve_device(device))
 
 
-@functools.lru_cache(maxsize=4)
-def _load_cached(path: str, mtime_ns: int, size: int) -> DeepBlurModel:
+def _read_file(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
+    """``(config, float32 tensors, card)`` of a model or family file, checked."""
     from safetensors import safe_open
 
-    path = Path(path)
     card_path = path.with_suffix(".json")
     card = {}
     if card_path.exists():
         try:
             card = json.loads(card_path.read_text())
         except json.JSONDecodeError as err:
-            raise ModelFileError(f"the model card {card_path} is not valid JSON: {err}") from err
+            raise ModelFileError(f"the card {card_path} is not valid JSON: {err}") from err
         if card.get("sha256") and card["sha256"] != sha256(path):
             raise ModelFileError(
-                f"the model file {path} does not match the checksum in its card {card_path}: "
-                "the file is corrupt or was replaced; reinstall the package or retrain"
+                f"the file {path} does not match the checksum in its card {card_path}: "
+                "the file is corrupt or was replaced; reinstall the package or rebuild it"
             )
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -174,20 +186,42 @@ def _load_cached(path: str, mtime_ns: int, size: int) -> DeepBlurModel:
         tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
         config = json.loads(metadata[_METADATA_KEY])
     except (OSError, KeyError, json.JSONDecodeError, Exception) as err:  # noqa: BLE001
-        raise ModelFileError(f"{path} is not a readable napari-deepblur model file: {err}") from err
+        raise ModelFileError(f"{path} is not a readable napari-deepblur file: {err}") from err
     if config.get("format_version") != FORMAT_VERSION:
-        raise ModelFileError(f"{path}: unsupported model format {config.get('format_version')}")
+        raise ModelFileError(f"{path}: unsupported format {config.get('format_version')}")
+    return config, tensors, card
 
-    def part(prefix):
-        return {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
-    family = family_from_state(config["family"], part("family"))
+def _part(tensors: dict, prefix: str) -> dict:
+    return {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+def load_family(path: str | Path) -> tuple[OperatorFamily, float, dict]:
+    """An operator family from a family file or a model file: ``(family, fc, card)``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"family file not found: {path}")
+    config, tensors, card = _read_file(path)
+    try:
+        family = family_from_state(config["family"], _part(tensors, "family"))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ModelFileError(f"{path} does not hold a usable operator family: {err}") from err
+    return family, float(config["fc"]), card
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(path: str, mtime_ns: int, size: int) -> DeepBlurModel:
+    path = Path(path)
+    config, tensors, card = _read_file(path)
+    if "identification" not in config:
+        raise ModelFileError(f"{path} is a family file, not a model (train one with it)")
+    family = family_from_state(config["family"], _part(tensors, "family"))
     identification = IdentificationNetwork(IdentificationConfig.from_dict(config["identification"]))
-    identification.load_state_dict(part("identification"))
+    identification.load_state_dict(_part(tensors, "identification"))
     deblurring = None
     if config.get("deblurring"):
         deblurring = DeblurringNetwork(DeblurringConfig.from_dict(config["deblurring"]))
-        deblurring.load_state_dict(part("deblurring"))
+        deblurring.load_state_dict(_part(tensors, "deblurring"))
     name = path.stem
     return DeepBlurModel(
         family, identification, deblurring, float(config["fc"]), name, path, card

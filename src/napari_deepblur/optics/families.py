@@ -59,12 +59,33 @@ class OperatorFamily:
         """All parameter vectors that give exactly the same operator as ``gamma``."""
         return [gamma]
 
+    #: Parameter vectors ``(N, K)`` that training draws from (e.g. measured or sampled
+    #: from a physical model); ``None``: uniform in ``[−parameter_scale, parameter_scale]``.
+    parameter_bank: torch.Tensor | None = None
+    #: Gaussian jitter added to bank draws, in units of ``parameter_scale``.
+    parameter_jitter: float = 0.0
+
     def sample_parameters(
         self, count: int, generator: torch.Generator | None = None, device=None
     ) -> torch.Tensor:
-        """Draw ``count`` random parameter vectors ``(count, K)`` for training."""
-        u = torch.rand(count, self.num_parameters, generator=generator, device=device)
-        return (2 * u - 1) * self.parameter_scale
+        """Draw ``count`` random parameter vectors ``(count, K)`` for training: rows of the
+        parameter bank (plus jitter) when there is one, else uniform."""
+        if self.parameter_bank is None:
+            u = torch.rand(count, self.num_parameters, generator=generator, device=device)
+            return (2 * u - 1) * self.parameter_scale
+        bank = self.parameter_bank.to(device)
+        rows = torch.randint(len(bank), (count,), generator=generator, device=device)
+        gamma = bank[rows]
+        if self.parameter_jitter:
+            noise = torch.randn(gamma.shape, generator=generator, device=device)
+            gamma = gamma + self.parameter_jitter * self.parameter_scale * noise
+        return gamma
+
+    def _bank_config(self) -> dict:
+        return {"parameter_jitter": self.parameter_jitter} if self.parameter_jitter else {}
+
+    def _bank_tensors(self) -> dict[str, torch.Tensor]:
+        return {} if self.parameter_bank is None else {"parameter_bank": self.parameter_bank}
 
 
 class _KernelFamily(OperatorFamily):
@@ -152,6 +173,20 @@ class PCAReport:
     mean_relative_error: float
 
 
+@dataclass
+class FieldFamilyReport:
+    """How well a product-convolution family explains the sampled PSFs of a field."""
+
+    num_psfs: int  # I eigen-PSFs
+    num_maps: int  # J spatial maps (K = I·J parameters)
+    psf_variance_captured: float  # energy of the sampled PSFs kept by the eigen-PSFs
+    map_variance_captured: float  # energy of the eigen-PSF weight fields kept by the maps
+    mean_relative_error: float  # ‖h − ĥ‖ / ‖h‖ of the complete model at the sampled positions
+    max_relative_error: float
+    num_fields: int = 1
+    num_positions: int = 0
+
+
 def pca_basis(psfs: torch.Tensor, num_components: int) -> tuple[torch.Tensor, PCAReport]:
     """Uncentred PCA of kernels ``(S, k, k)``: the top ``num_components`` eigen-PSFs.
 
@@ -160,6 +195,9 @@ def pca_basis(psfs: torch.Tensor, num_components: int) -> tuple[torch.Tensor, PC
     flat = psfs.reshape(psfs.shape[0], -1).to(torch.float64)
     _, singular, vh = torch.linalg.svd(flat, full_matrices=False)
     basis = vh[:num_components]
+    # SVD signs are arbitrary: make each eigen-PSF's largest-magnitude pixel positive
+    peak = basis.gather(1, basis.abs().argmax(1, keepdim=True))
+    basis = basis * torch.where(peak < 0, -1.0, 1.0).to(basis)
     recon = (flat @ basis.T) @ basis
     rel = (flat - recon).norm(dim=1) / flat.norm(dim=1)
     report = PCAReport(
@@ -177,13 +215,20 @@ class EigenPSFConvolution(_KernelFamily):
     kind = "eigen_psf"
 
     def __init__(
-        self, basis: torch.Tensor, parameter_scale: float = 1.0, boundary: str = "reflect"
+        self,
+        basis: torch.Tensor,
+        parameter_scale: float = 1.0,
+        boundary: str = "reflect",
+        parameter_bank: torch.Tensor | None = None,
+        parameter_jitter: float = 0.0,
     ):
         self.basis = torch.as_tensor(basis)
         self.num_parameters = self.basis.shape[0]
         self.kernel_size = self.basis.shape[-1]
         self.parameter_scale = float(parameter_scale)
         self.boundary = boundary
+        self.parameter_bank = parameter_bank
+        self.parameter_jitter = float(parameter_jitter)
 
     @classmethod
     def from_psfs(cls, psfs: torch.Tensor, num_components: int, **kwargs):
@@ -208,10 +253,11 @@ class EigenPSFConvolution(_KernelFamily):
             "kind": self.kind,
             "parameter_scale": self.parameter_scale,
             "boundary": self.boundary,
+            **self._bank_config(),
         }
 
     def tensors(self):
-        return {"basis": self.basis}
+        return {"basis": self.basis, **self._bank_tensors()}
 
 
 class ProductConvolutionOperator:
@@ -286,6 +332,8 @@ class ProductConvolution(OperatorFamily):
         parameter_scale: float = 1.0,
         boundary: str = "reflect",
         cg_iterations: int = 20,
+        parameter_bank: torch.Tensor | None = None,
+        parameter_jitter: float = 0.0,
     ):
         self.eigen_psfs = torch.as_tensor(eigen_psfs)
         self.maps = torch.as_tensor(maps)
@@ -296,6 +344,8 @@ class ProductConvolution(OperatorFamily):
         self.parameter_scale = float(parameter_scale)
         self.boundary = boundary
         self.cg_iterations = cg_iterations
+        self.parameter_bank = parameter_bank
+        self.parameter_jitter = float(parameter_jitter)
 
     def maps_at(self, image_shape, like: torch.Tensor) -> torch.Tensor:
         """The spatial maps resampled to ``image_shape``: ``(J, H, W)``."""
@@ -319,17 +369,86 @@ class ProductConvolution(OperatorFamily):
             self.cg_iterations,
         )
 
+    def maps_at_positions(self, positions: torch.Tensor) -> torch.Tensor:
+        """The spatial maps at field positions ``(S, 2)`` (``(y, x)`` fractions of the field
+        in [0, 1], 0 = top/left edge), bilinear: ``(S, J)``."""
+        p = torch.as_tensor(positions, dtype=self.maps.dtype).reshape(-1, 2)
+        grid = torch.stack([2 * p[:, 1] - 1, 2 * p[:, 0] - 1], dim=-1)[None, None]  # x, y
+        at = torch.nn.functional.grid_sample(
+            self.maps[None], grid, mode="bilinear", align_corners=True
+        )  # (1, J, 1, S)
+        return at[0, :, 0].T
+
+    def local_weights(self, gamma: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Eigen-PSF weights ``m_i`` at positions ``(S, 2)``: ``(…, S, I)``."""
+        f = self.maps_at_positions(positions).to(gamma)  # (S, J)
+        g = gamma.reshape(*gamma.shape[:-1], self.num_psfs, self.num_maps)
+        return torch.einsum("...ij,sj->...si", g, f)
+
     def psf_at(self, gamma: torch.Tensor, y: float, x: float) -> torch.Tensor:
         """The local kernel ``Σ_i m_i(y, x) e_i`` at a field position given as fractions of
         the field in [0, 1] (0 = top/left edge). Returns ``(…, k, k)``."""
-        grid = torch.tensor([[[[2 * x - 1, 2 * y - 1]]]], dtype=gamma.dtype, device=gamma.device)
-        at = torch.nn.functional.grid_sample(
-            self.maps.to(gamma)[None], grid, mode="bilinear", align_corners=True
-        )
-        f = at.reshape(self.num_maps)  # (J,)
-        g = gamma.reshape(*gamma.shape[:-1], self.num_psfs, self.num_maps)
-        weights = g @ f  # (…, I)
+        weights = self.local_weights(gamma, torch.tensor([[y, x]]))[..., 0, :]  # (…, I)
         return torch.tensordot(weights, self.eigen_psfs.to(gamma), dims=([-1], [0]))
+
+    def normalised_weights(self, weights: torch.Tensor) -> torch.Tensor:
+        """Eigen-PSF weights ``(…, I)`` rescaled so that their PSF sums to 1 (the PSF's shape:
+        a local window of one image cannot tell the PSF's total intensity)."""
+        sums = self.eigen_psfs.sum((-2, -1)).to(weights)
+        total = (weights * sums).sum(-1, keepdim=True)
+        return weights / torch.where(total.abs() > 1e-6, total, torch.ones_like(total))
+
+    def local_family(self, positions_per_draw: int = 16, seed: int = 0) -> EigenPSFConvolution:
+        """The convolution family of the local PSFs: the eigen-PSFs, with a parameter bank of
+        normalised local weights of the bank's γ at random field positions. An
+        identification network trained on it reads the local PSF off a window of an image;
+        :meth:`fit_parameters` turns such local readings into γ."""
+        if self.parameter_bank is None:
+            raise ValueError("the family has no parameter bank to draw local PSFs from")
+        generator = torch.Generator().manual_seed(seed)
+        bank = self.parameter_bank.float()
+        positions = torch.rand(len(bank), positions_per_draw, 2, generator=generator)
+        weights = torch.stack(
+            [self.local_weights(g, p) for g, p in zip(bank, positions, strict=True)]
+        )
+        weights = self.normalised_weights(weights).reshape(-1, self.num_psfs)
+        return EigenPSFConvolution(
+            self.eigen_psfs,
+            parameter_scale=float(weights.abs().max()),
+            boundary=self.boundary,
+            parameter_bank=weights,
+        )
+
+    def fit_parameters(
+        self,
+        weights: torch.Tensor,
+        positions: torch.Tensor,
+        noise_variance: float | torch.Tensor = 1e-3,
+    ) -> torch.Tensor:
+        """γ ``(K,)`` from local eigen-PSF weights ``(N, I)`` read at positions ``(N, 2)``.
+
+        Least squares on ``w_n ≈ G f(p_n)`` (``G`` the ``I × J`` matrix of γ); with a
+        parameter bank, a Gaussian prior fitted to the bank (mean and covariance) makes it
+        a maximum a posteriori estimate, so a few windows (or a nearly constant field) still
+        give a well-posed answer. ``noise_variance``: of the readings (scalar or ``(I,)``).
+        """
+        weights = torch.as_tensor(weights, dtype=torch.float64)
+        f = self.maps_at_positions(positions).double()  # (N, J)
+        eye = torch.eye(self.num_psfs, dtype=torch.float64)
+        design = torch.einsum("ab,nj->nabj", eye, f).reshape(-1, self.num_parameters)
+        variance = torch.as_tensor(noise_variance, dtype=torch.float64).expand(self.num_psfs)
+        precision = (1 / variance.clamp_min(1e-12)).repeat(len(f))  # (N·I,)
+        normal = design.T @ (precision[:, None] * design)
+        rhs = design.T @ (precision * weights.reshape(-1))
+        if self.parameter_bank is not None and len(self.parameter_bank) > self.num_parameters:
+            bank = self.parameter_bank.double()
+            mean = bank.mean(0)
+            covariance = torch.cov(bank.T) + 1e-8 * torch.eye(self.num_parameters).double()
+            prior = torch.linalg.inv(covariance)
+            normal, rhs = normal + prior, rhs + prior @ mean
+        else:
+            normal = normal + 1e-9 * torch.eye(self.num_parameters, dtype=torch.float64)
+        return torch.linalg.solve(normal, rhs).float()
 
     @classmethod
     def from_psf_field(
@@ -377,10 +496,11 @@ class ProductConvolution(OperatorFamily):
             "parameter_scale": self.parameter_scale,
             "boundary": self.boundary,
             "cg_iterations": self.cg_iterations,
+            **self._bank_config(),
         }
 
     def tensors(self):
-        return {"eigen_psfs": self.eigen_psfs, "maps": self.maps}
+        return {"eigen_psfs": self.eigen_psfs, "maps": self.maps, **self._bank_tensors()}
 
 
 def legendre_maps(positions: torch.Tensor, degree: int) -> torch.Tensor:
@@ -405,8 +525,11 @@ def family_from_state(config: dict, tensors: dict[str, torch.Tensor]) -> Operato
     options = {k: v for k, v in config.items() if k != "kind"}
     if kind == ZernikeConvolution.kind:
         return ZernikeConvolution(**options)
+    bank = tensors.get("parameter_bank")
     if kind == EigenPSFConvolution.kind:
-        return EigenPSFConvolution(tensors["basis"], **options)
+        return EigenPSFConvolution(tensors["basis"], parameter_bank=bank, **options)
     if kind == ProductConvolution.kind:
-        return ProductConvolution(tensors["eigen_psfs"], tensors["maps"], **options)
+        return ProductConvolution(
+            tensors["eigen_psfs"], tensors["maps"], parameter_bank=bank, **options
+        )
     raise ValueError(f"unknown operator family {kind!r}")
