@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .devices import empty_cache, is_out_of_memory
-from .optics import ZernikeConvolution
+from .optics import EigenPSFConvolution, ZernikeConvolution
 from .training.train import network_inputs
 
 #: Network evaluations per image or tile: windows × dihedral copies (CPU time is linear in it).
@@ -135,13 +135,39 @@ def predict(model, windows: torch.Tensor) -> torch.Tensor:
                 raise
 
 
-def identify_in_windows(
-    model, image: torch.Tensor, augment: bool = True, max_evaluations: int = MAX_EVALUATIONS
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """γ̂ ``(K,)`` (waves RMS for Zernike families) and its spread for one image ``(H, W)``
-    at the model's sampling, in the intensity units of the image (any range)."""
+@functools.lru_cache(maxsize=8)
+def _eigen_transform_matrices(basis_bytes: bytes, shape: tuple[int, ...]) -> torch.Tensor:
+    basis = torch.from_numpy(np.frombuffer(basis_bytes, np.float32).reshape(shape).copy())
+    flat = basis.reshape(len(basis), -1)
+    gram_inv = torch.linalg.inv(flat @ flat.T)
+    # the PSF Σ w_i e_i seen through dihedral k has weights M_k w: M_k = G⁻¹ ⟨e_a, D_k e_b⟩
+    return torch.stack(
+        [gram_inv @ (flat @ dihedral(basis, k).reshape(len(basis), -1).T) for k in range(8)]
+    )
+
+
+def transform_matrices(family) -> torch.Tensor | None:
+    """``M_k (8, K, K)`` mapping a kernel's parameters to those of its ``dihedral(·, k)``
+    copy, for Zernike and eigen-PSF families; ``None`` for others."""
+    if isinstance(family, ZernikeConvolution):
+        return zernike_transform_matrices(tuple(family.noll_indices))
+    if isinstance(family, EigenPSFConvolution):
+        basis = family.basis.detach().cpu().float().contiguous()
+        return _eigen_transform_matrices(basis.numpy().tobytes(), tuple(basis.shape))
+    return None
+
+
+def window_predictions(
+    model,
+    image: torch.Tensor,
+    family,
+    augment: bool = True,
+    max_evaluations: int = MAX_EVALUATIONS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The identification network's parameters ``(N, K)`` (in ``family``'s units) for the
+    windows of one image ``(H, W)`` at the model's sampling, and each window's centre
+    ``(N, 2)`` (``y, x`` in pixels of ``image``); flipped copies come after the originals."""
     network = model.identification
-    family = model.family
     window = max(network.config.min_size, min(network.config.training_px, *image.shape))
     window = min(window, *image.shape)
     positions = [
@@ -150,21 +176,33 @@ def identify_in_windows(
         for l in window_starts(image.shape[1], window)
     ]
     crops = torch.stack([image[t : t + window, l : l + window] for t, l in positions])
+    centres = torch.tensor(positions, dtype=torch.float32) + (window - 1) / 2
     y_n, _, _, contrast = network_inputs(crops, model.fc)
     contrast = contrast.flatten()
-    keep = contrast >= MIN_RELATIVE_CONTRAST * contrast.max()
-    y_n = y_n[keep]
+    keep = (contrast >= MIN_RELATIVE_CONTRAST * contrast.max()).cpu()
+    y_n, centres = y_n[keep.to(y_n.device)], centres[keep]
     if len(y_n) > max_evaluations:
-        pick = np.linspace(0, len(y_n) - 1, max_evaluations).round().astype(int)
-        y_n = y_n[torch.as_tensor(np.unique(pick))]
+        pick = torch.as_tensor(
+            np.unique(np.linspace(0, len(y_n) - 1, max_evaluations).round().astype(int))
+        )
+        y_n, centres = y_n[pick.to(y_n.device)], centres[pick]
+    mats = transform_matrices(family) if augment else None
     copies = 1
-    if augment and isinstance(family, ZernikeConvolution):
+    if mats is not None:
         copies = 2 ** int(math.log2(max(1, min(8, max_evaluations // len(y_n)))))
-    mats = zernike_transform_matrices(tuple(family.noll_indices)) if copies > 1 else None
     predictions = []
     for k in range(copies):
         predicted = predict(model, dihedral(y_n, k)) * family.parameter_scale  # (N, K)
-        if mats is not None:  # back to the original orientation: γ = M_k⁻¹ γ'
+        if k:  # back to the original orientation: γ = M_k⁻¹ γ'
             predicted = torch.linalg.solve(mats[k].to(predicted), predicted.T).T
         predictions.append(predicted)
-    return robust_combine(torch.cat(predictions), family)
+    return torch.cat(predictions), centres.repeat(copies, 1)
+
+
+def identify_in_windows(
+    model, image: torch.Tensor, augment: bool = True, max_evaluations: int = MAX_EVALUATIONS
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """γ̂ ``(K,)`` (waves RMS for Zernike families) and its spread for one image ``(H, W)``
+    at the model's sampling, in the intensity units of the image (any range)."""
+    predictions, _ = window_predictions(model, image, model.family, augment, max_evaluations)
+    return robust_combine(predictions, model.family)

@@ -30,10 +30,18 @@ import numpy as np
 import torch
 
 from .devices import empty_cache, is_out_of_memory, resolve_device
-from .estimation import identify_in_windows
+from .estimation import identify_in_windows, window_predictions
+from .fieldmap import FieldEstimate, cell_centres
 from .intensity import check_contrast, denormalize, normalize, robust_range
 from .models import DeepBlurModel, load_model
-from .optics import Convolution, Microscope, ZernikeConvolution, check_fc, zernike_psf
+from .optics import (
+    Convolution,
+    Microscope,
+    ProductConvolution,
+    ZernikeConvolution,
+    check_fc,
+    zernike_psf,
+)
 from .optics.noise import estimate_noise
 
 #: Images are processed in tiles of at most this many pixels a side (bounded memory).
@@ -63,7 +71,9 @@ class BlurEstimate:
     predicted for the windows of the image and their flipped/rotated copies (see
     :mod:`napari_deepblur.estimation`), and across tiles for large images. ``tiles``:
     per-tile estimates for large images (``{"y", "x", "coefficients"}`` with the tile
-    centre in pixels).
+    centre in pixels). ``field``: for a space-varying (product-convolution) model, the
+    local PSF anywhere in the image (:class:`~napari_deepblur.fieldmap.FieldEstimate`);
+    ``coefficients`` are then its γ and ``psf`` the PSF at the image centre.
     """
 
     coefficients: np.ndarray
@@ -76,11 +86,33 @@ class BlurEstimate:
     optics: dict | None = None
     uncertainty: np.ndarray | None = None
     tiles: list[dict] = field(default_factory=list)
+    field: FieldEstimate | None = None
+
+    def psf_at(self, y: float, x: float) -> np.ndarray:
+        """The local PSF (sum 1, at the image's sampling) at pixel ``(y, x)`` of the image:
+        from the field of a space-varying estimate, else :attr:`psf` (the same everywhere)."""
+        if self.field is None:
+            return self.psf
+        return resample_psf(self.field.psf_at(y, x), self.field.fc / self.fc)
+
+    def psf_grid(self, count: int = 5, shape=None) -> tuple[np.ndarray, np.ndarray]:
+        """Positions ``(count², 2)`` (pixels ``y, x`` of an image of ``shape``, centres of a
+        ``count × count`` grid of cells) and the local PSFs ``(count², k, k)`` there; without
+        a field, :attr:`psf` repeated (``shape`` is then required)."""
+        if self.field is None:
+            if shape is None:
+                raise ValueError("psf_grid needs the image shape for an estimate without field")
+            positions = cell_centres(shape, count)
+            return positions, np.repeat(self.psf[None], len(positions), axis=0)
+        positions = cell_centres(shape or self.field.shape, count)
+        psfs = [self.psf_at(y, x) for y, x in positions]
+        return positions, np.stack(psfs)
 
     def to_dict(self) -> dict:
         """JSON-ready dict (everything but the PSF array, which is exported as a TIFF)."""
         d = asdict(self)
         d.pop("psf")
+        d["field"] = None if self.field is None else self.field.to_dict()
         return json.loads(json.dumps(d, default=_jsonable))
 
     @classmethod
@@ -89,7 +121,12 @@ class BlurEstimate:
         not given)."""
         coefficients = np.asarray(d["coefficients"], dtype=np.float32)
         noll = tuple(int(j) for j in d["noll_indices"])
-        if psf is None:
+        field_estimate = FieldEstimate.from_dict(d["field"]) if d.get("field") else None
+        if psf is None and field_estimate is not None:
+            h, w = field_estimate.shape
+            centre = field_estimate.psf_at((h - 1) / 2, (w - 1) / 2)
+            psf = resample_psf(centre, field_estimate.fc / float(d["fc"]))
+        elif psf is None:
             psf = zernike_psf(torch.as_tensor(coefficients), d["fc"], 31, noll).numpy()
         unc = d.get("uncertainty")
         return cls(
@@ -103,6 +140,7 @@ class BlurEstimate:
             d.get("optics"),
             None if unc is None else np.asarray(unc, np.float32),
             list(d.get("tiles") or []),
+            field_estimate,
         )
 
     @classmethod
@@ -215,6 +253,22 @@ def resample(image: np.ndarray, zoom: float, shape: tuple[int, int] | None = Non
     return ndimage.zoom(image, factors, order=3, mode="reflect", grid_mode=True).astype(np.float32)
 
 
+def resample_psf(psf: np.ndarray, zoom: float, size: int | None = None) -> np.ndarray:
+    """A centred PSF ``(k, k)`` stretched by ``zoom`` about its centre pixel (cubic spline),
+    on ``size × size`` pixels (default ``k``), clipped at 0 and normalised to sum 1: a PSF
+    sampled at ``fc_from`` cycles/pixel becomes one at ``fc_to`` with ``zoom = fc_from /
+    fc_to``. Identity (but normalised) when zoom ≈ 1 and the size is unchanged."""
+    from scipy import ndimage
+
+    psf = np.asarray(psf, np.float64)
+    size = size or psf.shape[-1]
+    if abs(zoom - 1) >= 1e-3 or size != psf.shape[-1]:
+        t = (np.arange(size) - (size - 1) / 2) / zoom + (psf.shape[-1] - 1) / 2
+        yy, xx = np.meshgrid(t, t, indexing="ij")
+        psf = np.clip(ndimage.map_coordinates(psf, [yy, xx], order=3, mode="constant"), 0, None)
+    return (psf / psf.sum()).astype(np.float32)
+
+
 # -- tiling -----------------------------------------------------------------------------------
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """Start offsets of tiles of ``tile`` px covering ``length`` px with ≥ ``overlap`` px."""
@@ -273,6 +327,9 @@ def iter_identify(
         )
     low, scale = robust_range(torch.from_numpy(y))
     check_contrast(scale, low)
+    if isinstance(model.family, ProductConvolution):
+        return (yield from _iter_identify_field(model, raw, y, zoom, fc_img, optics, augment,
+                                                tile_px))  # fmt: skip
     rows, cols = (tile_starts(n, tile_px, TILE_OVERLAP_PX) for n in y.shape)
     total = len(rows) * len(cols)
     estimates, tiles = [], []
@@ -314,9 +371,6 @@ def iter_identify(
             t["coefficients"] = family.canonical(torch.as_tensor(t["coefficients"])).numpy()
     if len(tiles) == 1:
         tiles = []
-    # noise from (at most) a central crop: the estimator's memory grows ~70 bytes/pixel
-    noise_sample = np.ascontiguousarray(_central_crop(raw, STATS_MAX_PX))
-    alpha, beta = estimate_noise(torch.from_numpy(noise_sample)[None], fc_img)
     coefficients = gamma.cpu().numpy().astype(np.float32)
     noll = tuple(getattr(family, "noll_indices", ()))
     psf = zernike_psf(torch.as_tensor(coefficients), fc_img, 31, noll).numpy()
@@ -325,12 +379,67 @@ def iter_identify(
         noll,
         fc_img,
         psf,
-        {"alpha": float(alpha[0]), "beta": float(beta[0])},
+        _noise_of(raw, fc_img),
         list(getattr(family, "names", [])),
         model.name,
         optics,
         None if uncertainty is None else uncertainty.cpu().numpy().astype(np.float32),
         tiles,
+    )
+
+
+def _noise_of(raw: np.ndarray, fc_img: float) -> dict:
+    """Noise ``{"alpha", "beta"}`` of an image, from (at most) a central crop: the
+    estimator's memory grows ~70 bytes/pixel."""
+    noise_sample = np.ascontiguousarray(_central_crop(raw, STATS_MAX_PX))
+    alpha, beta = estimate_noise(torch.from_numpy(noise_sample)[None], fc_img)
+    return {"alpha": float(alpha[0]), "beta": float(beta[0])}
+
+
+def _iter_identify_field(
+    model, raw, y, zoom, fc_img, optics, augment, tile_px
+) -> Generator[Progress, None, BlurEstimate]:
+    """Space-varying identification: the network reads the local PSF (normalised
+    eigen-PSF weights) in windows all over the image; γ is fitted to all readings at once
+    (:meth:`ProductConvolution.fit_parameters`, with the family's prior)."""
+    family = model.family
+    local = family.identification_family()
+    rows, cols = (tile_starts(n, tile_px, TILE_OVERLAP_PX) for n in y.shape)
+    total = len(rows) * len(cols)
+    readings, centres, spreads = [], [], []
+    yield Progress(0, total, f"identifying {total} tile(s)")
+    with torch.no_grad():
+        for i, (top, left) in enumerate((t, l) for t in rows for l in cols):
+            tile = torch.from_numpy(y[top : top + tile_px, left : left + tile_px])
+            predicted, centre = window_predictions(model, tile.to(model.device), local, augment)
+            predicted = family.normalised_weights(predicted.cpu())
+            windows = len(torch.unique(centre, dim=0))
+            copies = predicted.reshape(-1, windows, family.num_psfs)
+            if len(copies) > 1:
+                spreads.append(copies.var(0).mean(0))
+            readings.append(predicted)
+            centres.append(centre + torch.tensor([top, left], dtype=centre.dtype))
+            yield Progress(i + 1, total, f"identified tile {i + 1} of {total}")
+    readings, centres = torch.cat(readings), torch.cat(centres)
+    positions = centres / torch.tensor([max(n - 1, 1) for n in y.shape], dtype=centres.dtype)
+    floor = (0.05 * local.parameter_scale) ** 2
+    variance = torch.stack(spreads).mean(0).clamp_min(floor) if spreads else floor
+    gamma = family.fit_parameters(readings, positions, variance)
+    field_estimate = FieldEstimate.from_family(family, gamma, raw.shape, model.fc)
+    centre_psf = resample_psf(
+        field_estimate.psf_at((raw.shape[0] - 1) / 2, (raw.shape[1] - 1) / 2), model.fc / fc_img
+    )
+    names = [f"e{i + 1}·f{j + 1}" for i in range(family.num_psfs) for j in range(family.num_maps)]
+    return BlurEstimate(
+        gamma.numpy().astype(np.float32),
+        (),
+        fc_img,
+        centre_psf,
+        _noise_of(raw, fc_img),
+        names,
+        model.name,
+        optics,
+        field=field_estimate,
     )
 
 
@@ -353,9 +462,17 @@ def identify(image, model=None, **kwargs) -> BlurEstimate:
 
 
 # -- deblur -------------------------------------------------------------------------------------
-def _operator_for(model: DeepBlurModel, estimate: BlurEstimate, shape, device):
-    """The blur operator for ``estimate`` at the model's sampling, on images ``(1,1,H,W)``."""
+def _operator_for(
+    model: DeepBlurModel, estimate: BlurEstimate, shape, device, rows=None, cols=None
+):
+    """The blur operator for ``estimate`` at the model's sampling, on images ``(1,1,H,W)``
+    of ``shape``: the tile ``rows × cols`` (pixel bounds in the image, needed for a
+    space-varying estimate; default the whole image) resampled to the model's sampling."""
     family = model.family
+    if estimate.field is not None:
+        return estimate.field.operator(
+            rows, cols, tuple(shape), device, family.boundary, getattr(family, "cg_iterations", 20)
+        )
     same_family = (
         isinstance(family, ZernikeConvolution)
         and tuple(estimate.noll_indices) == family.noll_indices
@@ -364,15 +481,10 @@ def _operator_for(model: DeepBlurModel, estimate: BlurEstimate, shape, device):
         gamma = torch.as_tensor(estimate.coefficients, dtype=torch.float32, device=device)
         return family.operator(gamma[None, None], shape)
     psf = np.asarray(estimate.psf, np.float32)
-    if abs(estimate.fc - model.fc) > 1e-3:  # a PSF from elsewhere: resample it
-        size = psf.shape[-1]
-        psf = resample(psf, model.fc / estimate.fc)
-        c, h = psf.shape[0] // 2, size // 2
-        psf = np.pad(psf, h)[c : c + size, c : c + size] if psf.shape[0] >= size else psf
-        psf = psf / psf.sum()
+    size = max(psf.shape) | 1  # odd: centred on a pixel
+    psf = np.pad(psf, ((0, size - psf.shape[0]), (0, size - psf.shape[1])))
+    psf = resample_psf(psf, estimate.fc / model.fc)  # a PSF from elsewhere: to the model's fc
     kernel = torch.as_tensor(psf, device=device)
-    if kernel.shape[-1] % 2 == 0:
-        kernel = torch.nn.functional.pad(kernel, (0, 1, 0, 1))
     return Convolution(kernel[None, None], shape, family.boundary)
 
 
@@ -593,23 +705,30 @@ def _read_tile(source, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarr
     return block
 
 
-def _deblur_tile(tile: np.ndarray, setup: DeblurSetup, estimate, model) -> np.ndarray:
-    """One tile (image pixels, float32) → its deblurred version, same shape and units."""
+def _deblur_tile(
+    tile: np.ndarray, setup: DeblurSetup, estimate, model, origin=(0, 0)
+) -> np.ndarray:
+    """One tile (image pixels, float32) → its deblurred version, same shape and units.
+    ``origin``: the tile's top-left pixel in the image (for space-varying estimates)."""
     y = resample(tile, setup.zoom)
     dev = model.device
     y_n = normalize(torch.from_numpy(y).to(dev), setup.low, setup.scale)[None, None]
     smooth = torch.nn.functional.avg_pool2d(y_n, 3, 1, 1, count_include_pad=False)
     sigma = torch.sqrt(setup.alpha * smooth.clamp_min(0) + setup.beta**2)
-    operator = _operator_for(model, estimate, y.shape, dev)
+    rows = (origin[0], origin[0] + tile.shape[0])
+    cols = (origin[1], origin[1] + tile.shape[1])
+    operator = _operator_for(model, estimate, y.shape, dev, rows, cols)
     x_n = model.deblurring(y_n, operator, sigma)[0, 0]
     x = denormalize(x_n.float().cpu(), setup.low, setup.scale).numpy()
     return resample(x, 1 / setup.zoom, tile.shape)
 
 
-def _deblur_tile_or_fall_back(tile, setup, estimate, model, tile_px: int) -> np.ndarray:
+def _deblur_tile_or_fall_back(
+    tile, setup, estimate, model, tile_px: int, origin=(0, 0)
+) -> np.ndarray:
     """:func:`_deblur_tile`; on an out-of-memory error, smaller tiles, then the CPU."""
     try:
-        return _deblur_tile(tile, setup, estimate, model)
+        return _deblur_tile(tile, setup, estimate, model, origin)
     except Exception as exc:
         if not is_out_of_memory(exc):
             raise
@@ -622,7 +741,7 @@ def _deblur_tile_or_fall_back(tile, setup, estimate, model, tile_px: int) -> np.
                 stacklevel=2,
             )
             out = np.empty(tile.shape, np.float32)
-            run(_iter_tiles(tile, out, setup, estimate, model, tile_px // 2))
+            run(_iter_tiles(tile, out, setup, estimate, model, tile_px // 2, origin))
             return out
         if model.device.type == "cpu":
             raise
@@ -632,7 +751,7 @@ def _deblur_tile_or_fall_back(tile, setup, estimate, model, tile_px: int) -> np.
             stacklevel=2,
         )
         model.to("cpu")
-        return _deblur_tile(tile, setup, estimate, model)
+        return _deblur_tile(tile, setup, estimate, model, origin)
 
 
 def _store_rows(out, top: int, rows: np.ndarray) -> None:
@@ -643,10 +762,11 @@ def _store_rows(out, top: int, rows: np.ndarray) -> None:
 
 
 def _iter_tiles(
-    source, out, setup: DeblurSetup, estimate, model: DeepBlurModel, tile_px: int
+    source, out, setup: DeblurSetup, estimate, model: DeepBlurModel, tile_px: int, origin=(0, 0)
 ) -> Generator[Progress, None, None]:
     """Deblur a 2D ``source`` into ``out`` (same shape; any array-likes that slice like
-    NumPy: ndarray, memmap, zarr) tile by tile, with blended overlaps.
+    NumPy: ndarray, memmap, zarr) tile by tile, with blended overlaps. ``origin``: where
+    ``source`` starts in the image the estimate is of (pixels).
 
     Memory stays bounded: only one band of tiles (``tile`` rows × the width) is accumulated;
     rows that no later tile touches are written to ``out`` as soon as their band is done.
@@ -673,6 +793,7 @@ def _iter_tiles(
                     estimate,
                     model,
                     tile_px,
+                    (origin[0] + top, origin[1] + left),
                 )
                 wgt = _blend_window(x.shape, ramp)
                 acc[:, left:right] += x * wgt
@@ -747,6 +868,11 @@ def deblur_dask(
     model = _model(model, device)
     if model.deblurring is None:
         raise ValueError(f"the model {model.name!r} has no deblurring network")
+    if estimate.field is not None:
+        raise ValueError(
+            "deblur_dask does not take space-varying estimates yet: use iter_deblur_into "
+            "(bounded memory, tile by tile) for them"
+        )
     array = da.asarray(array)
     if array.ndim != 2:
         raise ValueError(f"expected a 2D array (Y, X), got shape {array.shape}")

@@ -334,7 +334,9 @@ class ProductConvolution(OperatorFamily):
         cg_iterations: int = 20,
         parameter_bank: torch.Tensor | None = None,
         parameter_jitter: float = 0.0,
+        local_parameter_scale: float | None = None,
     ):
+        self.local_parameter_scale = local_parameter_scale
         self.eigen_psfs = torch.as_tensor(eigen_psfs)
         self.maps = torch.as_tensor(maps)
         self.num_psfs = self.eigen_psfs.shape[0]
@@ -402,7 +404,9 @@ class ProductConvolution(OperatorFamily):
         """The convolution family of the local PSFs: the eigen-PSFs, with a parameter bank of
         normalised local weights of the bank's γ at random field positions. An
         identification network trained on it reads the local PSF off a window of an image;
-        :meth:`fit_parameters` turns such local readings into γ."""
+        :meth:`fit_parameters` turns such local readings into γ. Sets
+        :attr:`local_parameter_scale` (saved with the family), which
+        :meth:`identification_family` needs."""
         if self.parameter_bank is None:
             raise ValueError("the family has no parameter bank to draw local PSFs from")
         generator = torch.Generator().manual_seed(seed)
@@ -412,12 +416,23 @@ class ProductConvolution(OperatorFamily):
             [self.local_weights(g, p) for g, p in zip(bank, positions, strict=True)]
         )
         weights = self.normalised_weights(weights).reshape(-1, self.num_psfs)
+        self.local_parameter_scale = float(weights.abs().max())
         return EigenPSFConvolution(
             self.eigen_psfs,
             parameter_scale=float(weights.abs().max()),
             boundary=self.boundary,
             parameter_bank=weights,
         )
+
+    def identification_family(self) -> EigenPSFConvolution:
+        """The local family an identification network of this family predicts the weights
+        of (``weights / local_parameter_scale``)."""
+        if not self.local_parameter_scale:
+            raise ValueError(
+                "the family has no local_parameter_scale: it was not trained on (see "
+                "local_family)"
+            )
+        return EigenPSFConvolution(self.eigen_psfs, self.local_parameter_scale, self.boundary)
 
     def fit_parameters(
         self,
@@ -497,6 +512,11 @@ class ProductConvolution(OperatorFamily):
             "boundary": self.boundary,
             "cg_iterations": self.cg_iterations,
             **self._bank_config(),
+            **(
+                {"local_parameter_scale": self.local_parameter_scale}
+                if self.local_parameter_scale
+                else {}
+            ),
         }
 
     def tensors(self):

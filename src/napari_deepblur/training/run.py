@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..devices import device_name, resolve_device
-from ..models import DeepBlurModel, load_model, save_model
+from ..models import DeepBlurModel, load_family, load_model, save_model
 from ..nets import (
     DeblurringConfig,
     DeblurringNetwork,
@@ -22,7 +22,7 @@ from ..nets import (
     IdentificationNetwork,
     count_parameters,
 )
-from ..optics import ZernikeConvolution
+from ..optics import ProductConvolution, ZernikeConvolution
 from .data import BlurredBatches, NoiseRange, make_image_bank
 from .train import LoopConfig, train_deblurring, train_identification
 
@@ -62,6 +62,9 @@ class TrainOptions:
     deblurring_time_s: float | None = None
     stage: str = "both"  # identification | deblurring | both
     identification_from: Path | None = None  # model file whose IN to start from / to use
+    deblurring_from: Path | None = None  # model file whose DN to start from (fine-tuning)
+    family_file: Path | None = None  # a family file (e.g. product-convolution) to train for
+    parameter_error: float = 0.1  # DN of a field family: γ̂ = γ + this × bank std × N(0, 1)
     lr: float = 1e-3
     quiet: bool = False
     command: str | None = None  # recorded in the card; default: this process's command line
@@ -115,19 +118,62 @@ def hardware(device: torch.device) -> dict:
     return info
 
 
+def _family(opts: TrainOptions):
+    """``(family, fc, family the IN predicts, data description)`` for the options: the
+    Zernike family, or a family file's (a product-convolution family's IN reads local
+    PSFs: :meth:`ProductConvolution.local_family`)."""
+    if opts.family_file is None:
+        family = ZernikeConvolution(opts.fc, opts.noll, 31, opts.eta)
+        described = f"U[-{opts.eta}, {opts.eta}] waves RMS, Noll {list(opts.noll)}"
+        return family, opts.fc, family, described
+    family, fc, card = load_family(opts.family_file)
+    if isinstance(family, ProductConvolution):
+        local = family.local_family(seed=opts.seed)
+        described = (
+            f"rows of the parameter bank of {opts.family_file} ({len(family.parameter_bank)}); "
+            "IN: normalised eigen-PSF weights at random field positions"
+        )
+        return family, fc, local, described
+    return family, fc, family, f"the parameter bank / range of {opts.family_file}"
+
+
+def _start_from(network: torch.nn.Module, source: torch.nn.Module) -> list[str]:
+    """Copy the parameters of ``source`` whose names and shapes match; returns the names
+    that were not copied (e.g. an output layer of another size)."""
+    own = network.state_dict()
+    theirs = source.state_dict()
+    copied = {k: v for k, v in theirs.items() if k in own and own[k].shape == v.shape}
+    own.update(copied)
+    network.load_state_dict(own)
+    return sorted(set(own) - set(copied))
+
+
 def train_model(opts: TrainOptions) -> Path:
-    """Train (or resume) a Zernike model into ``opts.out``; returns the model file's path."""
+    """Train (or resume) a model into ``opts.out``; returns the model file's path."""
     start = time.time()
     device = resolve_device(opts.device)
     torch.manual_seed(opts.seed)
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
-    family = ZernikeConvolution(opts.fc, opts.noll, 31, opts.eta)
+    family, fc, in_family, gamma_description = _family(opts)
+    opts.fc = fc
     in_cfg, dn_cfg = (make() for make in ARCHITECTURES[opts.arch])
-    in_cfg.num_parameters = family.num_parameters
+    in_cfg.num_parameters = in_family.num_parameters
     in_cfg.training_px = opts.crop
     identification = IdentificationNetwork(in_cfg)
     deblurring = DeblurringNetwork(dn_cfg)
+    deblurring_initialised_from = None
+    if opts.deblurring_from is not None:
+        source = load_model(opts.deblurring_from)
+        if source.deblurring is None:
+            raise ValueError(f"{opts.deblurring_from} has no deblurring network")
+        deblurring = DeblurringNetwork(source.deblurring.config)
+        deblurring.load_state_dict(source.deblurring.state_dict())
+        dn_cfg = deblurring.config
+        deblurring_initialised_from = {
+            "file": str(opts.deblurring_from),
+            "sha256": source.card.get("sha256"),
+        }
 
     bank_size = max(opts.bank_size, 64)
     bank_px = opts.crop + 32
@@ -137,20 +183,23 @@ def train_model(opts: TrainOptions) -> Path:
     )
     noise = NoiseRange()
 
-    def batches(seed, images):
-        return BlurredBatches(family, images, opts.crop, noise, seed, device)
+    def batches(seed, images, for_family=family):
+        return BlurredBatches(for_family, images, opts.crop, noise, seed, device)
 
     history = {}
     initialised_from = None
     in_ckpt = out / "checkpoint-identification.pt"
     if opts.identification_from is not None:
         source = load_model(opts.identification_from)
-        if source.family.config() != family.config():
-            raise ValueError(
-                f"{opts.identification_from} was trained for another family "
-                f"({source.family.config()}), not {family.config()}"
-            )
-        identification = source.identification.train()
+        if source.family.config() == in_family.config():
+            identification = source.identification.train()
+        else:  # another family: start from its features, with a new output layer
+            cfg = IdentificationConfig.from_dict(source.identification.config.to_dict())
+            cfg.num_parameters = in_family.num_parameters
+            identification = IdentificationNetwork(cfg)
+            fresh = _start_from(identification, source.identification)
+            if not opts.quiet:
+                print(f"identification network from {opts.identification_from}; new: {fresh}")
         in_cfg = identification.config
         previous = dict(source.card.get("training", {}))
         previous.pop("history", None)
@@ -171,10 +220,10 @@ def train_model(opts: TrainOptions) -> Path:
         )
         history["identification"] = history.get("identification", []) + train_identification(
             identification,
-            family,
+            in_family,
             opts.fc,
-            batches(opts.seed, bank),
-            batches(opts.seed + 1, held_out),
+            batches(opts.seed, bank, in_family),
+            batches(opts.seed + 1, held_out, in_family),
             cfg,
             in_ckpt,
             opts.quiet,
@@ -201,9 +250,11 @@ def train_model(opts: TrainOptions) -> Path:
             cfg,
             out / "checkpoint-deblurring.pt",
             opts.quiet,
+            _parameter_error(family, opts.parameter_error),
         )
 
     model = DeepBlurModel(family, identification.cpu(), deblurring.cpu(), opts.fc, name=out.name)
+
     card = {
         "name": out.name,
         "family": family.config(),
@@ -228,9 +279,11 @@ def train_model(opts: TrainOptions) -> Path:
                 "bank_size": bank_size,
                 "crop_px": opts.crop,
                 "noise": asdict(noise),
-                "gamma": f"U[-{opts.eta}, {opts.eta}] waves RMS, Noll {list(opts.noll)}",
+                "gamma": gamma_description,
+                "family_file": str(opts.family_file) if opts.family_file else None,
             },
             "identification_initialised_from": initialised_from,
+            "deblurring_initialised_from": deblurring_initialised_from,
             "git_commit": git_commit(),
             "wall_time_s": round(time.time() - start, 1),
             "hardware": hardware(device),
@@ -239,3 +292,20 @@ def train_model(opts: TrainOptions) -> Path:
         },
     }
     return save_model(model, out / "model.safetensors", card)
+
+
+def _parameter_error(family, relative: float):
+    """For a product-convolution family, the operator DN trains with: γ plus Gaussian error
+    of ``relative`` × the bank's per-entry std (IN reads local PSFs, and γ is fitted to many
+    windows of a whole image, which a training crop is not; the error stands in for the
+    identification's). ``None`` (DN trains with IN's estimate) for other families."""
+    if not isinstance(family, ProductConvolution) or family.parameter_bank is None:
+        return None
+    std = family.parameter_bank.float().std(0)
+
+    def operator_for(batch, y_n):
+        noise = torch.randn(batch.gamma.shape, device=batch.gamma.device, dtype=torch.float32)
+        gamma = batch.gamma.float() + relative * std.to(batch.gamma.device) * noise
+        return family.operator(gamma[:, None], y_n.shape[-2:])
+
+    return operator_for

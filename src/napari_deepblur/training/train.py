@@ -209,8 +209,10 @@ def train_deblurring(
     cfg: LoopConfig,
     checkpoint: Path | None = None,
     quiet: bool = False,
+    operator_for=None,
 ) -> list[dict]:
-    """Train DN on ``(y, γ̂ = IN(y))`` against the sharp image (L1 in normalised units)."""
+    """Train DN on ``(y, γ̂ = IN(y))`` against the sharp image (L1 in normalised units).
+    ``operator_for(batch, y_n)``, when given, supplies the operator instead of IN."""
     device = data.device
     network.to(device)
     identification.to(device).eval()
@@ -220,7 +222,10 @@ def train_deblurring(
     def restore(batch):
         y_n, sigma, low, scale = network_inputs(batch.y, fc)
         with torch.no_grad(), loop.autocast():
-            _, operator = estimate_operator(identification, family, y_n)
+            if operator_for is not None:
+                operator = operator_for(batch, y_n)
+            else:
+                _, operator = estimate_operator(identification, family, y_n)
         with loop.autocast():
             x_hat = network(y_n, operator, sigma).float()
         return x_hat, normalize(batch.x, low, scale)[:, None]
