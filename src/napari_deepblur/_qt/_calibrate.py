@@ -1,0 +1,279 @@
+"""The "Calibrate from beads" dock widget: bead image layer → space-varying blur family.
+
+Thin: it reads its controls into a :class:`~napari_deepblur._calibrate_logic.CalibrateRequest`
+and runs :func:`~napari_deepblur._calibrate_logic.iter_calibrate_layers` (the headless twin)
+in a thread worker; then it adds the beads (Points) and eigen-PSFs (Image), draws the
+variance captured per component and the held-out PSF SNR against one PSF for the field, and
+saves the family file on request.
+"""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    SpinBox,
+)
+
+from .. import _calibrate_logic as calib
+from .. import _widget_logic as logic
+from . import _job
+from ._job import JobWidget
+
+if TYPE_CHECKING:
+    import napari
+
+CURRENT_PLANE = "current plane"
+ALL_PLANES = "all planes (one state each)"
+
+
+class CalibrateWidget(JobWidget):
+    """Calibrate a product-convolution family from an image of sub-resolution beads.
+
+    Private sub-widgets (tests drive them): ``_image_layer``, ``_planes``, ``_use_fc``,
+    ``_na``, ``_wavelength``, ``_pixel_size``, ``_fc``, ``_kernel_size``, ``_num_psfs``,
+    ``_map_degree``, ``_run_button``, ``_status``, ``_summary``, ``_save_path``,
+    ``_save_button``; ``_canvas`` is the matplotlib plot (None before the first run).
+    """
+
+    action = "Calibrate"
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(viewer, labels=False)
+        self._image_layer = ComboBox(label="Bead image", choices=self._image_layer_choices)
+        self._planes = ComboBox(
+            label="Planes",
+            choices=[CURRENT_PLANE, ALL_PLANES],
+            value=CURRENT_PLANE,
+            tooltip="For a stack: the plane shown now, or every plane as one state of the "
+            "microscope (one parameter vector each).",
+        )
+        self._use_fc = CheckBox(text="Give the cutoff fc directly", value=False)
+        self._na = FloatSpinBox(label="NA", value=1.4, min=0.05, max=1.7, step=0.01)
+        self._wavelength = FloatSpinBox(
+            label="Wavelength (nm)", value=520.0, min=200.0, max=2000.0, step=1.0
+        )
+        self._pixel_size = FloatSpinBox(
+            label="Pixel size (nm)", value=74.0, min=1.0, max=10000.0, step=0.5
+        )
+        self._fc = FloatSpinBox(
+            label="fc (cycles/pixel)", value=0.2, min=0.005, max=0.5, step=0.005, visible=False
+        )
+        self._kernel_size = SpinBox(
+            label="PSF size (px)",
+            value=31,
+            min=5,
+            max=255,
+            step=2,
+            tooltip="Odd; beads closer than this are rejected as overlapping.",
+        )
+        self._num_psfs = SpinBox(label="Eigen-PSFs", value=4, min=1, max=32)
+        self._map_degree = SpinBox(
+            label="Map degree",
+            value=2,
+            min=0,
+            max=6,
+            tooltip="Degree of the smooth maps over the field: 0 = one PSF everywhere, "
+            "1 = 3 maps, 2 = 6 maps (each needs a bead).",
+        )
+        self._summary = Label(label="", value="", visible=False)
+        self._summary.native.setWordWrap(True)
+        self._save_path = FileEdit(label="Family file", mode="w", filter="*.safetensors")
+        self._save_button = PushButton(text="Save family…", enabled=False)
+        settings = Container(
+            labels=True,
+            widgets=[
+                self._image_layer,
+                self._planes,
+                self._use_fc,
+                self._na,
+                self._wavelength,
+                self._pixel_size,
+                self._fc,
+                self._kernel_size,
+                self._num_psfs,
+                self._map_degree,
+            ],
+        )
+        save = Container(labels=True, widgets=[self._save_path])
+        self.extend(
+            [
+                settings,
+                self._run_button,
+                self._progress,
+                self._status,
+                self._summary,
+                save,
+                self._save_button,
+            ]
+        )
+        self._result = None
+        self._source = ""
+        self._canvas = None
+        self._image_layer.changed.connect(self._on_layer_changed)
+        self._use_fc.changed.connect(self._on_use_fc)
+        self._save_button.changed.connect(self._on_save_clicked)
+        self._connect_layer_events()
+        self.reset_choices()
+        self._on_layer_changed(self._image_layer.value)
+
+    @property
+    def result(self):
+        """The last :class:`~napari_deepblur.calibration.CalibrationResult`, or None."""
+        return self._result
+
+    # -- controls → request ---------------------------------------------------------------
+    def _on_use_fc(self, value: bool) -> None:
+        self._fc.visible = bool(value)
+        for w in (self._na, self._wavelength, self._pixel_size):
+            w.visible = not value
+
+    def _on_layer_changed(self, layer: Any) -> None:
+        shape = () if layer is None else tuple(_data(layer).shape)
+        self._planes.visible = len(shape) > 2
+        if layer is None:
+            return
+        optics = logic.optics_from_layer(
+            layer.metadata, tuple(layer.scale), tuple(getattr(layer, "units", ()) or ())
+        )
+        self._na.value = optics.na or self._na.value
+        self._wavelength.value = optics.wavelength_nm or self._wavelength.value
+        self._pixel_size.value = optics.pixel_size_nm or self._pixel_size.value
+
+    def _prepare(self):
+        from napari.layers import Image
+
+        layer = self._image_layer.value
+        if layer is None:
+            raise logic.UserError("open an image of beads first (File > Open)")
+        if not isinstance(layer, Image) or getattr(layer, "rgb", False):
+            raise logic.UserError("choose a grey-level image layer of beads")
+        data = _data(layer)
+        all_planes = self._planes.value == ALL_PLANES and data.ndim > 2
+        self._source = layer.name
+        return calib.iter_calibrate_layers(
+            calib.CalibrateRequest(
+                data=data,
+                source=layer.name,
+                plane=None if all_planes else self._plane_of(layer),
+                optics=logic.Optics(
+                    float(self._na.value),
+                    float(self._wavelength.value),
+                    float(self._pixel_size.value),
+                    logic.optics_from_layer(layer.metadata).refractive_index,
+                ),
+                fc=float(self._fc.value) if self._use_fc.value else None,
+                kernel_size=int(self._kernel_size.value),
+                num_psfs=int(self._num_psfs.value),
+                map_degree=int(self._map_degree.value),
+                geometry=logic.layer_geometry(
+                    layer.scale, layer.translate, getattr(layer, "units", None)
+                ),
+            )
+        )
+
+    # -- result → viewer --------------------------------------------------------------------
+    def _finish(self, result: calib.CalibrateLayers) -> None:
+        from napari.layers import Layer
+
+        for ldt in result.layers:
+            self._viewer.add_layer(Layer.create(*ldt))
+        self._result = result.result
+        r = result.result
+        self._summary.value = (
+            f"{len(r.accepted)} of {len(r.beads)} beads used; "
+            f"{r.family.num_psfs} eigen-PSFs capture {100 * r.variance_captured:.2f}% of the "
+            f"variance; model error {100 * r.mean_relative_error:.1f}%. " + calib.holdout_text(r)
+        )
+        self._summary.visible = True
+        self._draw_plot(r)
+        self._save_button.enabled = True
+        if not str(self._save_path.value) or str(self._save_path.value) == ".":
+            self._save_path.value = Path.home() / f"{_safe(self._source)}-family.safetensors"
+        rejected = ", ".join(f"{n} {k}" for k, n in r.rejection_counts().items())
+        self._status.value = f"Calibrated from {len(r.accepted)} beads" + (
+            f" (rejected: {rejected})." if rejected else "."
+        )
+
+    def _draw_plot(self, result) -> None:
+        """Variance captured per component (bars) and held-out PSF SNR vs the baseline."""
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        if self._canvas is None:
+            self._canvas = FigureCanvasQTAgg(Figure(figsize=(4, 2.2), tight_layout=True))
+            self._canvas.setMinimumHeight(180)
+            self.native.layout().insertWidget(5, self._canvas)
+        figure = self._canvas.figure
+        figure.clear()
+        left, right = figure.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+        rows = calib.variance_rows(result)
+        kept = result.family.num_psfs
+        left.bar(
+            [r[0] for r in rows],
+            [r[1] for r in rows],
+            color=["tab:orange" if i < kept else "tab:gray" for i in range(len(rows))],
+        )
+        left.set_yscale("log")
+        left.set_ylabel("% of variance")
+        left.set_title(f"kept: {100 * result.variance_captured:.2f}%", fontsize=9)
+        left.tick_params(labelsize=7)
+        h = result.holdout
+        if h is not None:
+            right.bar(
+                ["model", "one PSF"],
+                [h.model_mean_snr_db, h.baseline_mean_snr_db],
+                color=["tab:orange", "tab:gray"],
+            )
+            right.set_title(f"held-out ({h.num_held_out})", fontsize=9)
+        else:
+            right.text(0.5, 0.5, "no held-out\nbeads", ha="center", va="center")
+        right.set_ylabel("PSF SNR (dB)")
+        right.tick_params(labelsize=7)
+        self._canvas.draw_idle()
+
+    # -- save --------------------------------------------------------------------------------
+    def _on_save_clicked(self, *_: Any) -> None:
+        self.save_family(self._save_path.value)
+
+    def save_family(self, path) -> Path | None:
+        """Write the last calibration as a family file (``.safetensors`` added if missing)
+        and its card; never overwrites (a notification says so). Returns the path or None."""
+        from ..calibration import save_calibration
+
+        if self._result is None:
+            _job.notify_error("Save family failed: run the calibration first.")
+            return None
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            path = path.with_name(path.name + ".safetensors")
+        card = {
+            "source_layer": self._source,
+            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "made_with": "napari 'Calibrate from beads' widget",
+        }
+        try:
+            written = save_calibration(self._result, path, card, overwrite=False)
+        except Exception as exc:  # noqa: BLE001 - every error becomes a notification
+            _job.notify_error(logic.user_message(exc, "Save family"))
+            return None
+        _job.notify_info(f"Family written to {written} (card: {written.with_suffix('.json')}).")
+        return written
+
+
+def _data(layer):
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
+def _safe(name: str) -> str:
+    text = "".join(c if c.isalnum() or c in "-." else "_" for c in name)
+    return "_".join(part for part in text.split("_") if part) or "beads"

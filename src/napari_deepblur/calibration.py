@@ -1,0 +1,754 @@
+"""Calibration of a space-varying blur (product-convolution family, Model 2.2) from images of
+sub-resolution beads.
+
+1. :func:`find_beads` detects beads in a 2D image (Gaussian-smoothed local maxima above a
+   robust noise threshold), rejects the ones that would give a wrong PSF, each with a reason
+   (:data:`REASONS`), and extracts the local PSF of every accepted bead: ``kernel_size`` px
+   (odd), background subtracted, centred with sub-pixel accuracy (centroid, then a Fourier
+   shift), normalised to sum 1.
+2. :func:`calibrate_from_beads` (and its progress generator
+   :func:`iter_calibrate_from_beads`) builds the family from the beads of one image or of
+   several images (each a state of the microscope): eigen-PSFs by PCA of all bead PSFs,
+   spatial maps = 2D Legendre polynomials over the field (interpolating the eigen-PSF weights
+   between beads), one γ per image (the family's parameter bank). It reports the variance
+   the eigen-PSFs capture, the complete model's errors at the beads and, on held-out beads,
+   how well the model predicts a PSF it has not seen, against the convolution-only baseline
+   (one mean PSF for the whole field).
+
+Positions are in pixels ``(y, x)`` of the image (row, column, 0 = top/left pixel centre);
+the family uses them as fractions of the field ``y / (H − 1)``, ``x / (W − 1)``. The
+cutoff ``fc`` is ``NA · pixel_size / λ`` in cycles/pixel. No Qt here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Generator, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from scipy import ndimage as ndi
+
+#: Rejection reasons (the ``reason`` of a rejected :class:`Bead`).
+BORDER = "too close to the border"
+SATURATED = "saturated"
+OVERLAP = "overlaps another bead"
+WEAK = "too weak"
+NOT_POINT_LIKE = "not point-like"
+REASONS = (BORDER, SATURATED, OVERLAP, WEAK, NOT_POINT_LIKE)
+
+#: Gaussian approximation of the Airy core: σ ≈ 0.21 λ / NA, i.e. 0.21 / fc pixels.
+AIRY_SIGMA_PER_FC = 0.21
+#: Extra pixels around a bead's window, so that the sub-pixel shift does not wrap.
+_MARGIN_PX = 4
+#: Radius of the core whose centroid centres a bead, in units of the Airy σ (≥ 2 px).
+CENTROID_RADIUS_SIGMAS = 3.0
+
+
+@dataclass
+class Bead:
+    """One detected bead.
+
+    ``y_px``, ``x_px``: sub-pixel centre in pixels of its image (centroid of the core);
+    ``peak``: background-subtracted peak value, in the image's intensity units;
+    ``background``: local background (image units); ``snr``: peak / noise std of the image;
+    ``width_px``: RMS radius of the bead's core in pixels; ``reason``: empty when accepted,
+    else one of :data:`REASONS`; ``image``: index of its calibration image; ``held_out``:
+    kept out of the fit to test the model's predictions.
+    """
+
+    y_px: float
+    x_px: float
+    peak: float
+    background: float = 0.0
+    snr: float = 0.0
+    width_px: float = 0.0
+    reason: str = ""
+    image: int = 0
+    held_out: bool = False
+
+    @property
+    def accepted(self) -> bool:
+        return not self.reason
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "accepted": self.accepted}
+
+
+@dataclass
+class HoldoutReport:
+    """Prediction of held-out beads' PSFs by a model fitted on the other beads.
+
+    PSF SNR in dB (``−10 log10 ‖ĥ − h‖² / ‖h‖²``, kernels normalised to sum 1) of the
+    product-convolution model at each held-out bead's position, and of the convolution-only
+    baseline (the mean PSF of the fitted beads) on the same beads.
+    """
+
+    num_fit: int
+    num_held_out: int
+    model_snr_db: list[float]
+    baseline_snr_db: list[float]
+
+    @property
+    def model_mean_snr_db(self) -> float:
+        return float(np.mean(self.model_snr_db))
+
+    @property
+    def baseline_mean_snr_db(self) -> float:
+        return float(np.mean(self.baseline_snr_db))
+
+    @property
+    def gain_db(self) -> float:
+        """Mean improvement of the model over the single-PSF baseline, dB."""
+        return self.model_mean_snr_db - self.baseline_mean_snr_db
+
+    def to_dict(self) -> dict:
+        return {
+            "num_fit": self.num_fit,
+            "num_held_out": self.num_held_out,
+            "model_mean_snr_db": self.model_mean_snr_db,
+            "baseline_mean_snr_db": self.baseline_mean_snr_db,
+            "gain_db": self.gain_db,
+            "model_snr_db": [float(v) for v in self.model_snr_db],
+            "baseline_snr_db": [float(v) for v in self.baseline_snr_db],
+        }
+
+
+@dataclass
+class CalibrationResult:
+    """A product-convolution family calibrated from beads, and how good it is.
+
+    ``family``: :class:`~napari_deepblur.optics.families.ProductConvolution` whose parameter
+    bank is ``gamma`` (one row of ``K = I·J`` parameters per calibration image) with
+    ``parameter_jitter`` for training; ``fc`` (cycles/pixel) the sampling of its kernels.
+    ``beads``: every detection (accepted and rejected); ``psfs``: the accepted beads'
+    PSFs ``(N, k, k)`` (sum 1) in the order of :attr:`accepted`. ``variance_per_component``:
+    fraction of the bead PSFs' energy along each PCA component (first ten);
+    ``variance_captured``: by the ``I`` eigen-PSFs kept; ``mean/max_relative_error``:
+    ``‖h − ĥ‖ / ‖h‖`` of the complete model (eigen-PSFs and smooth maps) at the accepted
+    beads. ``holdout``: None when no bead could be held out (``holdout_note`` says why).
+    """
+
+    family: object
+    gamma: torch.Tensor
+    fc: float
+    kernel_size: int
+    image_shape: tuple[int, int]
+    num_images: int
+    beads: list[Bead]
+    psfs: np.ndarray
+    variance_per_component: list[float]
+    variance_captured: float
+    mean_relative_error: float
+    max_relative_error: float
+    holdout: HoldoutReport | None = None
+    holdout_note: str = ""
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def accepted(self) -> list[Bead]:
+        return [b for b in self.beads if b.accepted]
+
+    @property
+    def rejected(self) -> list[Bead]:
+        return [b for b in self.beads if not b.accepted]
+
+    def rejection_counts(self) -> dict[str, int]:
+        """Number of rejected beads per reason (reasons with none left out)."""
+        counts = Counter(b.reason for b in self.rejected)
+        return {r: counts[r] for r in REASONS if counts[r]}
+
+    def summary(self) -> dict:
+        """The numbers of the report, JSON-ready (for the family's card)."""
+        return {
+            "fc": self.fc,
+            "kernel_size": self.kernel_size,
+            "image_shape": list(self.image_shape),
+            "num_images": self.num_images,
+            "num_psfs": self.family.num_psfs,
+            "num_maps": self.family.num_maps,
+            "num_parameters": self.family.num_parameters,
+            "parameter_jitter": self.family.parameter_jitter,
+            "beads_detected": len(self.beads),
+            "beads_accepted": len(self.accepted),
+            "beads_rejected": self.rejection_counts(),
+            "variance_per_component": self.variance_per_component,
+            "variance_captured": self.variance_captured,
+            "mean_relative_error": self.mean_relative_error,
+            "max_relative_error": self.max_relative_error,
+            "holdout": None if self.holdout is None else self.holdout.to_dict(),
+            "holdout_note": self.holdout_note,
+            "settings": self.settings,
+        }
+
+    def report_text(self) -> str:
+        """A short human-readable report (what the CLI prints)."""
+        rejected = ", ".join(f"{n} {r}" for r, n in self.rejection_counts().items()) or "none"
+        lines = [
+            f"beads: {len(self.beads)} detected in {self.num_images} image(s), "
+            f"{len(self.accepted)} accepted; rejected: {rejected}",
+            f"family: {self.family.num_psfs} eigen-PSFs × {self.family.num_maps} maps = "
+            f"{self.family.num_parameters} parameters, {self.kernel_size}×{self.kernel_size} px "
+            f"kernels at fc {self.fc:.4f} cycles/pixel",
+            f"variance captured by {self.family.num_psfs} eigen-PSFs: "
+            f"{100 * self.variance_captured:.2f}% (per component: "
+            + ", ".join(f"{100 * v:.2f}%" for v in self.variance_per_component[:6])
+            + ")",
+            f"model error at the beads: mean {100 * self.mean_relative_error:.1f}%, "
+            f"max {100 * self.max_relative_error:.1f}% (‖h − ĥ‖/‖h‖)",
+        ]
+        h = self.holdout
+        if h is None:
+            lines.append(f"held-out beads: none ({self.holdout_note})")
+        else:
+            lines.append(
+                f"held-out PSF SNR ({h.num_held_out} beads, fit on {h.num_fit}): model "
+                f"{h.model_mean_snr_db:.2f} dB vs single-PSF baseline "
+                f"{h.baseline_mean_snr_db:.2f} dB ({h.gain_db:+.2f} dB)"
+            )
+        return "\n".join(lines)
+
+
+# -- detection and extraction ---------------------------------------------------------------
+
+
+def default_saturation(dtype) -> float | None:
+    """The saturation level of a dtype: its maximum for integers, None for floats."""
+    dtype = np.dtype(dtype)
+    return float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else None
+
+
+def _robust_std(values: np.ndarray) -> float:
+    values = values.ravel()
+    return float(1.4826 * np.median(np.abs(values - np.median(values))))
+
+
+def _check_image(image, index: int = 0) -> np.ndarray:
+    array = np.asarray(image)
+    if array.ndim != 2:
+        raise ValueError(
+            f"bead image {index} must be 2D (Y, X), got shape {tuple(array.shape)}; "
+            "give a stack as separate planes"
+        )
+    if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+        raise ValueError(f"bead image {index} must hold real numbers, got dtype {array.dtype}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"bead image {index} contains NaN or infinite values")
+    return array
+
+
+def find_beads(
+    image,
+    fc: float,
+    kernel_size: int = 31,
+    *,
+    threshold_sigmas: float = 5.0,
+    min_peak_snr: float = 10.0,
+    saturation: float | None = None,
+    overlap_distance_px: float | None = None,
+    max_width_ratio: float = 1.6,
+    min_overlap_ratio: float = 0.02,
+    image_index: int = 0,
+) -> tuple[list[Bead], np.ndarray]:
+    """Detect the beads of a 2D image and extract the PSFs of the usable ones.
+
+    Parameters
+    ----------
+    image : ``(Y, X)`` array (any real dtype; not modified).
+    fc : cutoff in cycles/pixel; sets the detection filter (Gaussian of σ = 0.21/fc px).
+    kernel_size : odd size of the extracted PSFs, px.
+    threshold_sigmas : detection threshold on the smoothed image, in noise std.
+    min_peak_snr : beads whose peak is below this many noise std (raw image) are too weak.
+    saturation : pixel value at or above which a bead is saturated (default: the dtype's
+        maximum for integer images, none for floats).
+    overlap_distance_px : a bead with another detection closer than this is rejected
+        (default: ``kernel_size``, another bead in or next to its window); neighbours
+        fainter than ``min_overlap_ratio`` × the bead's peak (noise, rings) do not count.
+    max_width_ratio : beads wider than this × the median width are not point-like.
+
+    Returns ``(beads, psfs)``: every detection (rejected ones with a reason) in order of
+    decreasing peak, and the accepted beads' PSFs ``(N, k, k)`` float32, sum 1.
+    """
+    from .optics import check_fc
+
+    fc = check_fc(fc)
+    array = _check_image(image, image_index)
+    k = int(kernel_size)
+    if k < 5 or k % 2 == 0:
+        raise ValueError(f"kernel_size must be odd and at least 5 px, got {kernel_size}")
+    if saturation is None:
+        saturation = default_saturation(array.dtype)
+    img = array.astype(np.float64)
+    height, width = img.shape
+    sigma = max(AIRY_SIGMA_PER_FC / fc, 0.7)
+    noise = _robust_std(img)
+    if np.issubdtype(array.dtype, np.integer):
+        noise = max(noise, 1 / math.sqrt(12))  # quantisation
+    noise = max(noise, 1e-9 * float(np.ptp(img)), np.finfo(np.float64).tiny)
+
+    smooth = ndi.gaussian_filter(img, sigma)
+    smooth_noise = max(_robust_std(smooth), noise / (2 * math.sqrt(math.pi) * sigma))
+    spread = float(smooth.max() - np.median(smooth))
+    threshold = np.median(smooth) + max(threshold_sigmas * smooth_noise, 1e-4 * spread)
+    footprint = 2 * max(2, int(round(1.5 * sigma))) + 1
+    is_max = (smooth == ndi.maximum_filter(smooth, size=footprint)) & (smooth > threshold)
+    peaks = np.argwhere(is_max)
+    peaks = peaks[np.argsort(-smooth[tuple(peaks.T)], kind="stable")]
+
+    half = k // 2
+    pad = half + _MARGIN_PX + 3
+    padded = np.pad(img, pad, mode="reflect")
+    overlap = float(k if overlap_distance_px is None else overlap_distance_px)
+    beads: list[Bead] = []
+    windows: list[np.ndarray | None] = []
+    for y0, x0 in peaks:
+        bead, window = _measure(padded, pad, int(y0), int(x0), half, sigma)
+        bead.snr = bead.peak / noise
+        bead.image = image_index
+        beads.append(bead)
+        windows.append(window)
+
+    centres = np.array([[b.y_px, b.x_px] for b in beads]).reshape(-1, 2)
+    for n, bead in enumerate(beads):
+        y, x = round(bead.y_px), round(bead.x_px)
+        if min(y, x) < half or y > height - 1 - half or x > width - 1 - half:
+            bead.reason = BORDER
+        elif (
+            saturation is not None
+            and (array[y - half : y + half + 1, x - half : x + half + 1] >= saturation).any()
+        ):
+            bead.reason = SATURATED
+        elif _has_neighbour(n, beads, centres, overlap, min_overlap_ratio):
+            bead.reason = OVERLAP
+        elif bead.snr < min_peak_snr:
+            bead.reason = WEAK
+        elif windows[n] is None:
+            bead.reason = NOT_POINT_LIKE
+    widths = [b.width_px for b in beads if b.accepted]
+    if len(widths) >= 3:
+        limit = max_width_ratio * float(np.median(widths))
+        for bead in beads:
+            if bead.accepted and bead.width_px > limit:
+                bead.reason = NOT_POINT_LIKE
+    psfs = [w for b, w in zip(beads, windows, strict=True) if b.accepted]
+    stack = np.stack(psfs).astype(np.float32) if psfs else np.zeros((0, k, k), np.float32)
+    return beads, stack
+
+
+def _has_neighbour(n: int, beads: list[Bead], centres: np.ndarray, distance: float, ratio: float):
+    """Whether another detection at least ``ratio`` × as bright is closer than
+    ``distance`` px to bead ``n``."""
+    near = np.hypot(*(centres - centres[n]).T) < distance
+    near[n] = False
+    return any(beads[i].peak >= ratio * beads[n].peak for i in np.flatnonzero(near))
+
+
+def _measure(
+    padded: np.ndarray, pad: int, y0: int, x0: int, half: int, sigma: float
+) -> tuple[Bead, np.ndarray | None]:
+    """Centre, peak, width and PSF of the bead near pixel ``(y0, x0)`` (image coordinates).
+
+    The window (kernel + margin) is background-subtracted (median of its outer frame), the
+    centre refined by the centroid of the core (radius ≈ 2σ, up to 3 integer re-centrings),
+    then the window is shifted by the sub-pixel offset in Fourier space and cropped.
+    """
+    m = _MARGIN_PX
+    size = 2 * (half + m) + 1
+    radius = max(2.0, CENTROID_RADIUS_SIGMAS * sigma)
+    yy, xx = np.mgrid[-(half + m) : half + m + 1, -(half + m) : half + m + 1].astype(np.float64)
+    cy, cx = float(y0), float(x0)
+    window = background = None
+    offset = np.zeros(2)
+    for _ in range(4):
+        iy, ix = int(round(cy)), int(round(cx))
+        iy = min(max(iy, half + m - pad), padded.shape[0] - pad - half - m - 1)
+        ix = min(max(ix, half + m - pad), padded.shape[1] - pad - half - m - 1)
+        raw = padded[iy + pad - half - m : iy + pad + half + m + 1,
+                     ix + pad - half - m : ix + pad + half + m + 1]  # fmt: skip
+        frame = np.concatenate([raw[:2].ravel(), raw[-2:].ravel(), raw[2:-2, :2].ravel(),
+                                raw[2:-2, -2:].ravel()])  # fmt: skip
+        background = float(np.median(frame))
+        window = raw - background
+        core = np.hypot(yy - (cy - iy), xx - (cx - ix)) <= radius
+        weights = np.clip(window, 0, None) * core
+        total = weights.sum()
+        if not total > 0:
+            return Bead(cy, cx, float(window[half + m, half + m]), background), None
+        offset = np.array([(weights * yy).sum(), (weights * xx).sum()]) / total
+        cy, cx = iy + offset[0], ix + offset[1]
+        if abs(offset[0]) <= 0.5 and abs(offset[1]) <= 0.5:
+            break
+    assert window is not None and background is not None and window.shape == (size, size)
+    core = np.hypot(yy - offset[0], xx - offset[1]) <= 2 * radius
+    positive = np.clip(window, 0, None) * core
+    r2 = (yy - offset[0]) ** 2 + (xx - offset[1]) ** 2
+    width = float(np.sqrt((positive * r2).sum() / max(positive.sum(), 1e-300)))
+    peak = float(window[core].max())
+    bead = Bead(float(cy), float(cx), peak, background, width_px=width)
+    shifted = np.fft.ifftn(ndi.fourier_shift(np.fft.fftn(window), -offset)).real
+    psf = shifted[m : m + 2 * half + 1, m : m + 2 * half + 1]
+    total = psf.sum()
+    if not total > 0 or peak <= 0:
+        return bead, None
+    return bead, psf / total
+
+
+# -- calibration ----------------------------------------------------------------------------
+
+
+def _as_images(images) -> list[np.ndarray]:
+    """One 2D image, a stack ``(P, Y, X)`` (planes = states) or a sequence of 2D images."""
+    if isinstance(images, np.ndarray | torch.Tensor):
+        array = np.asarray(images)
+        if array.ndim == 2:
+            planes = [array]
+        elif array.ndim == 3:
+            planes = list(array)
+        else:
+            raise ValueError(
+                f"expected a 2D bead image, a (planes, Y, X) stack or a list of 2D images, "
+                f"got an array of shape {tuple(array.shape)}"
+            )
+    elif isinstance(images, Sequence) and not isinstance(images, str | bytes):
+        planes = list(images)
+    else:
+        raise ValueError(f"expected bead images as arrays, got {type(images).__name__}")
+    if not planes:
+        raise ValueError("no bead image given")
+    planes = [_check_image(p, i) for i, p in enumerate(planes)]
+    shapes = {p.shape for p in planes}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"all bead images must have one size (the family's maps span one field of view), "
+            f"got {sorted(shapes)}"
+        )
+    return planes
+
+
+def _num_maps(map_degree: int) -> int:
+    return (map_degree + 1) * (map_degree + 2) // 2
+
+
+def _fit(
+    psfs: np.ndarray,
+    fractions: np.ndarray,
+    image_ids: np.ndarray,
+    num_images: int,
+    num_psfs: int,
+    map_degree: int,
+    map_shape: tuple[int, int],
+):
+    """Eigen-PSFs (PCA of all beads), Legendre maps, one γ per image (least squares).
+
+    Returns ``(family, gamma (num_images, K) float64, report, singular values²)``.
+    """
+    from .optics.families import ProductConvolution, legendre_maps
+
+    t_psfs = torch.as_tensor(psfs, dtype=torch.float64)
+    t_pos = torch.as_tensor(fractions, dtype=torch.float64)
+    family, pooled, report = ProductConvolution.from_psf_field(
+        t_psfs, t_pos, num_psfs, map_degree, map_shape
+    )
+    flat = t_psfs.reshape(len(t_psfs), -1)
+    eigen = family.eigen_psfs.reshape(num_psfs, -1).double()
+    weights = flat @ eigen.T  # (S, I)
+    design = legendre_maps(t_pos, map_degree)  # (S, J)
+    gammas = []
+    for image in range(num_images):
+        rows = torch.as_tensor(image_ids == image)
+        if num_images == 1:
+            gammas.append(pooled.double())
+            continue
+        g, *_ = torch.linalg.lstsq(design[rows], weights[rows])  # (J, I)
+        gammas.append(g.T.reshape(-1))
+    gamma = torch.stack(gammas)
+    singular2 = torch.linalg.svdvals(flat) ** 2
+    return family, gamma, report, singular2
+
+
+def _predict(family, gamma: torch.Tensor, fractions: np.ndarray, image_ids: np.ndarray):
+    """Model PSFs ``(S, k, k)`` float64 at positions, each with its image's γ."""
+    from .optics.families import legendre_maps
+
+    design = legendre_maps(torch.as_tensor(fractions, dtype=torch.float64), _degree(family))
+    g = gamma.double().reshape(len(gamma), family.num_psfs, family.num_maps)
+    per_bead = g[torch.as_tensor(image_ids)]  # (S, I, J)
+    weights = torch.einsum("sij,sj->si", per_bead, design)
+    eigen = family.eigen_psfs.double()
+    return torch.einsum("si,ikl->skl", weights, eigen).numpy()
+
+
+def _degree(family) -> int:
+    j, d = family.num_maps, 0
+    while _num_maps(d) < j:
+        d += 1
+    return d
+
+
+def _normalised(psfs: np.ndarray) -> np.ndarray:
+    sums = psfs.sum((-2, -1), keepdims=True)
+    return psfs / np.where(np.abs(sums) > 1e-12, sums, 1.0)
+
+
+def _too_few_message(
+    found: int, needed: int, why: str, beads: list[Bead], image: int | None = None
+) -> str:
+    rejected = Counter(b.reason for b in beads if b.reason)
+    others = ", ".join(f"{n} {r}" for r, n in rejected.items())
+    where = f"in bead image {image}" if image is not None else "in all bead images"
+    text = f"found {found} usable bead(s) {where} but {why} needs at least {needed}"
+    if others:
+        text += f"; {sum(rejected.values())} other detection(s) were rejected: {others}"
+    return (
+        text + ". Image more (well separated, unsaturated) beads, or ask for fewer eigen-PSFs"
+        " / a lower map degree"
+    )
+
+
+def _split(
+    image_ids: np.ndarray, holdout_fraction: float, min_fit: int, seed: int
+) -> tuple[np.ndarray, str]:
+    """A boolean mask of held-out beads: per image, about ``holdout_fraction`` of its beads,
+    keeping at least ``min_fit`` fitted beads in every image (seeded)."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(len(image_ids), bool)
+    if holdout_fraction <= 0:
+        return mask, "holdout_fraction is 0"
+    for image in np.unique(image_ids):
+        rows = np.flatnonzero(image_ids == image)
+        count = min(max(1, round(holdout_fraction * len(rows))), len(rows) - min_fit)
+        if count > 0:
+            mask[rng.choice(rows, count, replace=False)] = True
+    note = "" if mask.any() else f"no image has more than the {min_fit} bead(s) the fit needs"
+    return mask, note
+
+
+def iter_calibrate_from_beads(
+    images,
+    fc: float,
+    num_psfs: int = 4,
+    map_degree: int = 2,
+    holdout_fraction: float = 0.2,
+    seed: int = 0,
+    *,
+    kernel_size: int = 31,
+    saturation: float | None = None,
+    threshold_sigmas: float = 5.0,
+    min_peak_snr: float = 10.0,
+    overlap_distance_px: float | None = None,
+    parameter_jitter: float | None = None,
+    map_shape: tuple[int, int] = (64, 64),
+) -> Generator:
+    """:func:`calibrate_from_beads` as a generator: yields
+    :class:`~napari_deepblur.pipeline.Progress` (image i of n, then the fits) and returns
+    the :class:`CalibrationResult`."""
+    from .optics import check_fc
+    from .optics.families import ProductConvolution
+    from .pipeline import Progress
+
+    fc = check_fc(fc, what="the bead images' optics")
+    if int(num_psfs) < 1:
+        raise ValueError(f"num_psfs must be at least 1, got {num_psfs}")
+    if int(map_degree) < 0:
+        raise ValueError(f"map_degree must be 0 or more, got {map_degree}")
+    if not 0 <= holdout_fraction < 1:
+        raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
+    num_psfs, map_degree = int(num_psfs), int(map_degree)
+    num_maps = _num_maps(map_degree)
+    planes = _as_images(images)
+    shape = planes[0].shape
+    steps = len(planes) + 2
+
+    beads: list[Bead] = []
+    psf_list: list[np.ndarray] = []
+    for index, plane in enumerate(planes):
+        yield Progress(index, steps, f"finding beads in image {index + 1} of {len(planes)}")
+        found, psfs = find_beads(
+            plane,
+            fc,
+            kernel_size,
+            threshold_sigmas=threshold_sigmas,
+            min_peak_snr=min_peak_snr,
+            saturation=saturation,
+            overlap_distance_px=overlap_distance_px,
+            image_index=index,
+        )
+        beads.extend(found)
+        psf_list.append(psfs)
+    accepted = [b for b in beads if b.accepted]
+    for index in range(len(planes)):
+        count = sum(b.image == index for b in accepted)
+        if count < num_maps:
+            why = f"map degree {map_degree} ({num_maps} spatial map(s) per image)"
+            raise ValueError(_too_few_message(count, num_maps, why, beads, index))
+    if len(accepted) < num_psfs:
+        raise ValueError(_too_few_message(len(accepted), num_psfs, f"{num_psfs} eigen-PSFs", beads))
+
+    psfs = np.concatenate(psf_list).astype(np.float64)
+    image_ids = np.array([b.image for b in accepted])
+    fractions = np.array(
+        [[b.y_px / max(shape[0] - 1, 1), b.x_px / max(shape[1] - 1, 1)] for b in accepted]
+    )
+
+    # held-out prediction quality: fit on ~80 % of the beads, predict the others
+    yield Progress(len(planes), steps, "predicting held-out beads")
+    held, note = _split(image_ids, holdout_fraction, num_maps, seed)
+    holdout = None
+    if held.any() and (~held).sum() < num_psfs:
+        held[:], note = False, f"fewer fitted beads than the {num_psfs} eigen-PSFs"
+    if held.any():
+        fit = ~held
+        part, part_gamma, _, _ = _fit(
+            psfs[fit], fractions[fit], image_ids[fit], len(planes), num_psfs, map_degree, map_shape
+        )
+        predicted = _normalised(_predict(part, part_gamma, fractions[held], image_ids[held]))
+        truth = psfs[held]
+        baseline = _normalised(psfs[fit].mean(0))
+        from .evaluation.metrics import psf_snr_db
+
+        baseline_snr = psf_snr_db(np.broadcast_to(baseline, truth.shape), truth)
+        holdout = HoldoutReport(
+            num_fit=int(fit.sum()),
+            num_held_out=int(held.sum()),
+            model_snr_db=[float(v) for v in np.atleast_1d(psf_snr_db(predicted, truth))],
+            baseline_snr_db=[float(v) for v in np.atleast_1d(baseline_snr)],
+        )
+        for bead, is_held in zip(accepted, held, strict=True):
+            bead.held_out = bool(is_held)
+
+    # the family: all accepted beads
+    yield Progress(len(planes) + 1, steps, "fitting the family")
+    family, gamma, report, singular2 = _fit(
+        psfs, fractions, image_ids, len(planes), num_psfs, map_degree, map_shape
+    )
+    fitted = _predict(family, gamma, fractions, image_ids)
+    flat_err = np.linalg.norm((fitted - psfs).reshape(len(psfs), -1), axis=1)
+    relative = flat_err / np.linalg.norm(psfs.reshape(len(psfs), -1), axis=1)
+    scale = float(gamma.abs().max())
+    if parameter_jitter is None:
+        parameter_jitter = _auto_jitter(gamma, scale, float(relative.mean()))
+    family = ProductConvolution(
+        family.eigen_psfs.float(),
+        family.maps.float(),
+        parameter_scale=scale,
+        parameter_bank=gamma.float(),
+        parameter_jitter=float(parameter_jitter),
+    )
+    energy = (singular2 / singular2.sum()).tolist()
+    yield Progress(steps, steps, "done")
+    return CalibrationResult(
+        family=family,
+        gamma=gamma.float(),
+        fc=fc,
+        kernel_size=int(kernel_size),
+        image_shape=tuple(int(s) for s in shape),
+        num_images=len(planes),
+        beads=beads,
+        psfs=psfs.astype(np.float32),
+        variance_per_component=[float(v) for v in energy[:10]],
+        variance_captured=float(report.variance_captured),
+        mean_relative_error=float(relative.mean()),
+        max_relative_error=float(relative.max()),
+        holdout=holdout,
+        holdout_note=note,
+        settings={
+            "num_psfs": num_psfs,
+            "map_degree": map_degree,
+            "holdout_fraction": holdout_fraction,
+            "seed": seed,
+            "kernel_size": int(kernel_size),
+            "saturation": saturation,
+            "threshold_sigmas": threshold_sigmas,
+            "min_peak_snr": min_peak_snr,
+            "overlap_distance_px": overlap_distance_px,
+        },
+    )
+
+
+def _auto_jitter(gamma: torch.Tensor, scale: float, model_error: float) -> float:
+    """Training jitter (units of ``parameter_scale``) so that a drawn PSF differs from a
+    bank row by about what the calibration cannot pin down: the model's relative error at
+    the beads (at least 2 %, at most 20 %) spread over the K parameters, or the spread of
+    γ between calibration images when that is larger."""
+    k = gamma.shape[-1]
+    jitter = min(max(model_error, 0.02), 0.2) / math.sqrt(k)
+    if len(gamma) > 1 and scale > 0:
+        jitter = max(jitter, float(gamma.double().std(0).pow(2).mean().sqrt()) / scale)
+    return float(jitter)
+
+
+def calibrate_from_beads(
+    images,
+    fc: float,
+    num_psfs: int = 4,
+    map_degree: int = 2,
+    holdout_fraction: float = 0.2,
+    seed: int = 0,
+    **kwargs,
+) -> CalibrationResult:
+    """Calibrate a product-convolution family (Model 2.2) from bead images.
+
+    Parameters
+    ----------
+    images : one 2D image ``(Y, X)``, a stack ``(P, Y, X)`` or a list of 2D images of one
+        size; each is a state of the microscope and gets its own γ in the parameter bank.
+    fc : cutoff ``NA · pixel_size / λ`` in cycles/pixel (at most 0.25).
+    num_psfs : I, the number of eigen-PSFs.
+    map_degree : total degree of the 2D Legendre maps; J = (d+1)(d+2)/2 maps (d = 2: 6).
+    holdout_fraction : fraction of each image's beads kept out of a second fit to measure
+        how well the model predicts unseen beads (seeded by ``seed``); 0 to skip.
+    kwargs : ``kernel_size`` (odd, px, default 31), ``saturation``, ``threshold_sigmas``,
+        ``min_peak_snr``, ``overlap_distance_px`` (see :func:`find_beads`),
+        ``parameter_jitter`` (units of ``parameter_scale``; default: automatic),
+        ``map_shape``.
+
+    Raises ``ValueError`` for an image that is not 2D or holds NaN, fc above Nyquist, and too
+    few usable beads (saying how many were found and why the others were rejected).
+
+    >>> import numpy as np
+    >>> from napari_deepblur.calibration import calibrate_from_beads
+    >>> calibrate_from_beads(np.zeros((64, 64)), fc=0.2)
+    Traceback (most recent call last):
+    ...
+    ValueError: found 0 usable bead(s) in bead image 0 but map degree 2 (6 spatial map(s) per \
+image) needs at least 6. Image more (well separated, unsaturated) beads, or ask for fewer \
+eigen-PSFs / a lower map degree
+    """
+    from .pipeline import run
+
+    return run(
+        iter_calibrate_from_beads(
+            images, fc, num_psfs, map_degree, holdout_fraction, seed, **kwargs
+        )
+    )
+
+
+def save_calibration(
+    result: CalibrationResult, path, card: dict | None = None, *, overwrite: bool = False
+):
+    """Write the calibrated family as a family file (``.safetensors``) and its JSON card
+    (the report's numbers plus ``card``); refuses to replace a file unless ``overwrite``.
+    Returns the path. Load it with :func:`napari_deepblur.models.load_family`."""
+    from pathlib import Path
+
+    from .models import save_family
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"the family file must end in .safetensors, got {path.name}")
+    card_path = path.with_suffix(".json")
+    if not overwrite:
+        for p in (path, card_path):
+            if p.exists():
+                raise FileExistsError(f"{p} exists; use overwrite (--overwrite) or another name")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"folder not found: {path.parent}")
+    full = {
+        "kind": "bead calibration",
+        "calibration": result.summary(),
+        "beads": [b.to_dict() for b in result.beads],
+        **(card or {}),
+    }
+    return save_family(result.family, result.fc, path, full)
