@@ -17,7 +17,9 @@ import sys
 from collections.abc import Callable, Sequence
 
 from . import __version__
+from .calibration_cli import add_calibrate_parser
 from .evaluation.cli import add_evaluate_parser
+from .family_cli import add_field_family_parser
 
 #: Errors that are the user's to fix: reported in one line, exit code 2.
 USER_ERRORS = (
@@ -838,6 +840,19 @@ def _add_train(sub) -> None:
         help="a model file whose identification network to start from (fine-tuning) or, "
         "with --stage deblurring, to use",
     )
+    p.add_argument(
+        "--family",
+        help="a family file (.safetensors, e.g. from 'deepblur calibrate' or the shipped "
+        "field-default family) to train for instead of the Zernike family; its fc is used",
+    )
+    p.add_argument("--deblurring-from", help="a model file whose deblurring network to start from")
+    p.add_argument(
+        "--parameter-error",
+        type=float,
+        default=d.parameter_error,
+        help="product-convolution families: DN trains with γ plus this × the bank's std "
+        "of Gaussian error",
+    )
     p.add_argument("--identification-steps", type=int, default=d.identification_steps)
     p.add_argument("--deblurring-steps", type=int, default=d.deblurring_steps)
     p.add_argument("--identification-minutes", type=float, help="time budget for IN")
@@ -891,6 +906,9 @@ def _run_train(args: argparse.Namespace) -> int:
             identification_from=Path(args.identification_from)
             if args.identification_from
             else None,
+            deblurring_from=Path(args.deblurring_from) if args.deblurring_from else None,
+            family_file=Path(args.family) if args.family else None,
+            parameter_error=args.parameter_error,
             quiet=args.quiet,
             command="deepblur " + shlex.join(args.argv),
             **{k: v * 60 if v else None for k, v in minutes.items()},
@@ -911,6 +929,8 @@ SUBCOMMANDS: list[Callable] = [
     _add_psf,
     _add_train,
     add_evaluate_parser,
+    add_calibrate_parser,
+    add_field_family_parser,
     _add_bench,
 ]
 

@@ -26,8 +26,14 @@ def add_field_family_parser(sub) -> None:
     p.add_argument("--grid", type=int, default=9, help="PSFs sampled on a grid × grid lattice")
     p.add_argument("--fc", type=float, default=0.2, help="cutoff, cycles/pixel")
     p.add_argument("--base-scale", type=float, default=0.05, help="centre aberrations ±, waves")
-    p.add_argument("--field-scale", type=float, default=0.1, help="field terms ±, waves RMS")
+    p.add_argument("--field-scale", type=float, default=0.2, help="field terms ±, waves RMS")
     p.add_argument("--vignetting", type=float, default=0.0, help="max intensity loss at corners")
+    p.add_argument(
+        "--cg-iterations",
+        type=int,
+        default=10,
+        help="preconditioned conjugate-gradient steps of the regularized inverse",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_run_field_family)
@@ -57,6 +63,7 @@ def _run_field_family(args: argparse.Namespace) -> int:
     family, report = build_field_family(
         fields, args.fc, num_psfs=args.psfs, num_maps=args.maps, grid=args.grid
     )
+    family.cg_iterations = args.cg_iterations
     card = {
         "name": out.stem,
         "kind": "family",

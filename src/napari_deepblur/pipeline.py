@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from .devices import empty_cache, is_out_of_memory, resolve_device
-from .estimation import identify_in_windows, window_predictions
+from .estimation import identify_in_windows
+from .field_estimation import fit_field, read_windows
 from .fieldmap import FieldEstimate, cell_centres
 from .intensity import check_contrast, denormalize, normalize, robust_range
 from .models import DeepBlurModel, load_model
@@ -399,32 +400,21 @@ def _noise_of(raw: np.ndarray, fc_img: float) -> dict:
 def _iter_identify_field(
     model, raw, y, zoom, fc_img, optics, augment, tile_px
 ) -> Generator[Progress, None, BlurEstimate]:
-    """Space-varying identification: the network reads the local PSF (normalised
-    eigen-PSF weights) in windows all over the image; γ is fitted to all readings at once
-    (:meth:`ProductConvolution.fit_parameters`, with the family's prior)."""
+    """Space-varying identification: the network reads the local PSF in windows all over
+    the image and a smooth field is fitted to all readings at once
+    (:mod:`napari_deepblur.field_estimation`)."""
     family = model.family
-    local = family.identification_family()
+    reader = family.identification_family()
     rows, cols = (tile_starts(n, tile_px, TILE_OVERLAP_PX) for n in y.shape)
     total = len(rows) * len(cols)
-    readings, centres, spreads = [], [], []
+    readings = []
     yield Progress(0, total, f"identifying {total} tile(s)")
     with torch.no_grad():
         for i, (top, left) in enumerate((t, l) for t in rows for l in cols):
             tile = torch.from_numpy(y[top : top + tile_px, left : left + tile_px])
-            predicted, centre = window_predictions(model, tile.to(model.device), local, augment)
-            predicted = family.normalised_weights(predicted.cpu())
-            windows = len(torch.unique(centre, dim=0))
-            copies = predicted.reshape(-1, windows, family.num_psfs)
-            if len(copies) > 1:
-                spreads.append(copies.var(0).mean(0))
-            readings.append(predicted)
-            centres.append(centre + torch.tensor([top, left], dtype=centre.dtype))
+            readings.append(read_windows(model, tile, reader, augment, (top, left), y.shape))
             yield Progress(i + 1, total, f"identified tile {i + 1} of {total}")
-    readings, centres = torch.cat(readings), torch.cat(centres)
-    positions = centres / torch.tensor([max(n - 1, 1) for n in y.shape], dtype=centres.dtype)
-    floor = (0.05 * local.parameter_scale) ** 2
-    variance = torch.stack(spreads).mean(0).clamp_min(floor) if spreads else floor
-    gamma = family.fit_parameters(readings, positions, variance)
+    gamma = fit_field(family, reader, readings)
     field_estimate = FieldEstimate.from_family(family, gamma, raw.shape, model.fc)
     centre_psf = resample_psf(
         field_estimate.psf_at((raw.shape[0] - 1) / 2, (raw.shape[1] - 1) / 2), model.fc / fc_img

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import shlex
 
-PROTOCOLS = ("table1",)
+PROTOCOLS = ("table1", "fig10")
+#: Pairs per level when --n is not given.
+DEFAULT_N = {"table1": 100, "fig10": 20}
 
 
 def _names(text: str) -> list[str]:
@@ -20,20 +22,28 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``evaluate`` on an ``argparse`` subparsers object; returns its parser."""
     p = subparsers.add_parser(
         "evaluate",
-        help="run the standard benchmark (table1) and print/write its table",
-        description="Blur held-out test images with random Zernike aberrations (fc 0.2, "
-        "Noll 4–10, ±0.15 waves RMS), add Poisson–Gaussian noise at each level, and score "
-        "Deep-Blur, the oracle, the Airy PSF and Richardson–Lucy on the same inputs "
-        "(SSIM, PSNR, PSF SNR; mean ± std). See shared/PROTOCOL.md.",
+        help="run a benchmark (table1: the standard one; fig10: space-varying blur)",
+        description="table1: blur held-out test images with random Zernike aberrations (fc "
+        "0.2, Noll 4–10, ±0.15 waves RMS), add Poisson–Gaussian noise at each level, and "
+        "score Deep-Blur, the oracle, the Airy PSF and Richardson–Lucy on the same inputs "
+        "(SSIM, PSNR, PSF SNR; mean ± std; see shared/PROTOCOL.md). fig10: blur them with "
+        "random members of a space-varying model's family and compare its local PSFs (at "
+        "four field positions and over the whole field) and SSIM with the convolution-only "
+        "baseline (--baseline, one PSF for the field).",
     )
     p.add_argument("--protocol", choices=PROTOCOLS, default="table1")
     p.add_argument("--model", help="shipped model name or model file (default: the default model)")
     p.add_argument("--images", help="folder of sharp TIFF/PNG test images (default: bundled set)")
-    p.add_argument("--n", type=int, default=100, help="pairs (image, γ) per level")
+    p.add_argument(
+        "--baseline",
+        default="zernike-default",
+        help="fig10: the convolution-only model compared with (default zernike-default)",
+    )
+    p.add_argument("--n", type=int, help="pairs (image, γ) per level (table1 100, fig10 20)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=256, help="test image size, px (400: the paper's)")
-    p.add_argument("--levels", type=_names, default=None, help="e.g. L0,L1,L2,H1,H2 (all)")
-    p.add_argument("--out", help="folder for table1.json and table1.csv (default: print only)")
+    p.add_argument("--levels", type=_names, help="e.g. L0,L1,L2,H1,H2 (table1: all; fig10: L0,L1)")
+    p.add_argument("--out", help="folder for <protocol>.json and .csv (default: print only)")
     p.add_argument("--overwrite", action="store_true", help="replace existing result files")
     p.add_argument(
         "--record-in-card",
@@ -52,32 +62,42 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from .fig10 import format_fig10, run_fig10
     from .table1 import LEVELS, format_table, record_in_card, run_table1, write_results
 
-    levels = args.levels or list(LEVELS)
+    protocol = args.protocol
+    n = args.n or DEFAULT_N[protocol]
     out = Path(args.out) if args.out else None
     if out is not None and not args.overwrite:  # fail before the run, not after it
-        for name in ("table1.json", "table1.csv"):
+        for name in (f"{protocol}.json", f"{protocol}.csv"):
             if (out / name).exists():
                 raise FileExistsError(f"{out / name} exists; use --overwrite or another --out")
-    with tqdm(total=None, desc="table1", unit="pair", disable=args.quiet) as bar:
+    with tqdm(total=None, desc=protocol, unit="pair", disable=args.quiet) as bar:
 
         def progress(step):
             bar.total = step.total
             bar.set_postfix_str(step.message, refresh=False)
             bar.update(step.done - bar.n)
 
-        result = run_table1(
-            args.model,
-            images=args.images,
-            n=args.n,
-            seed=args.seed,
-            size=args.size,
-            levels=levels,
-            device=args.device,
-            progress=progress,
-        )
-    print(format_table(result))
+        common = dict(images=args.images, n=n, seed=args.seed, size=args.size)
+        if protocol == "fig10":
+            result = run_fig10(
+                args.model or "field-default",
+                args.baseline,
+                levels=args.levels or ["L0", "L1"],
+                device=args.device,
+                progress=progress,
+                **common,
+            )
+        else:
+            result = run_table1(
+                args.model,
+                levels=args.levels or list(LEVELS),
+                device=args.device,
+                progress=progress,
+                **common,
+            )
+    print(format_fig10(result) if protocol == "fig10" else format_table(result))
     if out is not None:
         json_path, csv_path = write_results(result, out, overwrite=args.overwrite)
         print(f"written: {json_path}, {csv_path}")

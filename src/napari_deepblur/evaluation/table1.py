@@ -236,17 +236,9 @@ def iter_table1(
             "rl_validation_pairs": rl_validation if tune else 0,
             "rl_candidates": list(RL_ITERATIONS),
         },
-        "model": _model_info(model),
-        "machine": {
-            "device": str(dev),
-            "device_name": device_name(dev),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch_version": torch.__version__,
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": model_info(model),
+        "machine": machine_info(dev),
+        "date": now_utc(),
         "elapsed_s": elapsed,
         "seconds_per_image": seconds,
         "rl_iterations": rl_iterations,
@@ -257,7 +249,24 @@ def iter_table1(
     }
 
 
-def _model_info(model: DeepBlurModel) -> dict:
+def machine_info(dev) -> dict:
+    """Where a benchmark ran: device, CPU count, threads, versions."""
+    return {
+        "device": str(dev),
+        "device_name": device_name(dev),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def now_utc() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def model_info(model: DeepBlurModel) -> dict:
     path = model.path
     digest = model.card.get("sha256") or (sha256(path) if path and Path(path).exists() else None)
     return {"name": model.name, "path": str(path) if path else None, "sha256": digest}
@@ -355,11 +364,12 @@ def _finite(obj):
 
 
 def write_results(result: dict, out_dir, overwrite: bool = False) -> tuple[Path, Path]:
-    """Write ``table1.json`` (everything) and ``table1.csv`` (``level, alpha, beta, row,
-    metric, mean, std, n``) to ``out_dir`` (created); existing files are refused unless
+    """Write ``<protocol>.json`` (everything) and ``<protocol>.csv`` (``level, alpha, beta,
+    row, metric, mean, std, n``) to ``out_dir`` (created); existing files are refused unless
     ``overwrite``. Returns both paths."""
     out = Path(out_dir)
-    json_path, csv_path = out / "table1.json", out / "table1.csv"
+    protocol = result["protocol"]
+    json_path, csv_path = out / f"{protocol}.json", out / f"{protocol}.csv"
     if not overwrite and (existing := [p for p in (json_path, csv_path) if p.exists()]):
         raise FileExistsError(f"{existing[0]} exists; choose another folder or overwrite")
     out.mkdir(parents=True, exist_ok=True)
@@ -400,7 +410,7 @@ def card_summary(result: dict, command: str) -> dict:
         "seed": params["seed"],
         "images": params["images"],
         "seconds_per_image": result["seconds_per_image"],
-        "rl_iterations": result["rl_iterations"],
+        "rl_iterations": result.get("rl_iterations", {}),
         "results": _finite(result["results"]),
     }
 

@@ -112,6 +112,15 @@ class Convolution:
         out = torch.fft.irfft2(spectrum / (power + lam), s=self.fft_shape)
         return self._crop(out)
 
+    def normal_inverse(self, v: torch.Tensor, lam) -> torch.Tensor:
+        """An approximation of ``(AᵀA + λI)⁻¹ v`` that is symmetric positive definite (a
+        preconditioner for conjugate gradient): ``v`` zero-embedded in the FFT grid, divided
+        by ``|OTF|² + λ``, cropped back (exact for ``circular``)."""
+        lam = _as_map(lam, v)
+        power = self.otf.real**2 + self.otf.imag**2
+        spectrum = torch.fft.rfft2(self._embed(v), s=self.fft_shape) / (power + lam)
+        return self._crop(torch.fft.irfft2(spectrum, s=self.fft_shape))
+
 
 def _as_map(lam, like: torch.Tensor) -> torch.Tensor:
     """A scalar or per-image ``(…,)`` regularisation weight shaped ``(…, 1, 1)``."""

@@ -271,6 +271,7 @@ class ProductConvolutionOperator:
         cg_iterations: int = 20,
     ):
         self.multipliers = multipliers  # (…, I, H, W)
+        self.eigen_psfs = eigen_psfs
         self.conv = Convolution(eigen_psfs, multipliers.shape[-2:], boundary)  # (I, k, k)
         self.cg_iterations = cg_iterations
 
@@ -280,38 +281,63 @@ class ProductConvolutionOperator:
     def adjoint(self, y):
         return (self.multipliers * self.conv.adjoint(y.unsqueeze(-3))).sum(-3)
 
+    def mean_kernel(self) -> torch.Tensor:
+        """The kernel of the field-averaged multipliers ``Σ_i mean(m_i) e_i``: ``(…, k, k)``."""
+        weights = self.multipliers.mean((-2, -1))  # (…, I)
+        return torch.tensordot(weights, self.eigen_psfs, dims=([-1], [0]))
+
     def regularized_inverse(self, y, lam, prior=None):
-        """``(AᵀA + λI)⁻¹(Aᵀy + λ·prior)`` by conjugate gradient (``cg_iterations`` steps,
-        started from ``prior`` when given)."""
-        lam = _as_map(lam, y)
-        rhs = self.adjoint(y) if prior is None else self.adjoint(y) + lam * prior
+        """``(AᵀA + λI)⁻¹(Aᵀy + λ·prior)`` by conjugate gradient (``cg_iterations`` steps),
+        preconditioned by the same problem for the field-averaged kernel (solved in
+        Fourier, circular on the image grid) and started from ``prior`` or, without it,
+        from that averaged problem's solution: a mildly varying field then converges in a
+        few steps even for small λ."""
+        average = Convolution(self.mean_kernel(), y.shape[-2:], self.conv.boundary)
+        start = prior if prior is not None else average.regularized_inverse(y, lam)
+        rhs = self.adjoint(y)
+        if prior is not None:
+            rhs = rhs + _as_map(lam, y) * prior
         return conjugate_gradient(
-            lambda v: self.adjoint(self.forward(v)) + lam * v, rhs, self.cg_iterations, prior
+            lambda v: self.adjoint(self.forward(v)) + _as_map(lam, y) * v,
+            rhs,
+            self.cg_iterations,
+            start,
+            lambda r: average.normal_inverse(r, lam),
         )
 
 
 def conjugate_gradient(
-    apply, rhs: torch.Tensor, iterations: int, x0: torch.Tensor | None = None
+    apply,
+    rhs: torch.Tensor,
+    iterations: int,
+    x0: torch.Tensor | None = None,
+    precondition=None,
 ) -> torch.Tensor:
     """Solve ``apply(x) = rhs`` for a symmetric positive definite ``apply``, batched over
-    leading axes (one scalar step per image ``(…, H, W)``)."""
+    leading axes (one scalar step per image ``(…, H, W)``), optionally preconditioned by
+    ``precondition(r) ≈ apply⁻¹(r)`` (symmetric positive definite too)."""
 
     def dot(a, b):
         return (a * b).sum(dim=(-2, -1), keepdim=True)
 
+    precondition = precondition or (lambda r: r)
     x = torch.zeros_like(rhs) if x0 is None else x0
     r = rhs - apply(x) if x0 is not None else rhs
-    p = r
-    rr = dot(r, r)
+    z = precondition(r)
+    p = z
+    rz = dot(r, z)
     tiny = torch.finfo(rhs.dtype).tiny
     for _ in range(iterations):
         ap = apply(p)
-        alpha = rr / dot(p, ap).clamp_min(tiny)
+        curvature = dot(p, ap)
+        # a converged image (zero residual) stops moving instead of dividing 0 by 0
+        alpha = torch.where(curvature > tiny, rz / curvature.clamp_min(tiny), 0.0)
         x = x + alpha * p
         r = r - alpha * ap
-        rr_new = dot(r, r)
-        p = r + (rr_new / rr.clamp_min(tiny)) * p
-        rr = rr_new
+        z = precondition(r)
+        rz_new = dot(r, z)
+        p = z + torch.where(rz.abs() > tiny, rz_new / rz.clamp_min(tiny), 0.0) * p
+        rz = rz_new
     return x
 
 
@@ -335,8 +361,10 @@ class ProductConvolution(OperatorFamily):
         parameter_bank: torch.Tensor | None = None,
         parameter_jitter: float = 0.0,
         local_parameter_scale: float | None = None,
+        local_reader: dict | None = None,
     ):
         self.local_parameter_scale = local_parameter_scale
+        self.local_reader = local_reader
         self.eigen_psfs = torch.as_tensor(eigen_psfs)
         self.maps = torch.as_tensor(maps)
         self.num_psfs = self.eigen_psfs.shape[0]
@@ -424,28 +452,60 @@ class ProductConvolution(OperatorFamily):
             parameter_bank=weights,
         )
 
-    def identification_family(self) -> EigenPSFConvolution:
-        """The local family an identification network of this family predicts the weights
-        of (``weights / local_parameter_scale``)."""
+    def identification_family(self) -> OperatorFamily:
+        """The family of local kernels whose parameters this family's identification
+        network predicts: ``local_reader`` when set (e.g. a Zernike family: a Zernike
+        network reads each window, and its PSF is projected on the eigen-PSFs), else the
+        eigen-PSFs themselves (weights ``/ local_parameter_scale``)."""
+        if self.local_reader:
+            return family_from_state(self.local_reader, {})
         if not self.local_parameter_scale:
             raise ValueError(
-                "the family has no local_parameter_scale: it was not trained on (see "
-                "local_family)"
+                "the family has no local_parameter_scale: it was not trained on (see local_family)"
             )
         return EigenPSFConvolution(self.eigen_psfs, self.local_parameter_scale, self.boundary)
+
+    def weights_of(self, psfs: torch.Tensor) -> torch.Tensor:
+        """Least-squares eigen-PSF weights ``(…, I)`` of kernels ``(…, k, k)``."""
+        flat = self.eigen_psfs.reshape(self.num_psfs, -1).to(psfs)
+        gram = flat @ flat.T
+        rhs = psfs.reshape(*psfs.shape[:-2], -1) @ flat.T
+        return torch.linalg.solve(gram, rhs.unsqueeze(-1)).squeeze(-1)
+
+    def constant_parameters(self, weights: torch.Tensor, grid: int = 9) -> torch.Tensor:
+        """γ ``(K,)`` whose multipliers are as close as the maps allow to the constant
+        eigen-PSF weights ``weights (I,)`` over the whole field (least squares on a
+        ``grid × grid`` lattice)."""
+        t = torch.linspace(0, 1, grid, dtype=torch.float64)
+        yy, xx = torch.meshgrid(t, t, indexing="ij")
+        f = self.maps_at_positions(torch.stack([yy.reshape(-1), xx.reshape(-1)], 1)).double()
+        ones = torch.ones(len(f), 1, dtype=torch.float64)
+        c = torch.linalg.lstsq(f, ones).solution[:, 0]  # (J,): Σ_j c_j f_j ≈ 1
+        return (weights.double()[:, None] * c[None, :]).reshape(-1).float()
+
+    def project(self, psfs: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """γ ``(K,)`` of the family member closest to kernels ``(S, k, k)`` known at field
+        positions ``(S, 2)``: their eigen-PSF weights, fitted by the maps (no prior)."""
+        weights = self.weights_of(psfs.to(self.eigen_psfs.dtype))
+        no_prior = ProductConvolution(self.eigen_psfs, self.maps)
+        return no_prior.fit_parameters(weights, positions, 1e-10)
 
     def fit_parameters(
         self,
         weights: torch.Tensor,
         positions: torch.Tensor,
         noise_variance: float | torch.Tensor = 1e-3,
+        prior_mean: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """γ ``(K,)`` from local eigen-PSF weights ``(N, I)`` read at positions ``(N, 2)``.
 
         Least squares on ``w_n ≈ G f(p_n)`` (``G`` the ``I × J`` matrix of γ); with a
         parameter bank, a Gaussian prior fitted to the bank (mean and covariance) makes it
         a maximum a posteriori estimate, so a few windows (or a nearly constant field) still
-        give a well-posed answer. ``noise_variance``: of the readings (scalar or ``(I,)``).
+        give a well-posed answer. ``noise_variance``: of the readings (scalar or ``(I,)``);
+        ``prior_mean`` (``(K,)``) replaces the bank's mean as the prior's centre (e.g.
+        :meth:`constant_parameters` of a whole-image estimate: the fit then departs from one
+        PSF for the whole field only as far as the readings support it).
         """
         weights = torch.as_tensor(weights, dtype=torch.float64)
         f = self.maps_at_positions(positions).double()  # (N, J)
@@ -457,7 +517,7 @@ class ProductConvolution(OperatorFamily):
         rhs = design.T @ (precision * weights.reshape(-1))
         if self.parameter_bank is not None and len(self.parameter_bank) > self.num_parameters:
             bank = self.parameter_bank.double()
-            mean = bank.mean(0)
+            mean = bank.mean(0) if prior_mean is None else prior_mean.double()
             covariance = torch.cov(bank.T) + 1e-8 * torch.eye(self.num_parameters).double()
             prior = torch.linalg.inv(covariance)
             normal, rhs = normal + prior, rhs + prior @ mean
@@ -517,6 +577,7 @@ class ProductConvolution(OperatorFamily):
                 if self.local_parameter_scale
                 else {}
             ),
+            **({"local_reader": self.local_reader} if self.local_reader else {}),
         }
 
     def tensors(self):

@@ -191,8 +191,19 @@ def train_model(opts: TrainOptions) -> Path:
     in_ckpt = out / "checkpoint-identification.pt"
     if opts.identification_from is not None:
         source = load_model(opts.identification_from)
+        reader = isinstance(family, ProductConvolution) and opts.stage == "deblurring"
         if source.family.config() == in_family.config():
             identification = source.identification.train()
+        elif reader:  # its network reads local kernels of its own family, as it is
+            if abs(source.fc - fc) > 1e-6 or source.family.kernel_size != family.kernel_size:
+                raise ValueError(
+                    f"{opts.identification_from} works at fc {source.fc} with "
+                    f"{source.family.kernel_size} px kernels, the family at fc {fc} with "
+                    f"{family.kernel_size} px: it cannot read this family's local PSFs"
+                )
+            identification = source.identification
+            in_family = source.family
+            family.local_reader = source.family.config()
         else:  # another family: start from its features, with a new output layer
             cfg = IdentificationConfig.from_dict(source.identification.config.to_dict())
             cfg.num_parameters = in_family.num_parameters
