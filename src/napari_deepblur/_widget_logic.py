@@ -15,6 +15,10 @@ data tuples it returns. Everything in between lives here and is testable without
 - :func:`psf_metadata`, :func:`estimate_from_psf_layer`: the PSF layer's metadata (the same
   dict the PSF files carry) and back;
 - :func:`coefficient_rows`, :func:`summary_text`: what the coefficient table shows;
+- :func:`estimate_layers`: the layers an estimate is shown with: the PSF, the map of local
+  PSFs of a tiled image (:func:`psf_map_layer_data`) and, for a space-varying estimate, the
+  kernel map (:func:`kernel_map_layer_data`) and the PSF weight maps
+  (:func:`weight_map_layers_data`);
 - :func:`user_message`: any exception → one sentence for a notification.
 
 Nothing here imports napari, magicgui or qtpy; torch and the pipeline are imported lazily.
@@ -39,6 +43,15 @@ BAR_FULL_SCALE_WAVES = 0.2
 BAR_WIDTH = 16
 #: Maréchal criterion: a wavefront error below this RMS (waves) is "diffraction-limited".
 MARECHAL_WAVES = 0.072
+#: The kernel map of a space-varying estimate: local PSFs on a grid of this many cells a side.
+KERNEL_MAP_GRID = 5
+#: The PSF weight maps are sampled on at most this many points a side (they are smooth).
+WEIGHT_MAP_MAX_PX = 512
+#: Colormap of the (signed) PSF weight maps.
+WEIGHT_MAP_COLORMAP = "PiYG"
+#: ``metadata["deepblur_layer"]`` of the layers that only illustrate an estimate (not images
+#: to identify or deblur).
+AUXILIARY_LAYERS = ("psf map", "kernel map", "weight map")
 
 LayerDataTuple = tuple[Any, dict, str]
 
@@ -327,6 +340,14 @@ def is_psf_metadata(metadata: Mapping | None) -> bool:
     return bool(metadata) and metadata.get("format") == PSF_FORMAT
 
 
+def is_auxiliary_layer(metadata: Mapping | None) -> bool:
+    """True for the layers that illustrate an estimate (PSF map, kernel map, PSF weight
+    maps): not images to identify or deblur."""
+    if not metadata:
+        return False
+    return metadata.get("deepblur_layer") in AUXILIARY_LAYERS or bool(metadata.get("tiles"))
+
+
 def estimate_from_psf_layer(data, metadata: Mapping | None, default_fc: float | None = None):
     """A :class:`~napari_deepblur.pipeline.BlurEstimate` from a PSF layer (an Identify
     result, or a PSF file read back): its estimate when there is one, else its Zernike
@@ -374,14 +395,35 @@ def estimate_from_psf_layer(data, metadata: Mapping | None, default_fc: float | 
 
 
 # -- what the coefficient table shows -------------------------------------------------------
+def is_field_estimate(estimate: Mapping) -> bool:
+    """True for a space-varying (product-convolution) estimate (a ``to_dict()`` or PSF
+    metadata): its coefficients are the γ of its family, not Zernike coefficients."""
+    inner = estimate.get("estimate") if isinstance(estimate.get("estimate"), Mapping) else {}
+    return bool(estimate.get("field") or inner.get("field"))
+
+
+def coefficient_columns(estimate: Mapping) -> tuple[str, str, str]:
+    """The coefficient table's column titles for ``estimate``."""
+    if is_field_estimate(estimate):
+        return ("term", "γ", "")
+    return ("aberration", "waves RMS", "")
+
+
 def coefficient_rows(estimate: Mapping) -> list[dict]:
     """One row per Zernike term of ``estimate`` (a ``to_dict()`` or PSF metadata):
     aberration name, Noll index, coefficient (waves RMS), its uncertainty and a text bar
-    proportional to its magnitude (full bar = :data:`BAR_FULL_SCALE_WAVES`)."""
+    proportional to its magnitude (full bar = :data:`BAR_FULL_SCALE_WAVES`); ``label`` is
+    the row's short name (``Z4``).
+
+    For a space-varying estimate, one row per parameter ``γ[i, j]`` (no unit; ``noll`` is
+    None): ``label`` is its name (``e1·f2``: eigen-PSF 1 weighted by spatial map 2),
+    ``aberration`` says it in words, and the full bar is the largest ``|γ|``."""
     coefficients = estimate.get("coefficients", estimate.get("coefficients_waves_rms")) or []
     noll = estimate.get("noll_indices") or []
     names = estimate.get("names") or _names(noll)
     uncertainty = estimate.get("uncertainty", estimate.get("uncertainty_waves_rms"))
+    if not noll and is_field_estimate(estimate):
+        return _field_rows(estimate, [float(c) for c in coefficients], names, uncertainty)
     rows = []
     for i, (j, c) in enumerate(zip(noll, coefficients, strict=True)):
         u = None if uncertainty is None else float(uncertainty[i])
@@ -389,9 +431,32 @@ def coefficient_rows(estimate: Mapping) -> list[dict]:
             {
                 "aberration": names[i] if i < len(names) else f"Z{j}",
                 "noll": int(j),
+                "label": f"Z{int(j)}",
                 "waves_rms": float(c),
                 "uncertainty": u,
                 "bar": magnitude_bar(float(c)),
+            }
+        )
+    return rows
+
+
+def _field_rows(estimate: Mapping, gamma: list[float], names, uncertainty) -> list[dict]:
+    field_dict = estimate.get("field")
+    if not isinstance(field_dict, Mapping):
+        field_dict = (estimate.get("estimate") or {}).get("field") or {}
+    num_maps = len(field_dict.get("maps") or []) or 1
+    full = max((abs(g) for g in gamma), default=0.0) or 1.0
+    rows = []
+    for k, g in enumerate(gamma):
+        i, j = divmod(k, num_maps)
+        rows.append(
+            {
+                "aberration": f"eigen-PSF {i + 1} × map {j + 1}",
+                "noll": None,
+                "label": names[k] if k < len(names) else f"γ{k + 1}",
+                "waves_rms": g,  # (the same key as Zernike rows; γ has no unit)
+                "uncertainty": None if uncertainty is None else float(uncertainty[k]),
+                "bar": magnitude_bar(g, full=full),
             }
         )
     return rows
@@ -409,13 +474,31 @@ def magnitude_bar(value: float, full: float = BAR_FULL_SCALE_WAVES, width: int =
     return text + ("▸" if abs(value) > full else "")
 
 
-def summary_text(estimate: Mapping) -> str:
-    """Total aberration (RMS waves, Strehl ratio), noise and model, in a few lines."""
+def summary_text(estimate: Mapping, field_summary: Mapping | None = None) -> str:
+    """Total aberration (RMS waves, Strehl ratio), noise and model, in a few lines. For a
+    space-varying estimate, its parameters and how much the PSF changes across the field
+    (``field_summary``: :func:`field_summary`, kept in the PSF layer's metadata)."""
     coefficients = np.asarray(
         estimate.get("coefficients", estimate.get("coefficients_waves_rms")) or [], float
     )
     lines = []
-    if coefficients.size:
+    if is_field_estimate(estimate):
+        field_dict = estimate.get("field") or (estimate.get("estimate") or {}).get("field") or {}
+        psfs, maps = len(field_dict.get("eigen_psfs") or []), len(field_dict.get("maps") or [])
+        lines.append(
+            f"Space-varying blur (product-convolution): {coefficients.size} parameters γ "
+            f"({psfs} eigen-PSFs × {maps} spatial maps); the PSF shown is the one at the "
+            "image centre."
+        )
+        radius = (field_summary or {}).get("rms_radius_px") or {}
+        if radius:
+            grid = (field_summary or {}).get("grid", KERNEL_MAP_GRID)
+            lines.append(
+                f"PSF RMS radius: {radius['centre']:.2f} px at the centre, "
+                f"{radius['min']:.2f}–{radius['max']:.2f} px across the field "
+                f"({grid}×{grid} grid)"
+            )
+    elif coefficients.size:
         rms = float(np.sqrt((coefficients**2).sum()))
         strehl = math.exp(-((2 * math.pi * rms) ** 2))
         verdict = "diffraction-limited" if rms < MARECHAL_WAVES else "aberrated"
@@ -434,6 +517,41 @@ def summary_text(estimate: Mapping) -> str:
     if estimate.get("model"):
         lines.append(f"Model: {estimate['model']}, fc = {float(estimate.get('fc', 0)):.3f}")
     return "\n".join(lines)
+
+
+def rms_radius(psf: np.ndarray) -> float:
+    """The RMS radius (pixels) of a PSF about its centroid (negative values clipped).
+
+    >>> round(rms_radius(np.pad(np.ones((1, 1)), 2)), 3)
+    0.0
+    """
+    p = np.clip(np.asarray(psf, np.float64), 0, None)
+    total = p.sum()
+    if total <= 0:
+        return 0.0
+    yy, xx = np.indices(p.shape)
+    cy, cx = (p * yy).sum() / total, (p * xx).sum() / total
+    return float(np.sqrt((p * ((yy - cy) ** 2 + (xx - cx) ** 2)).sum() / total))
+
+
+def field_summary(estimate, count: int = KERNEL_MAP_GRID) -> dict | None:
+    """How the PSF of a space-varying ``estimate`` changes across the field: the RMS radius
+    (pixels of the image) of the centre PSF and its range over a ``count × count`` grid;
+    None without a field."""
+    if getattr(estimate, "field", None) is None:
+        return None
+    _, psfs = estimate.psf_grid(count)
+    radii = [rms_radius(p) for p in psfs]
+    return {
+        "grid": int(count),
+        "rms_radius_px": {
+            "centre": rms_radius(estimate.psf),
+            "min": float(min(radii)),
+            "max": float(max(radii)),
+        },
+        "eigen_psfs": int(estimate.field.num_psfs),
+        "maps": int(estimate.field.num_maps),
+    }
 
 
 # -- layer data tuples ------------------------------------------------------------------------
@@ -465,22 +583,24 @@ def psf_layer_data(
     return np.asarray(estimate.psf, np.float32), kwargs, "image"
 
 
-def psf_map_layer_data(
-    estimate, source: str, image_shape: Sequence[int], geometry: Mapping, size: int = 31
-) -> LayerDataTuple | None:
-    """A mosaic of the local PSFs of ``estimate.tiles`` (each scaled to its own peak), laid
-    over the image so that each PSF sits over its tile; None without tiles."""
-    tiles = list(estimate.tiles or [])
-    if not tiles or not len(estimate.noll_indices):
-        return None
-    ys = sorted({round(float(t["y"]), 3) for t in tiles})
-    xs = sorted({round(float(t["x"]), 3) for t in tiles})
-    psfs = estimate.local_psfs(size)
+def _mosaic(
+    positions: np.ndarray, psfs: np.ndarray, image_shape: Sequence[int], geometry: Mapping
+) -> tuple[np.ndarray, dict, list[int]]:
+    """Local PSFs ``(n, k, k)`` at ``positions`` ``(n, 2)`` (pixel indices ``y, x`` of the
+    image, on a regular grid) as one mosaic, each PSF scaled to its own peak, and the
+    ``scale``/``translate`` (world units of the image) that lay every PSF's centre over its
+    position: the cells, ``k`` mosaic pixels a side, tile the image between grid points.
+    Returns ``(mosaic, geometry, [rows, cols])``."""
+    positions = np.asarray(positions, np.float64)
+    size = int(psfs.shape[-1])
+    ys = sorted({round(float(v), 3) for v in positions[:, 0]})
+    xs = sorted({round(float(v), 3) for v in positions[:, 1]})
     mosaic = np.zeros((len(ys) * size, len(xs) * size), np.float32)
-    for t, psf in zip(tiles, psfs, strict=True):
-        i = ys.index(round(float(t["y"]), 3))
-        j = xs.index(round(float(t["x"]), 3))
-        mosaic[i * size : (i + 1) * size, j * size : (j + 1) * size] = psf / psf.max()
+    for (y, x), psf in zip(positions, psfs, strict=True):
+        i, j = ys.index(round(float(y), 3)), xs.index(round(float(x), 3))
+        peak = float(np.max(psf))
+        if peak > 0:
+            mosaic[i * size : (i + 1) * size, j * size : (j + 1) * size] = psf / peak
 
     def step(centres, length):
         return (centres[-1] - centres[0]) / (len(centres) - 1) if len(centres) > 1 else length
@@ -494,16 +614,37 @@ def psf_map_layer_data(
     scale = tuple(geometry.get("scale", (1.0, 1.0)))
     translate = tuple(geometry.get("translate", (0.0, 0.0)))
     cell = (dy / size, dx / size)  # image pixels per mosaic pixel
-    # mosaic pixel (i·size + size//2) sits over the image pixel (centre_i − 0.5)
-    origin = (ys[0] - 0.5 - (size // 2) * cell[0], xs[0] - 0.5 - (size // 2) * cell[1])
+    centre = (size - 1) / 2  # mosaic pixel (i·size + centre) sits over the image pixel ys[i]
+    origin = (ys[0] - centre * cell[0], xs[0] - centre * cell[1])
+    placed = {
+        "scale": (cell[0] * scale[0], cell[1] * scale[1]),
+        "translate": (translate[0] + origin[0] * scale[0], translate[1] + origin[1] * scale[1]),
+    }
+    if "units" in geometry:
+        placed["units"] = tuple(geometry["units"])
+    return mosaic, placed, [len(ys), len(xs)]
+
+
+def psf_map_layer_data(
+    estimate, source: str, image_shape: Sequence[int], geometry: Mapping, size: int = 31
+) -> LayerDataTuple | None:
+    """A mosaic of the local PSFs of ``estimate.tiles`` (each scaled to its own peak), laid
+    over the image so that each PSF sits over its tile; None without tiles."""
+    tiles = list(estimate.tiles or [])
+    if not tiles or not len(estimate.noll_indices):
+        return None
+    # tile centres are in edge coordinates (a tile of 0..128 px has its centre at 64):
+    # pixel indices are half a pixel less
+    positions = np.array([[float(t["y"]) - 0.5, float(t["x"]) - 0.5] for t in tiles])
+    mosaic, placed, grid = _mosaic(positions, estimate.local_psfs(size), image_shape, geometry)
     kwargs: dict[str, Any] = {
         "name": f"{source} PSF map",
         "colormap": PSF_COLORMAP,
         "blending": "additive",
         "opacity": 0.8,
-        "scale": (cell[0] * scale[0], cell[1] * scale[1]),
-        "translate": (translate[0] + origin[0] * scale[0], translate[1] + origin[1] * scale[1]),
+        **placed,
         "metadata": {
+            "deepblur_layer": "psf map",
             "source": source,
             "tiles": [
                 {
@@ -515,12 +656,112 @@ def psf_map_layer_data(
             ],
             "noll_indices": [int(j) for j in estimate.noll_indices],
             "fc": float(estimate.fc),
-            "grid": [len(ys), len(xs)],
+            "grid": grid,
         },
     }
-    if "units" in geometry:
-        kwargs["units"] = tuple(geometry["units"])
     return mosaic, kwargs, "image"
+
+
+def kernel_map_layer_data(
+    estimate, source: str, geometry: Mapping, count: int = KERNEL_MAP_GRID
+) -> LayerDataTuple | None:
+    """The kernel map of a space-varying ``estimate``: its local PSFs at the centres of a
+    ``count × count`` grid of cells over the image, each scaled to its own peak and drawn
+    over its cell (one image layer aligned with the image: same world coordinates); None
+    without a field. The PSFs are drawn magnified (or shrunk) to fill their cells:
+    ``metadata["magnification"]`` says by how much."""
+    if getattr(estimate, "field", None) is None:
+        return None
+    count = int(count)
+    if count < 1:
+        raise UserError(f"the kernel map needs at least 1 cell a side, got {count}")
+    image_shape = tuple(estimate.field.shape)
+    positions, psfs = estimate.psf_grid(count)
+    mosaic, placed, grid = _mosaic(positions, psfs, image_shape, geometry)
+    magnification = image_shape[-2] / count / psfs.shape[-1]
+    kwargs: dict[str, Any] = {
+        "name": f"{source} kernel map",
+        "colormap": PSF_COLORMAP,
+        "blending": "additive",
+        "opacity": 0.8,
+        **placed,
+        "metadata": {
+            "deepblur_layer": "kernel map",
+            "source": source,
+            "grid": grid,
+            "positions_px": [[float(y), float(x)] for y, x in positions],
+            "kernel_size_px": int(psfs.shape[-1]),
+            "magnification": float(1 / magnification) if magnification else 1.0,
+            "fc": float(estimate.fc),
+            "note": "local PSFs, each scaled to its own peak, drawn over their grid cells",
+        },
+    }
+    return mosaic, kwargs, "image"
+
+
+def weight_map_layers_data(
+    estimate, source: str, geometry: Mapping, max_px: int = WEIGHT_MAP_MAX_PX
+) -> list[LayerDataTuple]:
+    """The spatial maps ``m_i`` of a space-varying ``estimate`` (the weight of eigen-PSF
+    ``e_i`` at every point: the local PSF is ``Σ_i m_i(y, x) e_i``), one image layer each,
+    over the image (sampled on at most ``max_px`` points a side, from the image's first to
+    its last pixel), hidden at first; ``[]`` without a field."""
+    field_estimate = getattr(estimate, "field", None)
+    if field_estimate is None:
+        return []
+    height, width = field_estimate.shape
+    out_shape = (min(height, max_px), min(width, max_px))
+    maps = field_estimate.multipliers(out_shape=out_shape).numpy().astype(np.float32)
+    scale = tuple(geometry.get("scale", (1.0, 1.0)))
+    translate = tuple(geometry.get("translate", (0.0, 0.0)))
+    step = tuple(
+        (n - 1) / (m - 1) if m > 1 else 1.0 for n, m in zip((height, width), out_shape, strict=True)
+    )
+    layers = []
+    for i, m in enumerate(maps):
+        limit = float(np.abs(m).max()) or 1.0
+        kwargs: dict[str, Any] = {
+            "name": f"{source} PSF weight map e{i + 1}",
+            "colormap": WEIGHT_MAP_COLORMAP,
+            "contrast_limits": (-limit, limit),
+            "visible": False,
+            "scale": (step[0] * scale[0], step[1] * scale[1]),
+            "translate": translate,
+            "metadata": {
+                "deepblur_layer": "weight map",
+                "source": source,
+                "index": i,
+                "eigen_psf": field_estimate.eigen_psfs[i].tolist(),
+                "fc": float(field_estimate.fc),
+                "note": f"weight m{i + 1}(y, x) of eigen-PSF e{i + 1} in the local PSF "
+                "Σ_i m_i(y, x) e_i (eigen-PSF at the model's sampling fc)",
+            },
+        }
+        if "units" in geometry:
+            kwargs["units"] = tuple(geometry["units"])
+        layers.append((m, kwargs, "image"))
+    return layers
+
+
+def estimate_layers(
+    estimate,
+    source: str,
+    geometry: Mapping,
+    image_shape: Sequence[int],
+    kernel_grid: int = KERNEL_MAP_GRID,
+) -> list[LayerDataTuple]:
+    """Every layer an estimate is shown with: the PSF first; then the map of local PSFs of a
+    tiled image; for a space-varying estimate, the kernel map and the PSF weight maps (and
+    the PSF layer's metadata gets :func:`field_summary` as ``field_summary``)."""
+    layers = [psf_layer_data(estimate, source, geometry, image_shape)]
+    psf_map = psf_map_layer_data(estimate, source, image_shape, geometry)
+    if psf_map is not None:
+        layers.append(psf_map)
+    if getattr(estimate, "field", None) is not None:
+        layers[0][1]["metadata"]["field_summary"] = field_summary(estimate, kernel_grid)
+        layers.append(kernel_map_layer_data(estimate, source, geometry, kernel_grid))
+        layers.extend(weight_map_layers_data(estimate, source, geometry))
+    return layers
 
 
 # -- the jobs (headless twins of the widgets) ---------------------------------------------------
@@ -533,7 +774,8 @@ class IdentifyRequest:
     """What the Identify widget asks for. ``data`` is the layer's array (any leading axes);
     ``plane`` indexes the leading axes (``()`` for 2D). ``stack_mode``: ``"plane"`` identifies
     that one plane; ``"median"`` (stacks) the median over all planes, one plane at a time
-    (:func:`napari_deepblur.pipeline.iter_identify_stack`), and ignores ``plane``."""
+    (:func:`napari_deepblur.pipeline.iter_identify_stack`), and ignores ``plane``.
+    ``kernel_grid``: cells a side of the kernel map of a space-varying model."""
 
     data: Any
     source: str
@@ -545,6 +787,7 @@ class IdentifyRequest:
     augment: bool = True
     tile_px: int | None = None
     geometry: dict = field(default_factory=dict)
+    kernel_grid: int = KERNEL_MAP_GRID
 
 
 @dataclass
@@ -565,11 +808,19 @@ def _load(model, device):
         ) from exc
 
 
+def is_field_model(model) -> bool:
+    """True for a space-varying (product-convolution) model."""
+    from .optics.families import ProductConvolution
+
+    return isinstance(getattr(model, "family", None), ProductConvolution)
+
+
 def iter_identify_layers(request: IdentifyRequest) -> Generator[Any, None, IdentifyResult]:
     """Identify the blur of one plane, or the median over all planes of a stack
     (``stack_mode="median"``, progress in planes); yields pipeline ``Progress``, returns the
-    estimate and the layers to add (the PSF, and a PSF map when the image was processed in
-    tiles). For a stack the PSF layer's metadata lists the ``planes`` used (index lists of the
+    estimate and the layers to add (:func:`estimate_layers`: the PSF; a PSF map when the
+    image was processed in tiles; the kernel map and PSF weight maps of a space-varying
+    model). For a stack the PSF layer's metadata lists the ``planes`` used (index lists of the
     leading axes) and the ``stack_mode``."""
     from .pipeline import DEFAULT_TILE_PX, iter_identify, iter_identify_stack, plane_indices
 
@@ -586,6 +837,11 @@ def iter_identify_layers(request: IdentifyRequest) -> Generator[Any, None, Ident
         **request.optics.kwargs(),
     }
     shape = tuple(np.shape(request.data))
+    if request.stack_mode == "median" and len(shape) > 2 and is_field_model(model):
+        raise UserError(
+            "the median over all planes is not available for a space-varying model; "
+            "choose 'current plane'"
+        )
     if request.stack_mode == "median" and len(shape) > 2:
         planes = plane_indices(shape)
         # every plane (max_planes: no subsampling); the loop and cancel points are the pipeline's
@@ -598,14 +854,11 @@ def iter_identify_layers(request: IdentifyRequest) -> Generator[Any, None, Ident
         image = np.asarray(request.data[request.plane] if request.plane else request.data)
         estimate = yield from iter_identify(image, model, **options)
         name = request.source + (f" {list(request.plane)}" if request.plane else "")
-    layers = [psf_layer_data(estimate, name, request.geometry, shape[-2:])]
+    layers = estimate_layers(estimate, name, request.geometry, shape[-2:], request.kernel_grid)
     if len(shape) > 2:
         metadata = layers[0][1]["metadata"]
         metadata["stack_mode"] = request.stack_mode
         metadata["planes"] = [[int(i) for i in index] for index in planes]
-    psf_map = psf_map_layer_data(estimate, name, shape[-2:], request.geometry)
-    if psf_map is not None:
-        layers.append(psf_map)
     return IdentifyResult(estimate, layers)
 
 

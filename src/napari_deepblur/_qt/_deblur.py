@@ -114,7 +114,7 @@ class DeblurWidget(JobWidget):
             layer
             for layer in super()._image_layer_choices()
             if not logic.is_psf_metadata(layer.metadata)
-            and not layer.metadata.get("tiles")  # PSF maps
+            and not logic.is_auxiliary_layer(layer.metadata)  # PSF, kernel and weight maps
         ]
 
     def _psf_choices(self, _widget=None) -> list:

@@ -1,4 +1,5 @@
-"""The "Identify blur" dock widget: image layer → PSF layer, coefficient table, PSF map.
+"""The "Identify blur" dock widget: image layer → PSF layer, coefficient table, PSF map
+(tiled images), kernel map and PSF weight maps (space-varying models).
 
 Thin: it reads its controls into an :class:`~napari_deepblur._widget_logic.IdentifyRequest`
 and runs :func:`~napari_deepblur._widget_logic.iter_identify_layers` (the headless twin) in a
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 
 #: Shown when a layer has no optics in its metadata.
 DEFAULT_OPTICS = logic.Optics(na=1.4, wavelength_nm=520.0, pixel_size_nm=74.0)
-TABLE_COLUMNS = ("aberration", "waves RMS", "")
 #: The choices for a stack (Z, T, C), and the pipeline's stack mode for each.
 CURRENT_PLANE = "current plane"
 ALL_PLANES_MEDIAN = "all planes (median)"
@@ -43,8 +43,9 @@ class IdentifyWidget(JobWidget):
 
     Private sub-widgets (tests drive them): ``_image_layer``, ``_planes``, ``_model``,
     ``_model_file``, ``_use_optics``, ``_na``, ``_wavelength``, ``_pixel_size``,
-    ``_fc_label``, ``_device``, ``_augment``, ``_tile_px``, ``_run_button``, ``_progress``,
-    ``_status``, ``_table``, ``_summary``, ``_export_path``, ``_export_button``.
+    ``_fc_label``, ``_device``, ``_augment``, ``_tile_px``, ``_kernel_grid`` (shown for
+    space-varying models), ``_run_button``, ``_progress``, ``_status``, ``_table``,
+    ``_summary``, ``_export_path``, ``_export_button``.
     """
 
     action = "Identify blur"
@@ -93,6 +94,16 @@ class IdentifyWidget(JobWidget):
             tooltip="Images larger than this are identified tile by tile, which also gives "
             "a map of local PSFs across the field.",
         )
+        self._kernel_grid = SpinBox(
+            label="Kernel map grid",
+            value=logic.KERNEL_MAP_GRID,
+            min=1,
+            max=15,
+            step=1,
+            visible=False,
+            tooltip="Space-varying models: the kernel map shows the local PSF at the centres "
+            "of this many × this many cells over the image.",
+        )
         self._table = Table(label="", value=[], visible=False)
         self._table.read_only = True
         self._summary = Label(label="", value="", visible=False)
@@ -115,6 +126,7 @@ class IdentifyWidget(JobWidget):
                 self._device,
                 self._augment,
                 self._tile_px,
+                self._kernel_grid,
             ],
         )
         export = Container(labels=True, widgets=[self._export_path])
@@ -132,7 +144,14 @@ class IdentifyWidget(JobWidget):
         )
         self._result_layer = None
         self._image_layer.changed.connect(self._on_layer_changed)
-        for w in (self._use_optics, self._na, self._wavelength, self._pixel_size, self._model):
+        for w in (
+            self._use_optics,
+            self._na,
+            self._wavelength,
+            self._pixel_size,
+            self._model,
+            self._model_file,
+        ):
             w.changed.connect(self._update_fc)
         self._use_optics.changed.connect(self._on_use_optics)
         self._export_button.changed.connect(self._on_export_clicked)
@@ -141,6 +160,14 @@ class IdentifyWidget(JobWidget):
         self._on_layer_changed(self._image_layer.value)
 
     # -- controls → request ---------------------------------------------------------------
+    def _image_layer_choices(self, _widget=None) -> list:
+        """Image (and Labels, refused when run) layers, but not the maps we draw."""
+        return [
+            layer
+            for layer in super()._image_layer_choices()
+            if not logic.is_auxiliary_layer(layer.metadata)
+        ]
+
     def _on_layer_changed(self, layer: Any) -> None:
         """Prefill the optics from the layer's metadata and scale/units; offer the choice of
         planes for stacks only."""
@@ -179,10 +206,12 @@ class IdentifyWidget(JobWidget):
         try:
             from ..models import load_model
 
-            model_fc = load_model(self._model_value(), device="cpu").fc
+            model = load_model(self._model_value(), device="cpu")
+            model_fc, field = model.fc, logic.is_field_model(model)
         except Exception:  # noqa: BLE001 - shown when Identify runs
-            model_fc = 0.2
+            model_fc, field = 0.2, False
         self._fc_label.value = logic.fc_text(self._optics(), model_fc)
+        self._kernel_grid.visible = field
 
     def _prepare(self):
         layer = self._image_layer.value
@@ -203,6 +232,7 @@ class IdentifyWidget(JobWidget):
             geometry=logic.layer_geometry(
                 layer.scale, layer.translate, getattr(layer, "units", None)
             ),
+            kernel_grid=int(self._kernel_grid.value),
         )
         return logic.iter_identify_layers(request)
 
@@ -220,10 +250,20 @@ class IdentifyWidget(JobWidget):
             )
         tiles = len(result.estimate.tiles)
         planes = added[0].metadata.get("planes") or []
+        kinds = [layer.metadata.get("deepblur_layer") for layer in added]
+        maps = kinds.count("weight map")
+        if "kernel map" in kinds:
+            grid = added[kinds.index("kernel map")].metadata["grid"]
+            extra = (
+                f" (the PSF at the image centre), a kernel map of {grid[0]}×{grid[1]} local "
+                f"PSFs and {maps} PSF weight maps (hidden; tick their eye to show them)."
+            )
+        else:
+            extra = f" and a map of {tiles} local PSFs." if tiles else "."
         self._status.value = (
             f"Added '{added[0].name}'"
             + (f" (median of {len(planes)} planes)" if len(planes) > 1 else "")
-            + (f" and a map of {tiles} local PSFs." if tiles else ".")
+            + extra
         )
 
     def show_estimate(self, metadata: dict) -> None:
@@ -240,8 +280,8 @@ class IdentifyWidget(JobWidget):
                 ]
                 for r in rows
             ],
-            "columns": list(TABLE_COLUMNS),
-            "index": [f"Z{r['noll']}" for r in rows],
+            "columns": list(logic.coefficient_columns(estimate)),
+            "index": [r["label"] for r in rows],
         }
         table = self._table.native
         table.verticalHeader().setVisible(False)
@@ -249,7 +289,7 @@ class IdentifyWidget(JobWidget):
         rows_px = sum(table.rowHeight(i) for i in range(len(rows)))
         table.setFixedHeight(rows_px + table.horizontalHeader().height() + 4)
         self._table.visible = bool(rows)
-        self._summary.value = logic.summary_text(estimate)
+        self._summary.value = logic.summary_text(estimate, metadata.get("field_summary"))
         self._summary.visible = True
 
     # -- export -------------------------------------------------------------------------------
