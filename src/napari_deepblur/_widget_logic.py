@@ -321,8 +321,15 @@ def psf_metadata(estimate, source: str = "") -> dict:
         "fc": float(estimate.fc),
         "noll_indices": [int(j) for j in estimate.noll_indices],
         "names": names,
-        "coefficients_waves_rms": d["coefficients"],
-        "uncertainty_waves_rms": d.get("uncertainty"),
+        # γ of a space-varying estimate has no unit: it is not stored as Zernike waves
+        **(
+            {"gamma": d["coefficients"]}
+            if estimate.field is not None
+            else {
+                "coefficients_waves_rms": d["coefficients"],
+                "uncertainty_waves_rms": d.get("uncertainty"),
+            }
+        ),
         "noise": d.get("noise") or {},
         "model": estimate.model,
         "estimate": d,
@@ -837,11 +844,6 @@ def iter_identify_layers(request: IdentifyRequest) -> Generator[Any, None, Ident
         **request.optics.kwargs(),
     }
     shape = tuple(np.shape(request.data))
-    if request.stack_mode == "median" and len(shape) > 2 and is_field_model(model):
-        raise UserError(
-            "the median over all planes is not available for a space-varying model; "
-            "choose 'current plane'"
-        )
     if request.stack_mode == "median" and len(shape) > 2:
         planes = plane_indices(shape)
         # every plane (max_planes: no subsampling); the loop and cancel points are the pipeline's

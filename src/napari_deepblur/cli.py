@@ -402,14 +402,15 @@ def _run_identify(args: argparse.Namespace) -> int:
             "model": first.model,
             "image": str(args.image),
         }
+        key = "gamma" if first.field is not None else "coefficients_waves_rms"
+        if first.field is not None:  # the whole field, so that deblur --psf can use it
+            metadata["estimate"] = first.to_dict()
         if len(estimates) == 1:
-            metadata.update(
-                coefficients_waves_rms=first.coefficients,
-                noise=first.noise,
-                uncertainty_waves_rms=first.uncertainty,
-            )
+            metadata.update({key: first.coefficients}, noise=first.noise)
+            if first.field is None:
+                metadata["uncertainty_waves_rms"] = first.uncertainty
         else:
-            metadata["coefficients_waves_rms"] = [e.coefficients for e in estimates]
+            metadata[key] = [e.coefficients for e in estimates]
         tif, sidecar = io.write_psf(psf_out, psf, metadata=metadata, overwrite=args.overwrite)
         print(f"wrote {tif} and {sidecar}")
     return 0
@@ -506,6 +507,8 @@ def _estimate_from_psf(path, args):
     if not psf.sum() > 0:
         raise ValueError(f"the PSF {path} has no positive sum")
     psf = psf / psf.sum()
+    if isinstance(meta.get("estimate"), dict) and meta["estimate"].get("field"):
+        return BlurEstimate.from_dict(meta["estimate"], psf=psf.astype(np.float32))
     fc = meta.get("fc")
     if (
         fc is None

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Generator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -963,7 +963,14 @@ def combine_estimates(estimates: list[BlurEstimate], model=None) -> BlurEstimate
         spread = torch.maximum(spread, torch.stack(reported).mean(0))
     first = estimates[0]
     coefficients = gamma.numpy().astype(np.float32)
-    psf = zernike_psf(torch.as_tensor(coefficients), first.fc, 31, first.noll_indices).numpy()
+    field_estimate = None
+    if first.field is not None:  # the same field, with the median γ
+        field_estimate = replace(first.field, gamma=coefficients)
+        h, w = field_estimate.shape
+        centre = field_estimate.psf_at((h - 1) / 2, (w - 1) / 2)
+        psf = resample_psf(centre, field_estimate.fc / first.fc)
+    else:
+        psf = zernike_psf(torch.as_tensor(coefficients), first.fc, 31, first.noll_indices).numpy()
     noise = {
         k: float(np.median([e.noise.get(k, 0.0) for e in estimates])) for k in ("alpha", "beta")
     }
@@ -978,6 +985,7 @@ def combine_estimates(estimates: list[BlurEstimate], model=None) -> BlurEstimate
         first.optics,
         spread.numpy().astype(np.float32),
         [],
+        field_estimate,
     )
 
 

@@ -120,14 +120,15 @@ def test_field_layers_headless(tiny_field_model, small_sample):
     assert "Space-varying" in text and "across the field" in text and "Strehl" not in text
     np.testing.assert_array_equal(image, before)
 
-    # the median over the planes of a stack would lose the field: refused with a sentence
-    stack = np.stack([image, image[::-1]])
-    with pytest.raises(logic.UserError, match="current plane"):
-        logic.identify_layers(
-            logic.IdentifyRequest(
-                stack, "s", model=str(tiny_field_model.path), stack_mode="median", device="cpu"
-            )
+    # the median over the planes of a stack keeps the field (median γ)
+    stack = np.stack([image, image[::-1], image[:, ::-1]])
+    median = logic.identify_layers(
+        logic.IdentifyRequest(
+            stack, "s", model=str(tiny_field_model.path), stack_mode="median", device="cpu"
         )
+    )
+    assert median.estimate.field is not None
+    assert median.estimate.psf_at(3, 3).shape == median.estimate.psf.shape
 
 
 def test_no_field_layers_for_zernike(small_sample):
