@@ -145,3 +145,24 @@ def test_fig10_benchmark_runs_and_reports_every_position(tiny_field_model):
     assert "PSF SNR r=0.75" in format_fig10(result)
     with pytest.raises(ValueError, match="not a space-varying"):
         run_fig10("zernike-default", n=1)
+
+
+def test_cli_identify_then_deblur_with_the_exported_field(tiny_field_model, tmp_path):
+    from napari_deepblur import io
+    from napari_deepblur.cli import main
+
+    family = tiny_field_model.family
+    _, y = _blurred(family, family.parameter_bank[2], size=128)
+    image = tmp_path / "img.tif"
+    io.write_image(image, y)
+    model = str(tiny_field_model.path)
+    psf = tmp_path / "est.psf.tif"
+    assert main(["identify", str(image), "--model", model, "--psf-out", str(psf), "--quiet"]) == 0
+    _, meta = io.read_psf(psf)
+    assert "gamma" in meta and "coefficients_waves_rms" not in meta
+    assert meta["estimate"]["field"]["shape"] == [128, 128]
+    out = tmp_path / "out.tif"
+    args = ["deblur", str(image), "-o", str(out), "--psf", str(psf), "--model", model, "--quiet"]
+    assert main(args) == 0
+    restored = io.read_image(out).data
+    assert restored.shape == y.shape and np.isfinite(restored).all()

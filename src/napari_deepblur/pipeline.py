@@ -294,6 +294,16 @@ def _blend_window(shape, overlap: int) -> np.ndarray:
 
 
 # -- identify ---------------------------------------------------------------------------------
+def _identify_tiles(length: int, tile_px: int) -> list[tuple[int, int]]:
+    """Identification tiles along one axis: as few as cover it, all of one (balanced) size,
+    so no tile is mostly a copy of its neighbour (the network reads windows inside each
+    tile: tiles need no overlap)."""
+    count = -(-length // tile_px)
+    size = -(-length // count)
+    starts = tile_starts(length, size, 0) if count > 1 else [0]
+    return [(start, start + size) for start in starts]
+
+
 def iter_identify(
     image,
     model=None,
@@ -331,14 +341,14 @@ def iter_identify(
     if isinstance(model.family, ProductConvolution):
         return (yield from _iter_identify_field(model, raw, y, zoom, fc_img, optics, augment,
                                                 tile_px))  # fmt: skip
-    rows, cols = (tile_starts(n, tile_px, TILE_OVERLAP_PX) for n in y.shape)
+    rows, cols = (_identify_tiles(n, tile_px) for n in y.shape)
     total = len(rows) * len(cols)
     estimates, tiles = [], []
     dev = model.device
     yield Progress(0, total, f"identifying {total} tile(s)")  # a first chance to cancel
     with torch.no_grad():
-        for i, (top, left) in enumerate((t, l) for t in rows for l in cols):
-            tile = torch.from_numpy(y[top : top + tile_px, left : left + tile_px]).to(dev)
+        for i, ((top, bottom), (left, right)) in enumerate((r, c) for r in rows for c in cols):
+            tile = torch.from_numpy(y[top:bottom, left:right]).to(dev)
             gamma, spread = identify_in_windows(model, tile, augment)
             estimates.append((gamma, spread))
             h, w = tile.shape
@@ -405,13 +415,13 @@ def _iter_identify_field(
     (:mod:`napari_deepblur.field_estimation`)."""
     family = model.family
     reader = family.identification_family()
-    rows, cols = (tile_starts(n, tile_px, TILE_OVERLAP_PX) for n in y.shape)
+    rows, cols = (_identify_tiles(n, tile_px) for n in y.shape)
     total = len(rows) * len(cols)
     readings = []
     yield Progress(0, total, f"identifying {total} tile(s)")
     with torch.no_grad():
-        for i, (top, left) in enumerate((t, l) for t in rows for l in cols):
-            tile = torch.from_numpy(y[top : top + tile_px, left : left + tile_px])
+        for i, ((top, bottom), (left, right)) in enumerate((r, c) for r in rows for c in cols):
+            tile = torch.from_numpy(y[top:bottom, left:right])
             readings.append(read_windows(model, tile, reader, augment, (top, left), y.shape))
             yield Progress(i + 1, total, f"identified tile {i + 1} of {total}")
     gamma = fit_field(family, reader, readings)
