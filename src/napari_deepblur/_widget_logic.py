@@ -425,7 +425,10 @@ def coefficient_rows(estimate: Mapping) -> list[dict]:
     For a space-varying estimate, one row per parameter ``γ[i, j]`` (no unit; ``noll`` is
     None): ``label`` is its name (``e1·f2``: eigen-PSF 1 weighted by spatial map 2),
     ``aberration`` says it in words, and the full bar is the largest ``|γ|``."""
-    coefficients = estimate.get("coefficients", estimate.get("coefficients_waves_rms")) or []
+    coefficients = (
+        estimate.get("coefficients", estimate.get("coefficients_waves_rms", estimate.get("gamma")))
+        or []
+    )
     noll = estimate.get("noll_indices") or []
     names = estimate.get("names") or _names(noll)
     uncertainty = estimate.get("uncertainty", estimate.get("uncertainty_waves_rms"))

@@ -181,7 +181,7 @@ def test_psf_map_layer_data(small_sample):
     data, _ = small_sample
     result = logic.identify_layers(
         logic.IdentifyRequest(
-            np.tile(data, (2, 2)), "big", device="cpu", augment=False, tile_px=128
+            np.tile(data, (3, 3)), "big", device="cpu", augment=False, tile_px=128
         )
     )
     psf, psf_map = result.layers
@@ -190,7 +190,7 @@ def test_psf_map_layer_data(small_sample):
     assert kwargs["metadata"]["grid"] == [3, 3] and kwargs["blending"] == "additive"
     # the centre cell's centre lies over the image centre
     centre = np.asarray(kwargs["translate"]) + 46 * np.asarray(kwargs["scale"])
-    np.testing.assert_allclose(centre, (127.5, 127.5), atol=1.0)
+    np.testing.assert_allclose(centre, (191.5, 191.5), atol=1.0)
 
 
 def test_writer_reader_roundtrip(tmp_path, small_sample):

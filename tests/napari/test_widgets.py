@@ -79,11 +79,11 @@ def test_identify_large_image_adds_psf_map(make_napari_viewer, small_sample, qtb
 
     viewer = make_napari_viewer()
     data, kwargs = small_sample
-    layer = viewer.add_image(np.tile(data, (2, 2)), **kwargs)  # 256×256
+    layer = viewer.add_image(np.tile(data, (3, 3)), **kwargs)  # 384×384
     widget = IdentifyWidget(viewer)
     widget._device.value = "cpu"
     widget._augment.value = False
-    widget._tile_px.value = 128  # tiles of 128 px → a 3×3 map
+    widget._tile_px.value = 128  # balanced tiles of 128 px → a 3×3 map
     _run(qtbot, widget)
     assert notes["error"] == []
     psf_map = viewer.layers[f"{layer.name} PSF map"]
@@ -91,7 +91,7 @@ def test_identify_large_image_adds_psf_map(make_napari_viewer, small_sample, qtb
     assert len(psf_map.metadata["tiles"]) == 9
     # the map lies over the image
     lo, hi = psf_map.extent.world
-    assert lo[0] < 74 * 64 < hi[0] and hi[1] <= 74 * 256 + 74 * 31
+    assert lo[0] < 74 * 64 < hi[0] and hi[1] <= 74 * 384 + 74 * 31
 
 
 def test_identify_current_plane_of_stack(make_napari_viewer, small_sample, qtbot, notes):
