@@ -89,14 +89,14 @@ def run_demo(
     model = pipeline._model(model, device)  # a name, a path or a model; default: shipped
 
     t0 = time.perf_counter()
-    estimate = yield_to(
+    estimate = pipeline.run(
         pipeline.iter_identify(sample["image"], model, device=device, **optics_kwargs),
         lambda p: report(pipeline.Progress(0, 2, f"identify: {p.message}")),
     )
     report(pipeline.Progress(1, 2, "identified"))
     seconds["identify"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    restored = yield_to(
+    restored = pipeline.run(
         pipeline.iter_deblur(sample["image"], estimate, model, device=device, **optics_kwargs),
         lambda p: report(pipeline.Progress(1, 2, f"deblur: {p.message}")),
     )
@@ -181,15 +181,6 @@ def run_demo(
         "seconds": seconds,
         "device": str(model.device),
     }
-
-
-def yield_to(generator, report: Callable):
-    """Run a pipeline generator, passing each progress step to ``report``; its result."""
-    while True:
-        try:
-            report(next(generator))
-        except StopIteration as stop:
-            return stop.value
 
 
 def write_figure(path, raw, restored, true_psf, estimated_psf, metrics: dict) -> Path:

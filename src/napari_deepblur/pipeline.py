@@ -1117,10 +1117,13 @@ class _PlaneView:
         self.array[self.index + key] = value
 
 
-def run(generator: Generator):
-    """Run a pipeline generator to the end and return its result."""
+def run(generator: Generator, progress=None):
+    """Run a pipeline generator to the end and return its result; ``progress``, when given,
+    is called with every item it yields (e.g. each :class:`Progress`)."""
     while True:
         try:
-            next(generator)
+            step = next(generator)
         except StopIteration as stop:
             return stop.value
+        if progress is not None:
+            progress(step)

@@ -197,13 +197,7 @@ def run_fig10(*args, progress=None, **kwargs) -> dict:
     called with each :class:`Progress`. The result holds ``results[level][row][metric] =
     {"mean", "std", "n"}`` with metrics ``ssim``, ``seconds`` and ``psf_snr_db <where>``."""
     generator = iter_fig10(*args, **kwargs)
-    if progress is None:
-        return run(generator)
-    while True:
-        try:
-            progress(next(generator))
-        except StopIteration as stop:
-            return stop.value
+    return run(generator, progress)
 
 
 def format_fig10(result: dict) -> str:

@@ -298,13 +298,7 @@ def run_table1(
     (name, path, sha256), ``machine``, ``date`` and ``seconds_per_image``.
     """
     generator = iter_table1(model, images, n, seed, size, levels, rows, device, rl_validation)
-    if progress is None:
-        return run(generator)
-    while True:
-        try:
-            progress(next(generator))
-        except StopIteration as stop:
-            return stop.value
+    return run(generator, progress)
 
 
 def _cell(stats: dict) -> str:
