@@ -166,3 +166,27 @@ def test_cli_identify_then_deblur_with_the_exported_field(tiny_field_model, tmp_
     assert main(args) == 0
     restored = io.read_image(out).data
     assert restored.shape == y.shape and np.isfinite(restored).all()
+
+
+def test_fit_field_takes_tiles_seen_in_different_numbers_of_copies(reader_model):
+    """Tiles with more windows see each in fewer flipped copies: the readings of one image
+    then have different copy counts, and the fit takes them all."""
+    from napari_deepblur.field_estimation import WindowReadings, fit_field
+
+    family = reader_model.family
+    reader = family.identification_family()
+    gamma = torch.zeros(7)
+    gamma[0] = 0.1
+    a = WindowReadings(
+        gamma.expand(4, 3, 7).clone(), torch.tensor([[0.2, 0.2], [0.2, 0.5], [0.2, 0.8]])
+    )
+    b = WindowReadings(gamma.expand(1, 2, 7).clone(), torch.tensor([[0.8, 0.3], [0.8, 0.7]]))
+    fitted = fit_field(family, reader, [a, b])
+    expected = family.project(reader.psf(gamma)[None].expand(81, -1, -1), _lattice())
+    assert torch.allclose(fitted, expected, atol=1e-3 * float(expected.abs().max()))
+
+
+def _lattice():
+    from napari_deepblur.optics.field import grid_positions
+
+    return grid_positions(9).float()

@@ -36,6 +36,8 @@ SHIPPED = ROOT / "src" / "napari_deepblur" / "data" / "bpae_actin_400.tif"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--model", default="field-default", help="the space-varying model")
+    parser.add_argument("--level", default="L1", help="noise level of table1 (L0, L1, …)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "images" / "field_kernel_maps.png"))
     args = parser.parse_args()
     import tifffile
@@ -43,14 +45,14 @@ def main() -> None:
     path = SHARED if SHARED.exists() else SHIPPED
     x = tifffile.imread(path).astype(np.float32)
     x = (x - x.min()) / (x.max() - x.min())
-    field_model = ndb.load_model("field-default")
+    field_model = ndb.load_model(args.model)
     single_model = ndb.load_model("zernike-default")
     family = field_model.family
     rng = np.random.default_rng([10_000 + args.seed, 0])
     field = FieldAberrations.random(rng, BASE_SCALE, FIELD_SCALE)
     gamma = member_of(family, field, field_model.fc)
     clean = family.forward(torch.from_numpy(x)[None], gamma[None])[0]
-    alpha, beta = LEVELS["L1"]
+    alpha, beta = LEVELS[args.level]
     noise = torch.Generator().manual_seed(args.seed)
     y = add_poisson_gaussian(clean, alpha, beta, noise).numpy()
 
@@ -58,7 +60,7 @@ def main() -> None:
     positions = cell_centres(y.shape, 5)
     true_psfs = truth.psfs_at(positions[:, 0], positions[:, 1])
     rows = {}
-    for name, model in (("field-default", field_model), ("one PSF (zernike-default)", single_model)):
+    for name, model in ((args.model, field_model), ("one PSF (zernike-default)", single_model)):
         start = time.perf_counter()
         est = ndb.identify(y, model=model)
         restored = ndb.deblur(y, est, model=model)
@@ -70,7 +72,7 @@ def main() -> None:
             "ssim": ssim(restored, x),
             "seconds": seconds,
         }
-    print(f"image {path.name} {y.shape}, field seed {args.seed}, noise L1; SSIM blurred "
+    print(f"image {path.name} {y.shape}, field seed {args.seed}, noise {args.level}; SSIM blurred "
           f"{ssim(y, x):.3f}")  # fmt: skip
     for name, r in rows.items():
         print(

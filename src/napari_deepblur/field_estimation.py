@@ -57,26 +57,37 @@ def read_windows(model, tile: torch.Tensor, reader, augment: bool, origin, shape
 
 
 def fit_field(family: ProductConvolution, reader, readings: list[WindowReadings]) -> torch.Tensor:
-    """γ ``(K,)`` of the family from the readings of all tiles of one image."""
-    copies = torch.cat([r.copies for r in readings], dim=1)  # (C, N, K)
+    """γ ``(K,)`` of the family from the readings of all tiles of one image (tiles may see
+    their windows in different numbers of copies)."""
     positions = torch.cat([r.positions for r in readings])
-    overall, _ = robust_combine(copies.reshape(-1, copies.shape[-1]), reader)
+    everything = torch.cat([r.copies.reshape(-1, r.copies.shape[-1]) for r in readings])
+    overall, _ = robust_combine(everything, reader)
     if isinstance(reader, ZernikeConvolution):
-        return _fit_coefficient_field(family, reader, copies, positions, overall)
+        return _fit_coefficient_field(family, reader, readings, positions, overall)
     if isinstance(reader, EigenPSFConvolution):
-        per_window = family.normalised_weights(copies.median(0).values)
+        per_window = family.normalised_weights(
+            torch.cat([r.copies.median(0).values for r in readings])
+        )
         return _fit_weights(family, per_window, positions, family.normalised_weights(overall))
     raise ValueError(f"cannot fit a field to readings of a {type(reader).__name__}")
 
 
-def _fit_coefficient_field(family, reader, copies, positions, overall) -> torch.Tensor:
+def _fit_coefficient_field(family, reader, readings, positions, overall) -> torch.Tensor:
     per_window = torch.stack(
-        [robust_combine(copies[:, n], reader)[0] for n in range(copies.shape[1])]
+        [
+            robust_combine(r.copies[:, n], reader)[0]
+            for r in readings
+            for n in range(r.copies.shape[1])
+        ]
     )
     per_window = align_signs(per_window, reader, overall)  # (N, K) one sign convention
     design = legendre_maps(positions.double(), COEFFICIENT_FIELD_DEGREE)  # (N, P)
-    spread = copies.std(0).mean(0).double() if len(copies) > 1 else None  # (K,)
-    noise = spread**2 if spread is not None else torch.full((reader.num_parameters,), 1e-3)
+    spreads = [r.copies.std(0).mean(0) for r in readings if len(r.copies) > 1]
+    noise = (
+        torch.stack(spreads).mean(0).double() ** 2
+        if spreads
+        else torch.full((reader.num_parameters,), 1e-3, dtype=torch.float64)
+    )
     # ridge on the field terms (not the constant): noise / prior variance, per coefficient
     shrink = (noise / FIELD_TERM_SCALE**2).clamp_min(1e-6)
     target = per_window.double() - overall.double()  # departures from one PSF
