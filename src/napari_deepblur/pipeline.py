@@ -861,18 +861,14 @@ def deblur_dask(
     subsample and a central crop for large ones: :func:`deblur_setup`), so that all blocks
     are normalised alike; each block is then tiled like :func:`deblur`.
     ``estimate`` is required (identify a representative crop first, e.g. with
-    :func:`identify` on ``array[:2048, :2048]``).
+    :func:`identify` on ``array[:2048, :2048]``); a space-varying estimate must be of the
+    whole array (each block is deblurred with the operator of its own region).
     """
     import dask.array as da
 
     model = _model(model, device)
     if model.deblurring is None:
         raise ValueError(f"the model {model.name!r} has no deblurring network")
-    if estimate.field is not None:
-        raise ValueError(
-            "deblur_dask does not take space-varying estimates yet: use iter_deblur_into "
-            "(bounded memory, tile by tile) for them"
-        )
     array = da.asarray(array)
     if array.ndim != 2:
         raise ValueError(f"expected a 2D array (Y, X), got shape {array.shape}")
@@ -885,15 +881,22 @@ def deblur_dask(
     # a path is light to ship to dask workers, which load (and cache) the model themselves
     ref = str(model.path) if model.path is not None else model
 
-    def block(x: np.ndarray) -> np.ndarray:
+    array = array.rechunk(chunk_px)
+    chunk_starts = [np.cumsum((0, *c[:-1])) for c in array.chunks]
+
+    def block(x: np.ndarray, block_info=None) -> np.ndarray:
+        # where the block (with its margins) starts in the image: for space-varying estimates
+        i, j = block_info[0]["chunk-location"]
+        origin = (
+            int(chunk_starts[0][i]) - (depth if i else 0),
+            int(chunk_starts[1][j]) - (depth if j else 0),
+        )
         local = _model(ref, device)
         result = np.empty(x.shape, np.float32)
-        run(_iter_tiles(x, result, setup, estimate, local, tile_px))
+        run(_iter_tiles(x, result, setup, estimate, local, tile_px, origin))
         return result
 
-    return array.rechunk(chunk_px).map_overlap(
-        block, depth=depth, boundary="none", dtype=np.float32, trim=True
-    )
+    return array.map_overlap(block, depth=depth, boundary="none", dtype=np.float32, trim=True)
 
 
 # -- stacks: Z, T, C planes -------------------------------------------------------------------
