@@ -36,7 +36,16 @@ from ..optics import ProductConvolution, add_poisson_gaussian
 from ..optics.field import FieldAberrations, grid_positions
 from ..pipeline import Progress, deblur, identify, run
 from .metrics import psf_snr_db, ssim
-from .table1 import LEVELS, _as_images, _generator, _summary, machine_info, model_info, now_utc
+from .table1 import (
+    LEVELS,
+    _as_images,
+    _generator,
+    add_scores,
+    machine_info,
+    model_info,
+    now_utc,
+    summarise,
+)
 
 #: Field positions (y = x = t, fractions of the field) and their field radius r.
 POSITIONS = {"r=0": 0.5, "r=0.25": 0.375, "r=0.5": 0.25, "r=0.75": 0.125}
@@ -156,15 +165,11 @@ def iter_fig10(
             pair = draw_pair(images, model.family, fc, i, level, seed, field_scale)
             if level == levels[0]:
                 drawn.append({"image": pair["image"], "gamma": pair["gamma"].tolist()})
-            for row, metrics in _evaluate(pair, model, baseline, rows, model.device, fc).items():
-                for metric, value in metrics.items():
-                    per_row[row].setdefault(metric, []).append(float(value))
+            add_scores(per_row, _evaluate(pair, model, baseline, rows, model.device, fc))
             done += 1
             yield Progress(done, total, f"{level}: pair {i + 1} of {n}")
         values[level] = per_row
-        results[level] = {
-            row: {m: _summary(v) for m, v in metrics.items()} for row, metrics in per_row.items()
-        }
+        results[level] = summarise(per_row)
     return {
         "protocol": "fig10",
         "parameters": {

@@ -148,6 +148,18 @@ def _tune_rl(images, level, seed, count, model, airy, device) -> tuple[dict, dic
     return {"estimated": best_est, "airy": best_airy}, {"estimated": curve_est, "airy": curve_airy}
 
 
+def add_scores(per_row: dict, scores: dict) -> None:
+    """Append one pair's ``{row: {metric: value}}`` to the lists of ``per_row``."""
+    for row, metrics in scores.items():
+        for metric, value in metrics.items():
+            per_row.setdefault(row, {}).setdefault(metric, []).append(float(value))
+
+
+def summarise(per_row: dict) -> dict:
+    """``{row: {metric: {"mean", "std", "n"}}}`` of the per-pair lists."""
+    return {row: {m: _summary(v) for m, v in metrics.items()} for row, metrics in per_row.items()}
+
+
 def _summary(values: list[float]) -> dict:
     v = np.asarray(values, np.float64)
     return {"mean": float(v.mean()), "std": float(v.std()), "n": int(v.size)}
@@ -202,16 +214,11 @@ def iter_table1(
             pair = draw_pair(images, i, level, seed)
             if level == levels[0]:  # γ and image are the same at every level
                 drawn.append({"image": pair["image"], "gamma": pair["gamma"].tolist()})
-            scores = _evaluate(pair, model, rows, rl_iterations.get(level), airy, dev)
-            for row, metrics in scores.items():
-                for metric, value in metrics.items():
-                    per_row[row].setdefault(metric, []).append(float(value))
+            add_scores(per_row, _evaluate(pair, model, rows, rl_iterations.get(level), airy, dev))
             done += 1
             yield Progress(done, total, f"{level}: pair {i + 1} of {n}")
         values[level] = per_row
-        results[level] = {
-            row: {m: _summary(v) for m, v in metrics.items()} for row, metrics in per_row.items()
-        }
+        results[level] = summarise(per_row)
     elapsed = time.perf_counter() - start
     ours = [values[lv].get(OURS, {}) for lv in levels]
     seconds = {
