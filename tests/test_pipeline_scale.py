@@ -195,3 +195,17 @@ def test_device_helpers():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA"):
             devices.resolve_device("cuda")
+
+
+def test_zarr_in_and_out_match_deblur(model, sample, estimate, tmp_path):
+    """A chunked zarr array on disk is read tile by tile and written band by band."""
+    zarr = pytest.importorskip("zarr")
+    image = (1000 + 4000 * _mosaic(sample, (200, 216))).astype(np.float32)  # camera counts
+    source = zarr.create_array(tmp_path / "in.zarr", shape=image.shape, chunks=(64, 64), dtype="f4")
+    source[:] = image
+    out = zarr.create_array(tmp_path / "out.zarr", shape=image.shape, chunks=(64, 64), dtype="u2")
+    pipeline.run(pipeline.iter_deblur_into(source, out, estimate, model, device="cpu", tile_px=128))
+    expected = pipeline.deblur(image, estimate, model, device="cpu", tile_px=128)
+    expected = np.clip(np.rint(expected), 0, 65535).astype(np.uint16)
+    assert expected.max() > 1000
+    assert np.abs(out[:].astype(np.int32) - expected.astype(np.int32)).max() <= 1
