@@ -111,6 +111,35 @@ def main() -> int:
     viewer.reset_view()
     shoot(viewer, "06-psf-map.png")
 
+    # 7. Calibrate from beads (the confocal bead plane shipped with the tests)
+    viewer.layers.clear()
+    viewer.window.remove_dock_widget("all")
+    beads_path = Path(__file__).resolve().parents[1] / "tests" / "data" / "beads_confocal_plane.tif"
+    [beads] = viewer.open(str(beads_path))
+    _, calibrate = viewer.window.add_plugin_dock_widget("napari-deepblur", "Calibrate from beads")
+    calibrate._image_layer.value = beads
+    calibrate._pixel_size.value = 22.0
+    calibrate._num_psfs.value = 1
+    calibrate._map_degree.value = 0
+    calibrate.run()
+    wait(calibrate)
+    viewer.reset_view()
+    shoot(viewer, "07-calibrate-beads.png")
+
+    # 8. Space-varying blur: the field-default model's kernel map on the real actin sample
+    viewer.layers.clear()
+    viewer.window.remove_dock_widget("all")
+    [actin] = viewer.open_sample("napari-deepblur", "blurred_actin")
+    _, identify = viewer.window.add_plugin_dock_widget("napari-deepblur", "Identify blur")
+    identify._device.value = "cpu"
+    identify._image_layer.value = actin
+    identify._model.value = "field-default"
+    identify.run()
+    wait(identify)
+    viewer.layers[f"{actin.name} PSF"].visible = False
+    viewer.reset_view()
+    shoot(viewer, "08-kernel-map.png")
+
     viewer.close()
     return 0
 
