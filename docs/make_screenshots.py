@@ -53,6 +53,22 @@ def shoot(viewer, name: str) -> None:
     print(f"wrote {path}")
 
 
+def identify_actin(viewer, setting: str, value) -> None:
+    """A fresh viewer state: the real actin sample identified with one widget setting
+    changed (e.g. the tile size or the model); the PSF layer hidden."""
+    viewer.layers.clear()
+    viewer.window.remove_dock_widget("all")
+    [actin] = viewer.open_sample("napari-deepblur", "blurred_actin")
+    _, identify = viewer.window.add_plugin_dock_widget("napari-deepblur", "Identify blur")
+    identify._device.value = "cpu"
+    identify._image_layer.value = actin
+    getattr(identify, setting).value = value
+    identify.run()
+    wait(identify)
+    viewer.layers[f"{actin.name} PSF"].visible = False
+    viewer.reset_view()
+
+
 def main() -> int:
     IMAGES.mkdir(exist_ok=True)
     warnings.filterwarnings("ignore")  # no deprecation toasts over the canvas
@@ -98,17 +114,7 @@ def main() -> int:
     shoot(viewer, "05-export-and-reopen.png")
 
     # 6. A map of local PSFs across the field (the real-looking sample, 128 px tiles)
-    viewer.layers.clear()
-    viewer.window.remove_dock_widget("all")
-    [actin] = viewer.open_sample("napari-deepblur", "blurred_actin")
-    _, identify = viewer.window.add_plugin_dock_widget("napari-deepblur", "Identify blur")
-    identify._device.value = "cpu"
-    identify._image_layer.value = actin
-    identify._tile_px.value = 128
-    identify.run()
-    wait(identify)
-    viewer.layers[f"{actin.name} PSF"].visible = False
-    viewer.reset_view()
+    identify_actin(viewer, "_tile_px", 128)
     shoot(viewer, "06-psf-map.png")
 
     # 7. Calibrate from beads (the confocal bead plane shipped with the tests)
@@ -127,17 +133,7 @@ def main() -> int:
     shoot(viewer, "07-calibrate-beads.png")
 
     # 8. Space-varying blur: the field-default model's kernel map on the real actin sample
-    viewer.layers.clear()
-    viewer.window.remove_dock_widget("all")
-    [actin] = viewer.open_sample("napari-deepblur", "blurred_actin")
-    _, identify = viewer.window.add_plugin_dock_widget("napari-deepblur", "Identify blur")
-    identify._device.value = "cpu"
-    identify._image_layer.value = actin
-    identify._model.value = "field-default"
-    identify.run()
-    wait(identify)
-    viewer.layers[f"{actin.name} PSF"].visible = False
-    viewer.reset_view()
+    identify_actin(viewer, "_model", "field-default")
     shoot(viewer, "08-kernel-map.png")
 
     viewer.close()
