@@ -21,7 +21,7 @@ from .optics.families import ProductConvolution, ProductConvolutionOperator
 class FieldEstimate:
     """``eigen_psfs (I, k, k)`` sampled at ``fc`` cycles/pixel (the model's sampling),
     ``maps (J, Hm, Wm)``, ``gamma (I·J,)`` row-major ``γ[i, j]``, and ``shape`` ``(H, W)`` of
-    the image (pixels, at the model's sampling) the maps span."""
+    the image the maps span, in the image's own pixels."""
 
     eigen_psfs: np.ndarray
     maps: np.ndarray
@@ -57,9 +57,11 @@ class FieldEstimate:
         return torch.from_numpy(np.stack([y, x], axis=1)).float()
 
     def weights_at(self, y, x) -> np.ndarray:
-        """Eigen-PSF weights ``(S, I)`` at pixel positions ``y, x`` (scalars or arrays)."""
+        """Eigen-PSF weights ``(S, I)`` at pixel positions ``y, x`` (scalars or arrays),
+        normalised so that each local PSF sums to 1."""
         family = self.family()
-        return family.local_weights(torch.from_numpy(self.gamma), self._fractions(y, x)).numpy()
+        weights = family.local_weights(torch.from_numpy(self.gamma), self._fractions(y, x))
+        return family.normalised_weights(weights).numpy()
 
     def psf_at(self, y: float, x: float) -> np.ndarray:
         """The local PSF ``(k, k)`` at pixel ``(y, x)``, normalised to sum 1."""
@@ -68,14 +70,7 @@ class FieldEstimate:
     def psfs_at(self, y, x) -> np.ndarray:
         """Local PSFs ``(S, k, k)`` at pixel positions, each normalised to sum 1."""
         psfs = np.tensordot(self.weights_at(y, x), self.eigen_psfs, axes=(1, 0))
-        sums = psfs.sum((-2, -1), keepdims=True)
-        return (psfs / np.where(np.abs(sums) > 1e-12, sums, 1)).astype(np.float32)
-
-    def grid(self, count: int = 5) -> tuple[np.ndarray, np.ndarray]:
-        """Positions ``(count², 2)`` (pixel centres of a ``count × count`` grid of cells
-        over the image) and the local PSFs ``(count², k, k)`` there."""
-        positions = cell_centres(self.shape, count)
-        return positions, self.psfs_at(positions[:, 0], positions[:, 1])
+        return psfs.astype(np.float32)
 
     def multipliers(self, rows=None, cols=None, out_shape=None) -> torch.Tensor:
         """``m_i`` ``(I, h, w)`` over the image region ``rows × cols`` (pixel bounds,
@@ -89,9 +84,6 @@ class FieldEstimate:
         xs = np.linspace(cols[0], cols[1] - 1, out_shape[1])
         yy, xx = np.meshgrid(ys, xs, indexing="ij")
         weights = self.weights_at(yy.reshape(-1), xx.reshape(-1))  # (S, I)
-        sums = self.eigen_psfs.sum((-2, -1))
-        total = weights @ sums
-        weights = weights / np.where(np.abs(total) > 1e-6, total, 1)[:, None]
         return torch.from_numpy(weights.T.reshape(-1, *out_shape).astype(np.float32))
 
     def operator(

@@ -94,7 +94,7 @@ class BlurEstimate:
         from the field of a space-varying estimate, else :attr:`psf` (the same everywhere)."""
         if self.field is None:
             return self.psf
-        return resample_psf(self.field.psf_at(y, x), self.field.fc / self.fc)
+        return field_psf(self.field, self.fc, y, x)
 
     def psf_grid(self, count: int = 5, shape=None) -> tuple[np.ndarray, np.ndarray]:
         """Positions ``(count², 2)`` (pixels ``y, x`` of an image of ``shape``, centres of a
@@ -124,9 +124,7 @@ class BlurEstimate:
         noll = tuple(int(j) for j in d["noll_indices"])
         field_estimate = FieldEstimate.from_dict(d["field"]) if d.get("field") else None
         if psf is None and field_estimate is not None:
-            h, w = field_estimate.shape
-            centre = field_estimate.psf_at((h - 1) / 2, (w - 1) / 2)
-            psf = resample_psf(centre, field_estimate.fc / float(d["fc"]))
+            psf = field_psf(field_estimate, float(d["fc"]))
         elif psf is None:
             psf = zernike_psf(torch.as_tensor(coefficients), d["fc"], 31, noll).numpy()
         unc = d.get("uncertainty")
@@ -268,6 +266,15 @@ def resample_psf(psf: np.ndarray, zoom: float, size: int | None = None) -> np.nd
         yy, xx = np.meshgrid(t, t, indexing="ij")
         psf = np.clip(ndimage.map_coordinates(psf, [yy, xx], order=3, mode="constant"), 0, None)
     return (psf / psf.sum()).astype(np.float32)
+
+
+def field_psf(field_estimate: FieldEstimate, fc: float, y=None, x=None) -> np.ndarray:
+    """The local PSF of a field estimate at pixel ``(y, x)`` (default: the image centre),
+    sampled at ``fc`` cycles/pixel (the image's)."""
+    h, w = field_estimate.shape
+    y = (h - 1) / 2 if y is None else y
+    x = (w - 1) / 2 if x is None else x
+    return resample_psf(field_estimate.psf_at(y, x), field_estimate.fc / fc)
 
 
 # -- tiling -----------------------------------------------------------------------------------
@@ -426,9 +433,7 @@ def _iter_identify_field(
             yield Progress(i + 1, total, f"identified tile {i + 1} of {total}")
     gamma = fit_field(family, reader, readings)
     field_estimate = FieldEstimate.from_family(family, gamma, raw.shape, model.fc)
-    centre_psf = resample_psf(
-        field_estimate.psf_at((raw.shape[0] - 1) / 2, (raw.shape[1] - 1) / 2), model.fc / fc_img
-    )
+    centre_psf = field_psf(field_estimate, fc_img)
     names = [f"e{i + 1}·f{j + 1}" for i in range(family.num_psfs) for j in range(family.num_maps)]
     return BlurEstimate(
         gamma.numpy().astype(np.float32),
@@ -979,9 +984,7 @@ def combine_estimates(estimates: list[BlurEstimate], model=None) -> BlurEstimate
     field_estimate = None
     if first.field is not None:  # the same field, with the median γ
         field_estimate = replace(first.field, gamma=coefficients)
-        h, w = field_estimate.shape
-        centre = field_estimate.psf_at((h - 1) / 2, (w - 1) / 2)
-        psf = resample_psf(centre, field_estimate.fc / first.fc)
+        psf = field_psf(field_estimate, first.fc)
     else:
         psf = zernike_psf(torch.as_tensor(coefficients), first.fc, 31, first.noll_indices).numpy()
     noise = {

@@ -34,7 +34,7 @@ from ..fieldmap import FieldEstimate, cell_centres
 from ..models import DeepBlurModel, load_model
 from ..optics import ProductConvolution, add_poisson_gaussian
 from ..optics.field import FieldAberrations, grid_positions
-from ..pipeline import Progress, deblur, identify, run
+from ..pipeline import BlurEstimate, Progress, deblur, identify, run
 from .metrics import psf_snr_db, ssim
 from .table1 import (
     LEVELS,
@@ -121,8 +121,6 @@ def _evaluate(pair, model, baseline, rows, device, fc) -> dict:
             **_psf_scores(estimate, family, gamma, y.shape),
         }
     if ORACLE in rows:
-        from ..pipeline import BlurEstimate
-
         truth = FieldEstimate.from_family(family, gamma, y.shape, model.fc)
         centre = truth.psf_at((y.shape[0] - 1) / 2, (y.shape[1] - 1) / 2)
         oracle = BlurEstimate(gamma.numpy(), (), fc, centre, {}, field=truth)

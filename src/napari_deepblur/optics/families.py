@@ -447,7 +447,7 @@ class ProductConvolution(OperatorFamily):
         self.local_parameter_scale = float(weights.abs().max())
         return EigenPSFConvolution(
             self.eigen_psfs,
-            parameter_scale=float(weights.abs().max()),
+            parameter_scale=self.local_parameter_scale,
             boundary=self.boundary,
             parameter_bank=weights,
         )
@@ -476,9 +476,7 @@ class ProductConvolution(OperatorFamily):
         """γ ``(K,)`` whose multipliers are as close as the maps allow to the constant
         eigen-PSF weights ``weights (I,)`` over the whole field (least squares on a
         ``grid × grid`` lattice)."""
-        t = torch.linspace(0, 1, grid, dtype=torch.float64)
-        yy, xx = torch.meshgrid(t, t, indexing="ij")
-        f = self.maps_at_positions(torch.stack([yy.reshape(-1), xx.reshape(-1)], 1)).double()
+        f = self.maps_at_positions(grid_positions(grid)).double()
         ones = torch.ones(len(f), 1, dtype=torch.float64)
         c = torch.linalg.lstsq(f, ones).solution[:, 0]  # (J,): Σ_j c_j f_j ≈ 1
         return (weights.double()[:, None] * c[None, :]).reshape(-1).float()
@@ -487,8 +485,7 @@ class ProductConvolution(OperatorFamily):
         """γ ``(K,)`` of the family member closest to kernels ``(S, k, k)`` known at field
         positions ``(S, 2)``: their eigen-PSF weights, fitted by the maps (no prior)."""
         weights = self.weights_of(psfs.to(self.eigen_psfs.dtype))
-        no_prior = ProductConvolution(self.eigen_psfs, self.maps)
-        return no_prior.fit_parameters(weights, positions, 1e-10)
+        return self.fit_parameters(weights, positions, 1e-10, use_prior=False)
 
     def fit_parameters(
         self,
@@ -496,6 +493,7 @@ class ProductConvolution(OperatorFamily):
         positions: torch.Tensor,
         noise_variance: float | torch.Tensor = 1e-3,
         prior_mean: torch.Tensor | None = None,
+        use_prior: bool = True,
     ) -> torch.Tensor:
         """γ ``(K,)`` from local eigen-PSF weights ``(N, I)`` read at positions ``(N, 2)``.
 
@@ -505,7 +503,8 @@ class ProductConvolution(OperatorFamily):
         give a well-posed answer. ``noise_variance``: of the readings (scalar or ``(I,)``);
         ``prior_mean`` (``(K,)``) replaces the bank's mean as the prior's centre (e.g.
         :meth:`constant_parameters` of a whole-image estimate: the fit then departs from one
-        PSF for the whole field only as far as the readings support it).
+        PSF for the whole field only as far as the readings support it). ``use_prior=False``:
+        plain least squares.
         """
         weights = torch.as_tensor(weights, dtype=torch.float64)
         f = self.maps_at_positions(positions).double()  # (N, J)
@@ -515,8 +514,9 @@ class ProductConvolution(OperatorFamily):
         precision = (1 / variance.clamp_min(1e-12)).repeat(len(f))  # (N·I,)
         normal = design.T @ (precision[:, None] * design)
         rhs = design.T @ (precision * weights.reshape(-1))
-        if self.parameter_bank is not None and len(self.parameter_bank) > self.num_parameters:
-            bank = self.parameter_bank.double()
+        bank = self.parameter_bank
+        if use_prior and bank is not None and len(bank) > self.num_parameters:
+            bank = bank.double()
             mean = bank.mean(0) if prior_mean is None else prior_mean.double()
             covariance = torch.cov(bank.T) + 1e-8 * torch.eye(self.num_parameters).double()
             prior = torch.linalg.inv(covariance)
@@ -549,13 +549,7 @@ class ProductConvolution(OperatorFamily):
         design = legendre_maps(positions.to(torch.float64), map_degree)  # (S, J)
         gamma, *_ = torch.linalg.lstsq(design, weights)  # (J, I)
         gamma = gamma.T.contiguous()  # (I, J)
-        yy, xx = torch.meshgrid(
-            torch.linspace(0, 1, map_shape[0], dtype=torch.float64),
-            torch.linspace(0, 1, map_shape[1], dtype=torch.float64),
-            indexing="ij",
-        )
-        grid = torch.stack([yy.reshape(-1), xx.reshape(-1)], dim=1)
-        maps = legendre_maps(grid, map_degree).T.reshape(-1, *map_shape)
+        maps = legendre_maps(grid_positions(*map_shape), map_degree).T.reshape(-1, *map_shape)
         fitted = (design @ gamma.T) @ eigen_psfs.reshape(num_psfs, -1).to(torch.float64)
         rel = (flat - fitted).norm(dim=1) / flat.norm(dim=1)
         report = PCAReport(
@@ -582,6 +576,17 @@ class ProductConvolution(OperatorFamily):
 
     def tensors(self):
         return {"eigen_psfs": self.eigen_psfs, "maps": self.maps, **self._bank_tensors()}
+
+
+def grid_positions(rows: int, cols: int | None = None) -> torch.Tensor:
+    """``rows × cols`` (default square) positions ``(rows·cols, 2)`` evenly spaced over
+    [0, 1]², corners included, row-major (``y, x``), float64."""
+    yy, xx = torch.meshgrid(
+        torch.linspace(0, 1, rows, dtype=torch.float64),
+        torch.linspace(0, 1, cols or rows, dtype=torch.float64),
+        indexing="ij",
+    )
+    return torch.stack([yy.reshape(-1), xx.reshape(-1)], dim=1)
 
 
 def legendre_maps(positions: torch.Tensor, degree: int) -> torch.Tensor:

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from .families import FieldFamilyReport, ProductConvolution, pca_basis
+from .families import FieldFamilyReport, ProductConvolution, grid_positions, pca_basis
 from .psf import zernike_psf
 from .zernike import DEFAULT_NOLL_INDICES
 
@@ -107,14 +107,6 @@ class FieldAberrations:
         psfs = zernike_psf(coefficients.float(), fc, size, tuple(noll_indices))
         scale = torch.as_tensor(self.intensity_at(positions), dtype=psfs.dtype)
         return psfs * scale[:, None, None]
-
-
-def grid_positions(n: int) -> torch.Tensor:
-    """``n × n`` positions ``(n², 2)`` evenly spaced over [0, 1]², corners included,
-    row-major (y first)."""
-    t = torch.linspace(0, 1, n, dtype=torch.float64)
-    yy, xx = torch.meshgrid(t, t, indexing="ij")
-    return torch.stack([yy.reshape(-1), xx.reshape(-1)], dim=1)
 
 
 def build_field_family(
