@@ -866,6 +866,12 @@ def _add_train(sub) -> None:
         default=d.lr,
         help="peak learning rate (Adam) of the identification stage",
     )
+    p.add_argument(
+        "--deblurring-lr",
+        type=float,
+        default=d.deblurring_lr,
+        help="peak learning rate (Adam) of the deblurring stage (lower it to fine-tune)",
+    )
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--deblurring-batch-size", type=int, default=d.deblurring_batch_size)
     p.add_argument("--crop", type=int, default=d.crop, help="training crop, px")
@@ -906,6 +912,7 @@ def _run_train(args: argparse.Namespace) -> int:
             device=args.device,
             stage=args.stage,
             lr=args.lr,
+            deblurring_lr=args.deblurring_lr,
             identification_from=Path(args.identification_from)
             if args.identification_from
             else None,

@@ -65,7 +65,8 @@ class TrainOptions:
     deblurring_from: Path | None = None  # model file whose DN to start from (fine-tuning)
     family_file: Path | None = None  # a family file (e.g. product-convolution) to train for
     parameter_error: float = 0.1  # DN of a field family: γ̂ = γ + this × bank std × N(0, 1)
-    lr: float = 1e-3
+    lr: float = 1e-3  # identification stage
+    deblurring_lr: float = 1e-3
     quiet: bool = False
     command: str | None = None  # recorded in the card; default: this process's command line
 
@@ -247,6 +248,7 @@ def train_model(opts: TrainOptions) -> Path:
         cfg = LoopConfig(
             steps=opts.deblurring_steps,
             batch_size=opts.deblurring_batch_size,
+            lr=opts.deblurring_lr,
             time_limit_s=opts.deblurring_time_s,
             validate_every=250,
             checkpoint_every=250,
