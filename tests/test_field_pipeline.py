@@ -138,6 +138,41 @@ def test_train_for_a_family_with_a_zernike_reader(field_family_file, tmp_path):
     assert torch.allclose(model.family.eigen_psfs, family.eigen_psfs, atol=1e-3)
 
 
+def test_deblurring_stage_keeps_an_identification_network_of_the_same_family(
+    tiny_field_model, field_family_file, tmp_path
+):
+    """The two-step recipe: an IN trained on the family (``--stage identification``), then
+    the DN with ``--identification-from`` that model: its IN is kept as it is (it reads the
+    family's own eigen-PSF weights, not a Zernike family) and the model identifies."""
+    from napari_deepblur.training.run import TrainOptions, train_model
+
+    path = train_model(
+        TrainOptions(
+            out=tmp_path,
+            family_file=field_family_file,
+            stage="deblurring",
+            identification_from=tiny_field_model.path,
+            deblurring_from=tiny_field_model.path,
+            deblurring_steps=1,
+            deblurring_batch_size=1,
+            deblurring_lr=1e-4,
+            bank_size=64,
+            device="cpu",
+            quiet=True,
+        )
+    )
+    model = load_model(path)
+    assert model.family.local_reader is None
+    source = tiny_field_model.identification.state_dict()
+    for name, value in model.identification.state_dict().items():
+        assert torch.equal(value, source[name]), name
+    assert model.card["training"]["options"]["deblurring_lr"] == 1e-4
+    family = model.family
+    _, y = _blurred(family, family.parameter_bank[3], size=128)
+    estimate = ndb.identify(y, model=model)
+    assert estimate.field is not None and np.isfinite(estimate.coefficients).all()
+
+
 def test_fig10_benchmark_runs_and_reports_every_position(tiny_field_model):
     from napari_deepblur.evaluation.fig10 import POSITIONS, ROWS, format_fig10, run_fig10
 

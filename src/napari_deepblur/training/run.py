@@ -193,7 +193,8 @@ def train_model(opts: TrainOptions) -> Path:
     if opts.identification_from is not None:
         source = load_model(opts.identification_from)
         reader = isinstance(family, ProductConvolution) and opts.stage == "deblurring"
-        if source.family.config() == in_family.config():
+        if source.family.config() in (in_family.config(), family.config()):
+            # the same family (or a model of it, whose IN reads its local weights): as it is
             identification = source.identification.train()
         elif reader:  # its network reads local kernels of its own family, as it is
             if abs(source.fc - fc) > 1e-6 or source.family.kernel_size != family.kernel_size:
