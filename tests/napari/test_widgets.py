@@ -74,6 +74,20 @@ def test_identify_adds_psf_layer(viewer_with_sample, qtbot, notes):
     np.testing.assert_array_equal(layer.data, before)
 
 
+def test_layer_choices_follow_a_rename(viewer_with_sample):
+    from napari_deepblur._qt import DeblurWidget, IdentifyWidget
+
+    viewer, layer = viewer_with_sample
+    identify, deblur = IdentifyWidget(viewer), DeblurWidget(viewer)
+    later = viewer.add_image(np.zeros((64, 64), np.float32), name="added later")
+    for layer_, new_name in ((layer, "renamed sample"), (later, "renamed later")):
+        layer_.name = new_name
+        for widget in (identify, deblur):
+            combo = widget._image_layer.native
+            shown = [combo.itemText(i) for i in range(combo.count())]
+            assert new_name in shown, (new_name, shown)
+
+
 def test_identify_large_image_adds_psf_map(make_napari_viewer, small_sample, qtbot, notes):
     from napari_deepblur._qt import IdentifyWidget
 

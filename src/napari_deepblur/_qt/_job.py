@@ -241,6 +241,13 @@ class JobWidget(Container):
             emitter = getattr(events, name, None)
             if emitter is not None:
                 emitter.connect(self._refresh_choices)
+        # the combo boxes show layer names: follow renames too
+        events.inserted.connect(lambda event: self._follow_name(event.value))
+        for layer in self._viewer.layers:
+            self._follow_name(layer)
+
+    def _follow_name(self, layer) -> None:
+        layer.events.name.connect(self._refresh_choices)
 
     def _refresh_choices(self, *_: Any) -> None:
         self.reset_choices()
