@@ -54,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     images = load_test_images(None, 256)
     print(f"{args.protocol}, n = {args.n}, seed {args.seed}: mean PSF SNR (dB)")
-    print("noise (× L1 std)".ljust(18) + "".join(f"{k:>8g}" for k in SCALES))
+    print("".join(f"{k:>8g}" for k in SCALES) + "  ← noise, × the std of L1")
     for name in args.models:
         model = ndb.load_model(name, "cpu")
         means = []
@@ -64,7 +64,7 @@ def main() -> None:
                 _score(args.protocol, model, images, i, level, args.seed) for i in range(args.n)
             ]
             means.append(np.mean(scores))
-        print(name[-18:].ljust(18) + "".join(f"{m:8.2f}" for m in means), flush=True)
+        print("".join(f"{m:8.2f}" for m in means) + f"  {name}", flush=True)
 
 
 if __name__ == "__main__":

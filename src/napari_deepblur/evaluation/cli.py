@@ -42,7 +42,9 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, help="pairs (image, γ) per level (table1 100, fig10 20)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=256, help="test image size, px (400: the paper's)")
-    p.add_argument("--levels", type=_names, help="e.g. L0,L1,L2,H1,H2 (table1: all; fig10: L0,L1)")
+    p.add_argument(
+        "--levels", type=_names, help="e.g. L0,L1,L2,H1,H2 (table1: all; fig10: L0,L1,L2)"
+    )
     p.add_argument("--out", help="folder for <protocol>.json and .csv (default: print only)")
     p.add_argument("--overwrite", action="store_true", help="replace existing result files")
     p.add_argument(
@@ -84,7 +86,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             result = run_fig10(
                 args.model or "field-default",
                 args.baseline,
-                levels=args.levels or ["L0", "L1"],
+                levels=args.levels or ["L0", "L1", "L2"],
                 device=args.device,
                 progress=progress,
                 **common,

@@ -141,7 +141,7 @@ def iter_fig10(
     n: int = 20,
     seed: int = 0,
     size: int = 256,
-    levels: Sequence[str] = ("L0", "L1"),
+    levels: Sequence[str] = ("L0", "L1", "L2"),
     rows: Sequence[str] = ROWS,
     device: str = "cpu",
     field_scale: float = FIELD_SCALE,
