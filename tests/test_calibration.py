@@ -16,16 +16,8 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
-from napari_deepblur.calibration import (
-    BORDER,
-    NOT_POINT_LIKE,
-    OVERLAP,
-    SATURATED,
-    WEAK,
-    calibrate_from_beads,
-    find_beads,
-    save_calibration,
-)
+from napari_deepblur.beads import BORDER, NOT_POINT_LIKE, OVERLAP, SATURATED, WEAK, find_beads
+from napari_deepblur.calibration import calibrate_from_beads, save_calibration
 from napari_deepblur.optics.field import FieldAberrations
 
 FC = 0.2
