@@ -242,12 +242,12 @@ class JobWidget(Container):
             if emitter is not None:
                 emitter.connect(self._refresh_choices)
         # the combo boxes show layer names: follow renames too
-        events.inserted.connect(lambda event: self._follow_name(event.value))
+        events.inserted.connect(self._follow_new_layer_name)
         for layer in self._viewer.layers:
-            self._follow_name(layer)
+            layer.events.name.connect(self._refresh_choices)
 
-    def _follow_name(self, layer) -> None:
-        layer.events.name.connect(self._refresh_choices)
+    def _follow_new_layer_name(self, event) -> None:
+        event.value.events.name.connect(self._refresh_choices)
 
     def _refresh_choices(self, *_: Any) -> None:
         self.reset_choices()
