@@ -51,7 +51,7 @@ def main() -> None:
                 blend = FieldEstimate.from_family(
                     family, (w * gamma_a + (1 - w) * gamma_b).float(), y.shape, fc
                 )
-                psf = fig10._psf_scores(blend, family, pair["gamma"], y.shape)
+                psf = fig10.psf_scores(blend, family, pair["gamma"], y.shape)
                 row.append(psf["psf_snr_db whole field"])
             scores.append(row)
         means = np.mean(scores, axis=0)

@@ -41,7 +41,7 @@ def _score(protocol: str, model, images, index: int, level: str, seed: int) -> f
         return psf_snr_db(estimate.psf, pair["psf"])
     pair = fig10.draw_pair(images, model.family, model.fc, index, level, seed)
     estimate = ndb.identify(pair["y"], model, fc=model.fc, device="cpu")
-    scores = fig10._psf_scores(estimate, model.family, pair["gamma"], pair["y"].shape)
+    scores = fig10.psf_scores(estimate, model.family, pair["gamma"], pair["y"].shape)
     return scores["psf_snr_db whole field"]
 
 

@@ -64,7 +64,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from .fig10 import format_fig10, run_fig10
+    from .fig10 import LEVELS_DEFAULT, format_fig10, run_fig10
     from .table1 import LEVELS, format_table, record_in_card, run_table1, write_results
 
     protocol = args.protocol
@@ -86,7 +86,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             result = run_fig10(
                 args.model or "field-default",
                 args.baseline,
-                levels=args.levels or ["L0", "L1", "L2"],
+                levels=args.levels or LEVELS_DEFAULT,
                 device=args.device,
                 progress=progress,
                 **common,

@@ -57,6 +57,7 @@ Y, OURS, CONVOLUTION, ORACLE = (
     "oracle (true field)",
 )
 ROWS = (Y, OURS, CONVOLUTION, ORACLE)
+LEVELS_DEFAULT = ("L0", "L1", "L2")
 #: Ranges of the benchmark's random fields (those of the shipped family), waves RMS.
 BASE_SCALE, FIELD_SCALE = 0.05, 0.2
 _SEED_OFFSET = 10_000  # the benchmark's fields are not the family's
@@ -88,7 +89,7 @@ def _true_psfs(family, gamma, fractions) -> np.ndarray:
     return (psfs / psfs.sum((-2, -1), keepdim=True)).double().numpy()
 
 
-def _psf_scores(estimate, family, gamma, shape) -> dict:
+def psf_scores(estimate, family, gamma, shape) -> dict:
     """PSF SNR (dB) of an estimate at :data:`POSITIONS` and over the whole field."""
     h, w = shape
     scores = {}
@@ -118,7 +119,7 @@ def _evaluate(pair, model, baseline, rows, device, fc) -> dict:
         out[row] = {
             "ssim": ssim(restored, x),
             "seconds": time.perf_counter() - start,
-            **_psf_scores(estimate, family, gamma, y.shape),
+            **psf_scores(estimate, family, gamma, y.shape),
         }
     if ORACLE in rows:
         truth = FieldEstimate.from_family(family, gamma, y.shape, model.fc)
@@ -141,7 +142,7 @@ def iter_fig10(
     n: int = 20,
     seed: int = 0,
     size: int = 256,
-    levels: Sequence[str] = ("L0", "L1", "L2"),
+    levels: Sequence[str] = LEVELS_DEFAULT,
     rows: Sequence[str] = ROWS,
     device: str = "cpu",
     field_scale: float = FIELD_SCALE,
