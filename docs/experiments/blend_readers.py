@@ -13,9 +13,10 @@ import argparse
 
 import numpy as np
 import torch
+from low_noise import scaled_l1_level  # this folder's script (on sys.path when run)
 
 import napari_deepblur as ndb
-from napari_deepblur.evaluation import fig10, table1
+from napari_deepblur.evaluation import fig10
 from napari_deepblur.evaluation.testimages import load_test_images
 from napari_deepblur.fieldmap import FieldEstimate
 
@@ -33,11 +34,9 @@ def main() -> None:
     model_a, model_b = (ndb.load_model(name, "cpu") for name in (args.model_a, args.model_b))
     family, fc = model_a.family, model_a.fc
     images = load_test_images(None, 256)
-    alpha, beta = table1.LEVELS["L1"]
     print(f"w (weight of {args.model_a}):".ljust(34) + "".join(f"{w:>8g}" for w in WEIGHTS))
     for k in NOISE_SCALES:
-        level = f"{k:g}×L1"
-        table1.LEVELS.setdefault(level, (alpha * k * k, beta * k))
+        level = scaled_l1_level(k)
         scores = []
         for i in range(args.n):
             pair = fig10.draw_pair(images, family, fc, i, level, args.seed)

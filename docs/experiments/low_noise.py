@@ -26,7 +26,7 @@ from napari_deepblur.evaluation.testimages import load_test_images
 SCALES = (0.0, 0.05, 0.2, 0.5, 1.0)
 
 
-def _level(k: float) -> str:
+def scaled_l1_level(k: float) -> str:
     """Register (once) and name the level of noise scale ``k`` × L1."""
     alpha, beta = table1.LEVELS["L1"]
     name = f"{k:g}×L1"
@@ -59,7 +59,7 @@ def main() -> None:
         model = ndb.load_model(name, "cpu")
         means = []
         for k in SCALES:
-            level = _level(k)
+            level = scaled_l1_level(k)
             scores = [
                 _score(args.protocol, model, images, i, level, args.seed) for i in range(args.n)
             ]
