@@ -81,7 +81,7 @@ def main() -> None:
         restored = ndb.deblur(y, est, model=model)
         seconds = time.perf_counter() - start
         psfs = np.stack([est.psf_at(py, px) for py, px in positions])
-        oracle = oracles["field" if model.family is not single_model.family else "one PSF"]
+        oracle = oracles["field" if est.field is not None else "one PSF"]
         rows[name] = {
             "psfs": psfs,
             "snr": psf_snr_db(psfs, true_psfs),
