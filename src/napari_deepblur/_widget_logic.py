@@ -522,6 +522,8 @@ def summary_text(estimate: Mapping, field_summary: Mapping | None = None) -> str
             f"Noise: Poisson gain α = {noise.get('alpha', 0):.3g}, Gaussian std β = "
             f"{noise.get('beta', 0):.3g} (image intensity units)"
         )
+    if estimate.get("refined"):
+        lines.append("Refined on the image itself (fit through the physics after the network)")
     if estimate.get("uncertainty", estimate.get("uncertainty_waves_rms")) is not None:
         lines.append("± = spread over flipped/rotated copies of the image (waves RMS)")
     if estimate.get("model"):
@@ -795,6 +797,7 @@ class IdentifyRequest:
     optics: Optics = field(default_factory=Optics)
     device: str = "auto"
     augment: bool = True
+    refine: bool = False
     tile_px: int | None = None
     geometry: dict = field(default_factory=dict)
     kernel_grid: int = KERNEL_MAP_GRID
@@ -843,6 +846,7 @@ def iter_identify_layers(request: IdentifyRequest) -> Generator[Any, None, Ident
     options = {
         "device": request.device,
         "augment": request.augment,
+        "refine": request.refine,
         "tile_px": request.tile_px or DEFAULT_TILE_PX,
         **request.optics.kwargs(),
     }

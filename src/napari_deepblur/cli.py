@@ -313,6 +313,12 @@ def _add_identify(sub) -> None:
         action="store_true",
         help="one pass instead of averaging 8 flips/rotations (faster)",
     )
+    p.add_argument(
+        "--refine",
+        action="store_true",
+        help="then fit the coefficients to the image through the physics (~1 s; helps "
+        "nearly noise-free images only, skipped with a warning on noisy ones)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     _add_image_optics_arguments(p)
     _add_plane_arguments(p, "--all-planes")
@@ -368,6 +374,7 @@ def _run_identify(args: argparse.Namespace) -> int:
             device=args.device,
             augment=not args.no_augment,
             tile_px=args.tile_px,
+            refine=args.refine,
             **optics,
         ),
         args.quiet,

@@ -44,6 +44,7 @@ from .optics import (
     zernike_psf,
 )
 from .optics.noise import estimate_noise
+from .refinement import MAX_RELATIVE_NOISE, refine_coefficients, relative_noise
 
 #: Images are processed in tiles of at most this many pixels a side (bounded memory).
 DEFAULT_TILE_PX = 1024
@@ -72,7 +73,10 @@ class BlurEstimate:
     predicted for the windows of the image and their flipped/rotated copies (see
     :mod:`napari_deepblur.estimation`), and across tiles for large images. ``tiles``:
     per-tile estimates for large images (``{"y", "x", "coefficients"}`` with the tile
-    centre in pixels). ``field``: for a space-varying (product-convolution) model, the
+    centre in pixels). ``refined``: the coefficients were refined on the image itself
+    (``identify(…, refine=True)`` on a nearly noise-free image,
+    :mod:`napari_deepblur.refinement`). ``field``: for a space-varying (product-convolution)
+    model, the
     local PSF anywhere in the image (:class:`~napari_deepblur.fieldmap.FieldEstimate`);
     ``coefficients`` are then its γ and ``psf`` the PSF at the image centre.
     """
@@ -88,6 +92,7 @@ class BlurEstimate:
     uncertainty: np.ndarray | None = None
     tiles: list[dict] = field(default_factory=list)
     field: FieldEstimate | None = None
+    refined: bool = False
 
     def psf_at(self, y: float, x: float) -> np.ndarray:
         """The local PSF (sum 1, at the image's sampling) at pixel ``(y, x)`` of the image:
@@ -140,6 +145,7 @@ class BlurEstimate:
             None if unc is None else np.asarray(unc, np.float32),
             list(d.get("tiles") or []),
             field_estimate,
+            bool(d.get("refined", False)),
         )
 
     @classmethod
@@ -323,8 +329,10 @@ def iter_identify(
     device="auto",
     augment=True,
     tile_px: int = DEFAULT_TILE_PX,
+    refine: bool = False,
 ) -> Generator[Progress, None, BlurEstimate]:
-    """Generator form of :func:`identify`: yields :class:`Progress` per tile."""
+    """Generator form of :func:`identify`: yields :class:`Progress` per tile (and once
+    more after the refinement, when asked)."""
     model = _model(model, device)
     min_size = model.identification.config.min_size
     raw = as_image(image, min_size)
@@ -345,11 +353,13 @@ def iter_identify(
         )
     low, scale = robust_range(torch.from_numpy(y))
     check_contrast(scale, low)
+    if refine and not isinstance(model.family, ZernikeConvolution):
+        raise ValueError("refine=True needs a Zernike model (not a space-varying one)")
     if isinstance(model.family, ProductConvolution):
         return (yield from _iter_identify_field(model, raw, y, zoom, fc_img, optics, augment,
                                                 tile_px))  # fmt: skip
     rows, cols = (_identify_tiles(n, tile_px) for n in y.shape)
-    total = len(rows) * len(cols)
+    total = len(rows) * len(cols) + int(refine)
     estimates, tiles = [], []
     dev = model.device
     yield Progress(0, total, f"identifying {total} tile(s)")  # a first chance to cancel
@@ -389,6 +399,11 @@ def iter_identify(
             t["coefficients"] = family.canonical(torch.as_tensor(t["coefficients"])).numpy()
     if len(tiles) == 1:
         tiles = []
+    noise = _noise_of(raw, fc_img)
+    refined = False
+    if refine:
+        gamma, refined = _refined(y, gamma.cpu(), family, uncertainty, noise, scale)
+        yield Progress(total, total, "refined" if refined else "refinement skipped (noise)")
     coefficients = gamma.cpu().numpy().astype(np.float32)
     noll = tuple(getattr(family, "noll_indices", ()))
     psf = zernike_psf(torch.as_tensor(coefficients), fc_img, 31, noll).numpy()
@@ -397,13 +412,32 @@ def iter_identify(
         noll,
         fc_img,
         psf,
-        _noise_of(raw, fc_img),
+        noise,
         list(getattr(family, "names", [])),
         model.name,
         optics,
         None if uncertainty is None else uncertainty.cpu().numpy().astype(np.float32),
         tiles,
+        refined=refined,
     )
+
+
+def _refined(y, gamma, family, uncertainty, noise, scale) -> tuple[torch.Tensor, bool]:
+    """``(γ, applied)``: γ refined on the image (:mod:`napari_deepblur.refinement`) when
+    its noise is low enough for that to help, else γ as it is, with a warning."""
+    median = float(np.median(y[:: max(1, y.shape[0] // 256), :: max(1, y.shape[1] // 256)]))
+    noise_fraction = relative_noise(noise, median, float(scale))
+    if noise_fraction > MAX_RELATIVE_NOISE:
+        warnings.warn(
+            f"blur refinement skipped: the image's noise ({noise_fraction:.2%} of its range) "
+            f"is above the {MAX_RELATIVE_NOISE:.1%} where refinement helps; the network's "
+            "estimate is kept",
+            stacklevel=3,
+        )
+        return gamma, False
+    unc = None if uncertainty is None else uncertainty.cpu()
+    refined = refine_coefficients(torch.from_numpy(np.ascontiguousarray(y)), gamma, family, unc)
+    return family.canonical(refined), True
 
 
 def _noise_of(raw: np.ndarray, fc_img: float) -> dict:
@@ -462,6 +496,11 @@ def identify(image, model=None, **kwargs) -> BlurEstimate:
     augment : also look at flipped/transposed copies of each window (as many of the 8 as
         the budget of :data:`~napari_deepblur.estimation.MAX_EVALUATIONS` network
         evaluations per tile allows); ``False``: each window once (faster).
+    refine : then fit the coefficients to the image itself through the physics
+        (:mod:`napari_deepblur.refinement`; about 1 s on a CPU). It helps nearly
+        noise-free images only: above :data:`~napari_deepblur.refinement.MAX_RELATIVE_NOISE`
+        of noise it is skipped with a warning and ``BlurEstimate.refined`` stays False.
+        Zernike models only.
     """
     return run(iter_identify(image, model, **kwargs))
 
