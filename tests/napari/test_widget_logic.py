@@ -224,3 +224,16 @@ def test_writer_reader_roundtrip(tmp_path, small_sample):
     plain = write_image(tmp_path / "plain.tif", data)
     assert not is_psf_file(plain) and napari_get_reader(str(plain)) is None
     assert napari_get_reader(str(tmp_path / "missing.psf.tif")) is None
+
+
+def test_headless_identify_with_refinement_on_a_noise_free_image():
+    """The Identify widget's "Refine on the image" reaches the pipeline and the summary."""
+    from napari_deepblur.evaluation.table1 import draw_pair
+    from napari_deepblur.evaluation.testimages import load_test_images
+
+    pair = draw_pair(load_test_images(size=256), 2, "L0", 0, 1)
+    result = logic.identify_layers(
+        logic.IdentifyRequest(pair["y"], "raw", device="cpu", augment=False, refine=True)
+    )
+    assert result.estimate.refined
+    assert "Refined on the image" in logic.summary_text(result.estimate.to_dict())
