@@ -44,7 +44,12 @@ from .optics import (
     zernike_psf,
 )
 from .optics.noise import estimate_noise
-from .refinement import MAX_RELATIVE_NOISE, refine_coefficients, relative_noise
+from .refinement import (
+    MAX_CROP_PIXELS,
+    MAX_RELATIVE_NOISE,
+    refine_coefficients,
+    relative_noise,
+)
 
 #: Images are processed in tiles of at most this many pixels a side (bounded memory).
 DEFAULT_TILE_PX = 1024
@@ -76,8 +81,7 @@ class BlurEstimate:
     centre in pixels). ``refined``: the coefficients were refined on the image itself
     (``identify(…, refine=True)`` on a nearly noise-free image,
     :mod:`napari_deepblur.refinement`). ``field``: for a space-varying (product-convolution)
-    model, the
-    local PSF anywhere in the image (:class:`~napari_deepblur.fieldmap.FieldEstimate`);
+    model, the local PSF anywhere in the image (:class:`~napari_deepblur.fieldmap.FieldEstimate`);
     ``coefficients`` are then its γ and ``psf`` the PSF at the image centre.
     """
 
@@ -436,7 +440,8 @@ def _refined(y, gamma, family, uncertainty, noise, scale) -> tuple[torch.Tensor,
         )
         return gamma, False
     unc = None if uncertainty is None else uncertainty.cpu()
-    refined = refine_coefficients(torch.from_numpy(np.ascontiguousarray(y)), gamma, family, unc)
+    crop = np.ascontiguousarray(_central_crop(y, MAX_CROP_PIXELS))
+    refined = refine_coefficients(torch.from_numpy(crop), gamma, family, unc)
     return family.canonical(refined), True
 
 
