@@ -7,9 +7,9 @@ magnitude (``Σ|∇x|^p / ‖∇x‖₂^p`` with ``p = 0.3``; the ``p = 1`` rati
 2011's) averaged over 32 px windows, so that every region counts and not only the most
 contrasted one. The right PSF gives the sharpest deconvolution without ringing: a too weak
 blur leaves edges spread, a wrong one rings. ``p < 1`` weakens the pull of such criteria
-towards a too weak blur (from the true γ, ``p = 1`` settles on 0.84 of it, ``p = 0.3`` on
-0.93). A quadratic prior keeps ``γ`` near ``γ̂``, scaled by the network's own uncertainty
-per coefficient.
+towards a too weak blur (from the true γ, ℓ1/ℓ2 in 64 px windows settles on 0.84 of it, this
+criterion on 0.91: ``docs/experiments/refinement_criterion.py``). A quadratic prior keeps ``γ`` near
+``γ̂``, scaled by the network's own uncertainty per coefficient.
 
 Measured (``docs/benchmarks.md``): on noise-free benchmark images it lifts the PSF SNR from
 7.0 to 11.5 dB;
