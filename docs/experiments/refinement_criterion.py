@@ -45,7 +45,7 @@ alpha, beta = table1.LEVELS["L1"]
 table1.LEVELS["k"] = (alpha * k**2, beta * k)
 model = ndb.load_model()
 images = load_test_images(size=256)
-rows, projections, seconds = [], [], 0.0
+rows, projections, names, seconds = [], [], [], 0.0
 for i in range(n):
     pair = table1.draw_pair(images, i, "k", seed=0, split=1)
     estimate = ndb.identify(pair["y"], model, fc=table1.FC)
@@ -60,6 +60,7 @@ for i in range(n):
     seconds += time.perf_counter() - start
     projections.append(float(gamma.numpy() @ pair["gamma"]) / float(pair["gamma"] @ pair["gamma"]))
     refined_psf = table1.FAMILY.psf(gamma).double().numpy()
+    names.append(pair["image"])
     rows.append([psf_snr_db(estimate.psf, pair["psf"]), psf_snr_db(refined_psf, pair["psf"])])
 rows = np.array(rows)
 settled = f"from the truth, settles on {np.mean(projections):.3f} of it; " if from_truth else ""
@@ -68,3 +69,5 @@ print(
     f"{rows[:, 1].mean():.2f} dB (median {np.median(rows[:, 1]):.2f}; worse by > 0.5 dB on "
     f"{int(np.sum(rows[:, 1] < rows[:, 0] - 0.5))}); {seconds / n:.2f} s per refinement"
 )
+by_image = {name: rows[[m == name for m in names]].mean(0) for name in dict.fromkeys(names)}
+print("per image:", ", ".join(f"{m} {a:.1f} → {b:.1f}" for m, (a, b) in by_image.items()))

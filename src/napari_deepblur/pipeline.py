@@ -502,7 +502,7 @@ def identify(image, model=None, **kwargs) -> BlurEstimate:
         the budget of :data:`~napari_deepblur.estimation.MAX_EVALUATIONS` network
         evaluations per tile allows); ``False``: each window once (faster).
     refine : then fit the coefficients to the image itself through the physics
-        (:mod:`napari_deepblur.refinement`; about 1 s on a CPU). It helps nearly
+        (:mod:`napari_deepblur.refinement`; under a second at 256² on a CPU). It helps nearly
         noise-free images only: above :data:`~napari_deepblur.refinement.MAX_RELATIVE_NOISE`
         of noise it is skipped with a warning and ``BlurEstimate.refined`` stays False.
         Zernike models only.

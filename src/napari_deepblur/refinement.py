@@ -62,13 +62,14 @@ def wiener_deconvolve(y: torch.Tensor, psf: torch.Tensor, lam: float = WIENER_LA
 def sparsity_score(x: torch.Tensor) -> torch.Tensor:
     """Mean over :data:`WINDOW_PX` windows (every :data:`WINDOW_STEP_PX`) of the normalised
     sparsity ``Σ|g|^p / (Σ g²)^(p/2)`` of the gradient magnitude ``g = |∇x|`` (forward
-    differences, ``p`` = :data:`SPARSITY_EXPONENT`); lower is sharper. Invariant to the
-    scale of ``x``."""
+    differences, ``p`` = :data:`SPARSITY_EXPONENT`); lower is sharper. Meant for ``x`` of
+    about unit variance (refinement normalises the image so): the floor of ``|∇x|`` at 1e-4
+    keeps nearly flat regions from counting as sparse, so the score is not scale-free."""
     b = BORDER_PX
     x = x[b : x.shape[0] - b, b : x.shape[1] - b]
     gx = x[:-1, 1:] - x[:-1, :-1]
     gy = x[1:, :-1] - x[:-1, :-1]
-    magnitude = torch.sqrt(gx**2 + gy**2 + 1e-8)  # the floor keeps the root differentiable
+    magnitude = torch.sqrt(gx**2 + gy**2 + 1e-8)
     window = min(WINDOW_PX, *magnitude.shape)
     step = min(WINDOW_STEP_PX, window)
     patches = magnitude.unfold(0, window, step).unfold(1, window, step).reshape(-1, window**2)
