@@ -213,8 +213,9 @@ def test_unreadable_and_missing_files(tmp_path, capsys):
 
 def test_bench_pipeline_tiny(capsys):
     argv = ["bench", "--sizes", "96", "--rl-iterations", "2", "--batch-images", "0", "--quiet"]
-    assert cli.main(argv) == 0
+    assert cli.main([*argv, "--precision", "float32"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["precision"] == "float32"
     row = result["sizes"][0]
     assert row["size_px"] == 96 and row["identify_s"] > 0 and row["deblur_s"] > 0
     assert row["rl_s"] > 0 and row["rl_over_deepblur"] > 0 and row["peak_rss_mb"] > 0

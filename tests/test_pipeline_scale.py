@@ -10,12 +10,14 @@ import torch
 
 from napari_deepblur import devices, io, pipeline
 from napari_deepblur._sample_data import make_blurred_sample
+from napari_deepblur.evaluation.metrics import psf_snr_db
 from napari_deepblur.models import load_model
 
 
 @pytest.fixture(scope="module")
 def model():
-    return load_model(device="cpu")
+    # float32: these tests compare tilings, not precisions (see the bfloat16 test below)
+    return load_model(device="cpu", precision="float32")
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +197,42 @@ def test_device_helpers():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA"):
             devices.resolve_device("cuda")
+
+
+def test_precision_helpers():
+    cpu = torch.device("cpu")
+    assert devices.resolve_precision(cpu, "float32") == "float32"
+    native = devices.native_bfloat16(cpu)
+    assert devices.resolve_precision(cpu, "auto") == ("bfloat16" if native else "float32")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        devices.resolve_precision(cpu, "float16")
+    with pytest.raises(ValueError, match="CPU or CUDA"):
+        devices.resolve_precision(torch.device("mps"), "bfloat16")
+    with devices.inference_autocast(cpu, "bfloat16"):
+        assert torch.is_autocast_enabled("cpu")
+    with devices.inference_autocast(cpu, "float32"):
+        assert not torch.is_autocast_enabled("cpu")
+
+
+def test_bfloat16_networks_agree_with_float32(model, sample):
+    """The same image through both precisions: the same PSF (within 30 dB) and restoration
+    (within 2 %), float32 results either way."""
+    results, previous = {}, model.precision
+    try:
+        for precision in ("float32", "bfloat16"):
+            model.precision = precision
+            estimate = pipeline.identify(sample, model, device="cpu", augment=False)
+            restored = pipeline.deblur(sample, estimate, model, device="cpu")
+            results[precision] = estimate, restored
+    finally:
+        model.precision = previous
+    (e32, r32), (e16, r16) = results["float32"], results["bfloat16"]
+    assert e16.coefficients.dtype == np.float32 and r16.dtype == np.float32
+    assert psf_snr_db(e16.psf, e32.psf) > 30
+    assert _relative_error(r16, r32) < 0.02
+    with pytest.raises(ValueError, match="precision must be one of"):
+        load_model(device="cpu", precision="half")
+    assert model.precision == previous  # a refused precision changes nothing
 
 
 def test_zarr_in_and_out_match_deblur(model, sample, estimate, tmp_path):

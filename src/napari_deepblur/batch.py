@@ -42,6 +42,7 @@ class DeblurOptions:
 
     model: str | None = None
     device: str = "auto"
+    precision: str = "auto"
     estimate: BlurEstimate | list[BlurEstimate] | None = None
     mode: str = "plane"
     plane: int | tuple[int, ...] | None = None
@@ -157,7 +158,7 @@ def iter_deblur_file(
     image = io.read_image(input_path, mmap=True)
     check_image_axes(image, input_path)
     optics, _ = image_optics(image, options.optics)
-    model = load_model(options.model, device=options.device)
+    model = load_model(options.model, device=options.device, precision=options.precision)
     data = image.data
     estimate = options.estimate
     if estimate is None:
@@ -261,7 +262,7 @@ class BatchResult:
     scheduler: str = ""
 
 
-def _prepare_worker(model, device, torch_threads) -> None:
+def _prepare_worker(model, device, precision, torch_threads) -> None:
     """Run once on each dask worker before the files: threads, then the model (cached)."""
     import torch
 
@@ -269,7 +270,7 @@ def _prepare_worker(model, device, torch_threads) -> None:
 
     if torch_threads:
         torch.set_num_threads(torch_threads)
-    load_model(model, device=device)
+    load_model(model, device=device, precision=precision)
 
 
 def _default_workers() -> int:
@@ -334,7 +335,9 @@ def iter_batch(
                     options = DeblurOptions(**{**options.__dict__, "torch_threads": threads})
             own.insert(0, client)
         # import torch and load the model on every worker now (a bad --model fails here, once)
-        client.run(_prepare_worker, options.model, options.device, options.torch_threads)
+        client.run(
+            _prepare_worker, options.model, options.device, options.precision, options.torch_threads
+        )
         result.workers = len(client.scheduler_info().get("workers", {}))
         result.scheduler = str(client.scheduler.address)
         start = time.perf_counter()

@@ -191,12 +191,25 @@ def _drive(generator, quiet: bool, desc: str = ""):
         generator.close()
 
 
+def _add_precision_argument(p: argparse.ArgumentParser) -> None:
+    from .devices import PRECISIONS
+
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="arithmetic of the networks: auto (bfloat16 where the device computes it "
+        "natively: CUDA, CPUs with AVX-512 BF16/AMX; else float32), float32, bfloat16",
+    )
+
+
 def _add_run_arguments(p: argparse.ArgumentParser, tile: bool = True) -> None:
     p.add_argument(
         "--model",
         help="shipped model name or .safetensors file (default: zernike-default)",
     )
     p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, mps")
+    _add_precision_argument(p)
     if tile:
         p.add_argument(
             "--tile-px",
@@ -253,6 +266,7 @@ def _deblur_options(args: argparse.Namespace, estimate, **overrides):
         **{
             "model": args.model,
             "device": args.device,
+            "precision": args.precision,
             "estimate": estimate,
             "mode": mode,
             "plane": plane,
@@ -364,7 +378,7 @@ def _run_identify(args: argparse.Namespace) -> int:
     check_image_axes(image, args.image)
     optics, optics_text = image_optics(image, _optics_args(args))
     mode, plane = _stack_mode(args)
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, precision=args.precision)
     estimate = _drive(
         pipeline.iter_identify_stack(
             image.data,
@@ -598,6 +612,7 @@ def _add_demo(sub) -> None:
 
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
+    from .models import load_model
 
     if args.quiet:
         report = None
@@ -614,7 +629,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         r = run_demo(
             args.out,
             overwrite=args.overwrite,
-            model=args.model,
+            model=load_model(args.model, device=args.device, precision=args.precision),
             device=args.device,
             seed=args.seed,
             progress=report,
@@ -724,9 +739,13 @@ def _add_bench(sub) -> None:
         "tiled large image)",
     )
     p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, mps")
+    _add_precision_argument(p)
     p.add_argument("--model", help="shipped model name or .safetensors file")
     p.add_argument(
         "--rl-iterations", type=int, default=30, help="Richardson–Lucy iterations (0: skip)"
+    )
+    p.add_argument(
+        "--repeats", type=int, default=3, help="timed runs per size, median reported (default 3)"
     )
     p.add_argument("--batch-images", type=int, default=16, help="images in the batch run (0: skip)")
     p.add_argument("--batch-size-px", type=int, default=512, help="batch image size, px")
@@ -766,8 +785,10 @@ def _run_bench(args: argparse.Namespace) -> int:
     r = bench_pipeline(
         args.sizes,
         device=args.device,
+        precision=args.precision,
         model=args.model,
         rl_iterations=args.rl_iterations,
+        repeats=args.repeats,
         batch_images=args.batch_images,
         batch_size_px=args.batch_size_px,
         batch_workers=args.workers,
@@ -776,8 +797,9 @@ def _run_bench(args: argparse.Namespace) -> int:
     r["date"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     r["command"] = "deepblur " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else ""
     print(
-        f"device: {r['device']} ({r['device_name']}), {r['torch_threads']} torch threads, "
-        f"model {r['model']}"
+        f"device: {r['device']} ({r['device_name']}), {r['precision']} networks, "
+        f"{r['torch_threads']} torch threads, model {r['model']}; times: the median of "
+        f"{args.repeats} runs per size (one above 4096²)"
     )
     rl = f"RL {r['rl_iterations']} it (s)"
     print(

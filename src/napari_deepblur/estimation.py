@@ -108,7 +108,8 @@ def predict(model, windows: torch.Tensor) -> torch.Tensor:
     while True:
         try:
             network = model.identification
-            parts = [network(windows[i : i + batch]) for i in range(0, len(windows), batch)]
+            with model.inference():
+                parts = [network(windows[i : i + batch]) for i in range(0, len(windows), batch)]
             return torch.cat(parts).float().to(device)
         except Exception as exc:
             if not is_out_of_memory(exc):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .devices import resolve_device
+from .devices import inference_autocast, resolve_device, resolve_precision
 from .nets import DeblurringConfig, DeblurringNetwork, IdentificationConfig, IdentificationNetwork
 from .optics import OperatorFamily, family_from_state
 
@@ -46,6 +46,8 @@ class DeepBlurModel:
     name: str = "unsaved"
     path: Path | None = None
     card: dict = field(default_factory=dict)
+    #: arithmetic of the networks at inference, one of :data:`~napari_deepblur.devices.PRECISIONS`
+    precision: str = "auto"
 
     def to(self, device) -> DeepBlurModel:
         self.identification.to(device)
@@ -56,6 +58,11 @@ class DeepBlurModel:
     @property
     def device(self) -> torch.device:
         return next(self.identification.parameters()).device
+
+    def inference(self):
+        """The context the pipeline runs the networks in: bfloat16 autocast or float32, from
+        :attr:`precision` and the device (:func:`~napari_deepblur.devices.inference_autocast`)."""
+        return inference_autocast(self.device, self.precision)
 
     def eval(self) -> DeepBlurModel:
         self.identification.eval()
@@ -153,14 +160,23 @@ def resolve_model_path(name_or_path: str | Path | None) -> Path:
 
 
 def load_model(
-    name_or_path: str | Path | None = None, device: str | torch.device = "cpu"
+    name_or_path: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    precision: str | None = None,
 ) -> DeepBlurModel:
     """Load a shipped model by name (default ``zernike-default``) or a model file by path,
-    on ``device`` ("cpu", "cuda", "mps" or "auto"), in eval mode. Cached per file."""
+    on ``device`` ("cpu", "cuda", "mps" or "auto"), in eval mode, its networks to run at
+    ``precision`` ("auto", the initial setting: bfloat16 where the device computes it
+    natively; "float32"; "bfloat16"; None: as it is). Cached per file: like the device, the
+    precision is that of the last call that set it."""
     path = resolve_model_path(name_or_path).resolve()
     stat = path.stat()
     model = _load_cached(str(path), stat.st_mtime_ns, stat.st_size)
-    return model.to(resolve_device(device))
+    model.to(resolve_device(device))
+    if precision is not None:
+        resolve_precision(model.device, precision)  # a clear error now rather than mid-run
+        model.precision = precision
+    return model
 
 
 def _read_file(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:

@@ -185,10 +185,10 @@ def _jsonable(obj):
 
 
 # -- models ------------------------------------------------------------------------------
-def _model(model, device) -> DeepBlurModel:
+def _model(model, device, precision: str | None = None) -> DeepBlurModel:
     if isinstance(model, DeepBlurModel):
         return model.to(resolve_device(device)).eval()
-    return load_model(model, device=device)
+    return load_model(model, device=device, precision=precision)
 
 
 # -- validation and sampling ------------------------------------------------------------
@@ -767,7 +767,8 @@ def _deblur_tile(
     rows = (origin[0], origin[0] + tile.shape[0])
     cols = (origin[1], origin[1] + tile.shape[1])
     operator = _operator_for(model, estimate, y.shape, dev, rows, cols)
-    x_n = model.deblurring(y_n, operator, sigma)[0, 0]
+    with model.inference():
+        x_n = model.deblurring(y_n, operator, sigma)[0, 0]
     x = denormalize(x_n.float().cpu(), setup.low, setup.scale).numpy()
     return resample(x, 1 / setup.zoom, tile.shape)
 
@@ -929,6 +930,7 @@ def deblur_dask(
     chunk_px = max(-(-int(chunk_px) // align) * align, 2 * depth)
     # a path is light to ship to dask workers, which load (and cache) the model themselves
     ref = str(model.path) if model.path is not None else model
+    precision = model.precision
 
     array = array.rechunk(chunk_px)
     chunk_starts = [np.cumsum((0, *c[:-1])) for c in array.chunks]
@@ -940,7 +942,7 @@ def deblur_dask(
             int(chunk_starts[0][i]) - (depth if i else 0),
             int(chunk_starts[1][j]) - (depth if j else 0),
         )
-        local = _model(ref, device)
+        local = _model(ref, device, precision)
         result = np.empty(x.shape, np.float32)
         run(_iter_tiles(x, result, setup, estimate, local, tile_px, origin))
         return result

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
 
-from ..devices import device_name, resolve_device, synchronize
+from ..devices import device_name, resolve_device, resolve_precision, synchronize
 from ..optics.psf import default_pupil_samples, zernike_psf
 from ..optics.zernike import DEFAULT_NOLL_INDICES
 
@@ -152,12 +153,20 @@ def _time(dev, fn, *args, **kwargs):
     return value, time.perf_counter() - start
 
 
+def _median_time(repeats: int, dev, fn, *args, **kwargs):
+    """``fn``'s last value and the median of ``repeats`` wall times (:func:`_time`)."""
+    runs = [_time(dev, fn, *args, **kwargs) for _ in range(max(1, repeats))]
+    return runs[-1][0], statistics.median(seconds for _, seconds in runs)
+
+
 def bench_pipeline(
     sizes=BENCH_SIZES,
     *,
     device: str = "auto",
+    precision: str = "auto",
     model=None,
     rl_iterations: int = 30,
+    repeats: int = 3,
     batch_images: int = 16,
     batch_size_px: int = 512,
     batch_workers: int | None = None,
@@ -168,8 +177,10 @@ def bench_pipeline(
     same image deconvolved by Richardson–Lucy (``rl_iterations``, with the estimated PSF) and
     the ratio, peak memory, and images/s of ``deepblur batch`` on a local dask cluster.
 
-    Each size runs once after a warm-up at 256 px (default settings: identification
-    averaged over 8 flips, tiles of 1024 px). Images: :func:`bench_image`. RL:
+    Each size is timed ``repeats`` times after a warm-up at 256 px and the median is
+    reported (once only above :data:`RL_MAX_PX` pixels); default settings: identification
+    averaged over 8 flips, tiles of 1024 px, the networks at ``precision`` (recorded as
+    ``precision``: "float32" or "bfloat16"). Images: :func:`bench_image`. RL:
     :func:`~napari_deepblur.evaluation.baselines.richardson_lucy` (float64 FFT, the
     algorithm of ``skimage.restoration.richardson_lucy`` with ``clip=False``), on the CPU; above
     :data:`RL_MAX_PX` pixels it is timed on a central 2048² crop and scaled by the area
@@ -187,22 +198,26 @@ def bench_pipeline(
 
     say = progress or (lambda message: None)
     dev = resolve_device(device)
-    net = load_model(model, device=dev)
+    net = load_model(model, device=dev, precision=precision)
     warm = bench_image(256, seed)
     pipeline.deblur(warm, pipeline.identify(warm, net, device=dev), net, device=dev)
     rows = []
     for size in sizes:
         image = bench_image(int(size), seed)
         say(f"{size}² identify + deblur")
+        runs = repeats if image.size <= RL_MAX_PX else 1
         with PeakRSS() as memory:
-            estimate, t_identify = _time(dev, pipeline.identify, image, net, device=dev)
-            _, t_deblur = _time(dev, pipeline.deblur, image, estimate, net, device=dev)
+            estimate, t_identify = _median_time(
+                runs, dev, pipeline.identify, image, net, device=dev
+            )
+            _, t_deblur = _median_time(runs, dev, pipeline.deblur, image, estimate, net, device=dev)
         row = {
             "size_px": int(size),
             "tiles": max(1, len(estimate.tiles)),
             "identify_s": t_identify,
             "deblur_s": t_deblur,
             "total_s": t_identify + t_deblur,
+            "repeats": runs,
             "peak_rss_mb": memory.peak_mb,
             "rss_before_mb": memory.start_mb,
         }
@@ -212,7 +227,7 @@ def bench_pipeline(
             if image.size > RL_MAX_PX:
                 c = (size - 2048) // 2
                 crop = image[c : c + 2048, c : c + 2048]
-            _, t_rl = _time(dev, richardson_lucy, crop, estimate.psf, rl_iterations)
+            _, t_rl = _median_time(runs, dev, richardson_lucy, crop, estimate.psf, rl_iterations)
             t_rl *= image.size / crop.size
             row.update(
                 rl_s=t_rl,
@@ -226,6 +241,7 @@ def bench_pipeline(
         "model": net.name,
         "device": str(dev),
         "device_name": device_name(dev),
+        "precision": resolve_precision(dev, precision),
         "torch_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
         "rl_iterations": rl_iterations,
@@ -241,7 +257,9 @@ def bench_pipeline(
             for k in range(batch_images):
                 image = bench_image(batch_size_px, seed + k)
                 inputs.append(io.write_image(f"{tmp}/img{k:03d}.tif", image))
-            options = DeblurOptions(model=str(net.path) if net.path else None, device=str(dev))
+            options = DeblurOptions(
+                model=str(net.path) if net.path else None, device=str(dev), precision=precision
+            )
             done = pipeline.run(iter_batch(inputs, f"{tmp}/out", options, workers=batch_workers))
         if done.failed:
             raise RuntimeError(f"batch benchmark failed: {done.failed[0]}")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import shlex
 
+from ..devices import PRECISIONS
+
 PROTOCOLS = ("table1", "fig10")
 #: Pairs per level when --n is not given.
 DEFAULT_N = {"table1": 100, "fig10": 20}
@@ -53,6 +55,12 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
         help="store the table (means ± std, command, machine, date) in the model's card",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="arithmetic of the networks: auto (bfloat16 where native), float32, bfloat16",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
     return p
@@ -89,6 +97,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 levels=args.levels or LEVELS_DEFAULT,
                 device=args.device,
                 progress=progress,
+                precision=args.precision,
                 **common,
             )
         else:
@@ -97,6 +106,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 levels=args.levels or list(LEVELS),
                 device=args.device,
                 progress=progress,
+                precision=args.precision,
                 **common,
             )
     print(format_fig10(result) if protocol == "fig10" else format_table(result))

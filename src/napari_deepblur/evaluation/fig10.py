@@ -129,10 +129,10 @@ def _evaluate(pair, model, baseline, rows, device, fc) -> dict:
     return out
 
 
-def _loaded(model, device) -> DeepBlurModel:
+def _loaded(model, device, precision="auto") -> DeepBlurModel:
     if isinstance(model, DeepBlurModel):
         return model.to(resolve_device(device)).eval()
-    return load_model(model, device)
+    return load_model(model, device, precision)
 
 
 def iter_fig10(
@@ -146,12 +146,13 @@ def iter_fig10(
     rows: Sequence[str] = ROWS,
     device: str = "cpu",
     field_scale: float = FIELD_SCALE,
+    precision: str = "auto",
 ) -> Generator[Progress, None, dict]:
     """Generator form of :func:`run_fig10` (a :class:`Progress` per pair)."""
     unknown = [r for r in rows if r not in ROWS] + [lv for lv in levels if lv not in LEVELS]
     if unknown:
         raise ValueError(f"unknown rows/levels {unknown}; rows: {ROWS}, levels: {list(LEVELS)}")
-    model, baseline = (_loaded(m, device) for m in (model, baseline))
+    model, baseline = (_loaded(m, device, precision) for m in (model, baseline))
     if not isinstance(model.family, ProductConvolution):
         raise ValueError(f"{model.name!r} is not a space-varying (product-convolution) model")
     fc = model.fc

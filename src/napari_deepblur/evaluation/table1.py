@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..devices import device_name, resolve_device
+from ..devices import device_name, resolve_device, resolve_precision
 from ..models import DeepBlurModel, load_model, sha256
 from ..optics import DEFAULT_NOLL_INDICES, ZernikeConvolution, add_poisson_gaussian
 from ..pipeline import BlurEstimate, Progress, deblur, identify, run
@@ -195,6 +195,7 @@ def iter_table1(
     rows: Sequence[str] = ROWS,
     device: str = "cpu",
     rl_validation: int = RL_VALIDATION_PAIRS,
+    precision: str = "auto",
 ) -> Generator[Progress, None, dict]:
     """Generator form of :func:`run_table1`: yields a :class:`~napari_deepblur.pipeline.Progress`
     per pair (validation pairs included) and returns the result."""
@@ -206,7 +207,7 @@ def iter_table1(
     if isinstance(model, DeepBlurModel):
         model = model.to(resolve_device(device)).eval()
     else:
-        model = load_model(model, device=device)
+        model = load_model(model, device=device, precision=precision)
     dev = model.device
     images, source = _as_images(images, size)
     airy = no_identification_psf(FC, KERNEL_SIZE)
@@ -288,7 +289,12 @@ def now_utc() -> str:
 def model_info(model: DeepBlurModel) -> dict:
     path = model.path
     digest = model.card.get("sha256") or (sha256(path) if path and Path(path).exists() else None)
-    return {"name": model.name, "path": str(path) if path else None, "sha256": digest}
+    return {
+        "name": model.name,
+        "path": str(path) if path else None,
+        "sha256": digest,
+        "precision": resolve_precision(model.device, model.precision),
+    }
 
 
 def run_table1(
@@ -302,6 +308,7 @@ def run_table1(
     device: str = "cpu",
     progress: Callable[[Progress], None] | None = None,
     rl_validation: int = RL_VALIDATION_PAIRS,
+    precision: str = "auto",
 ) -> dict:
     """Run the ``table1`` benchmark and return its JSON-ready result.
 
@@ -310,13 +317,17 @@ def run_table1(
     folder of TIFF/PNG images, or ``[(name, array)]``. ``n`` pairs per level, drawn from
     ``seed``. ``levels``: names in :data:`LEVELS`; ``rows``: a subset of :data:`ROWS`.
     ``progress`` is called with each :class:`~napari_deepblur.pipeline.Progress`.
+    ``precision``: the networks' arithmetic when ``model`` is loaded here
+    (:data:`~napari_deepblur.devices.PRECISIONS`).
 
     The result holds ``results[level][row][metric] = {"mean", "std", "n"}`` (metrics
     ``ssim``, ``psnr`` dB, ``psf_snr_db``, ``seconds*``), the raw per-pair ``values``, the
     drawn ``pairs`` (image, γ), the tuned ``rl_iterations``, ``parameters``, ``model``
-    (name, path, sha256), ``machine``, ``date`` and ``seconds_per_image``.
+    (name, path, sha256, precision), ``machine``, ``date`` and ``seconds_per_image``.
     """
-    generator = iter_table1(model, images, n, seed, size, levels, rows, device, rl_validation)
+    generator = iter_table1(
+        model, images, n, seed, size, levels, rows, device, rl_validation, precision
+    )
     return run(generator, progress)
 
 

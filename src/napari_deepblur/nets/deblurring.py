@@ -60,9 +60,17 @@ class DeblurringNetwork(nn.Module):
     def forward(self, y: torch.Tensor, operator, sigma: torch.Tensor) -> torch.Tensor:
         lam = self.regularization(sigma)
         lam = lam.reshape(lam.shape[0], lam.shape[1], *([1] * (y.ndim - 3)))  # (T+1, B, 1…)
-        z = operator.regularized_inverse(y, lam[0])
+        z = _data_step(operator, y, lam[0])
         x = z
         for t, prox in enumerate(self.prox):
             x = prox(z, sigma)
-            z = z + operator.regularized_inverse(y, lam[t + 1], 2 * x - z) - x
+            z = z + _data_step(operator, y, lam[t + 1], 2 * x - z) - x
         return x
+
+
+def _data_step(operator, y, lam, v=None):
+    """``R(v)`` of the module docstring, always in float32 (outside any autocast: the
+    conjugate gradient of product-convolution families needs the precision)."""
+    with torch.autocast(y.device.type, enabled=False):
+        v = None if v is None else v.float()
+        return operator.regularized_inverse(y.float(), lam, v)

@@ -117,7 +117,8 @@ class IdentificationNetwork(nn.Module):
         spectrum = welch_log_spectrum(y.float(), self.config.spectrum_window).to(y.dtype)
         spectrum_features = self.spectrum_stages(self.spectrum_stem(spectrum / 4))
         features = torch.cat([image_features, spectrum_features.mean(dim=(-2, -1))], dim=1)
-        return self.head(features)
+        with torch.autocast(features.device.type, enabled=False):  # full-precision outputs
+            return self.head(features.float())
 
 
 def count_parameters(module: nn.Module) -> int:
