@@ -190,11 +190,12 @@ def test_cli_records_the_table_in_the_model_card(model, tmp_path, capsys):
     shutil.copy(model.path, copy)
     shutil.copy(model.path.with_suffix(".json"), copy.with_suffix(".json"))
     argv = ["evaluate", "--model", str(copy), "--n", "1", "--size", "96", "--levels", "L0",
-            "--device", "cpu", "--quiet", "--record-in-card"]  # fmt: skip
+            "--device", "cpu", "--precision", "float32", "--quiet", "--record-in-card"]  # fmt: skip
     assert main(argv) == 0
     card = json.loads(copy.with_suffix(".json").read_text())
     recorded = card["benchmarks"]["table1"]
     assert recorded["command"] == "deepblur " + " ".join(argv)
+    assert recorded["precision"] == "float32"
     assert recorded["n"] == 1 and "L0" in recorded["results"]
     assert recorded["machine"]["device"] == "cpu"
     load_model(copy)  # the weights' checksum still matches

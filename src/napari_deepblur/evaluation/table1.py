@@ -429,6 +429,7 @@ def card_summary(result: dict, command: str) -> dict:
         "command": command,
         "date": result["date"],
         "machine": result["machine"],
+        "precision": result["model"].get("precision"),
         "n": params["n"],
         "size": params["size"],
         "seed": params["seed"],
