@@ -93,7 +93,8 @@ def resolve_precision(device: torch.device, precision: str = "auto") -> str:
 def inference_autocast(device: torch.device, precision: str = "auto"):
     """A context in which the networks run at ``precision`` on ``device`` (bfloat16
     autocast, or nothing for float32). Measured on the table1 benchmark (n = 100, all
-    levels): bfloat16 changes mean SSIM by ≤ 0.003 and PSF SNR by ≤ 0.03 dB (docs/benchmarks.md)."""
+    levels): bfloat16 changes mean SSIM by ≤ 0.003 and PSF SNR by ≤ 0.03 dB
+    (docs/benchmarks.md)."""
     if resolve_precision(device, precision) == "bfloat16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
