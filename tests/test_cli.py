@@ -9,6 +9,7 @@ import pytest
 import tifffile
 
 from napari_deepblur import __version__, cli, io
+from napari_deepblur.models import load_model
 from napari_deepblur.optics import airy_pattern
 
 
@@ -119,6 +120,19 @@ def test_identify_prints_and_writes(sample_tif, tmp_path, capsys):
     # the outputs exist now: refused without --overwrite
     assert cli.main([*argv, "--no-augment"]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_identify_in_both_precisions(sample_tif, tmp_path, capsys):
+    coefficients = {}
+    for precision in ("float32", "bfloat16"):
+        est = tmp_path / f"{precision}.json"
+        argv = ["identify", str(sample_tif), "--json", str(est), "--quiet", "--no-augment"]
+        assert cli.main([*argv, "--precision", precision]) == 0
+        coefficients[precision] = np.array(json.loads(est.read_text())["coefficients"])
+    np.testing.assert_allclose(coefficients["bfloat16"], coefficients["float32"], atol=0.01)
+    assert cli.main(["identify", str(sample_tif), "--precision", "half"]) == 2
+    assert "invalid choice: 'half'" in capsys.readouterr().err
+    load_model(precision="auto")  # the cached shipped model back to its default
 
 
 def test_deblur_with_estimate_and_psf(sample_tif, tmp_path, capsys):

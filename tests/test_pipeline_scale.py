@@ -17,7 +17,9 @@ from napari_deepblur.models import load_model
 @pytest.fixture(scope="module")
 def model():
     # float32: these tests compare tilings, not precisions (see the bfloat16 test below)
-    return load_model(device="cpu", precision="float32")
+    model = load_model(device="cpu", precision="float32")
+    yield model
+    model.precision = "auto"  # the cached shipped model back to its default
 
 
 @pytest.fixture(scope="module")
