@@ -13,9 +13,9 @@ criterion on 0.91: ``docs/experiments/refinement_criterion.py``). A quadratic pr
 
 Measured (``docs/benchmarks.md``): on noise-free benchmark images (L0, n = 100) it lifts
 the PSF SNR from 7.0 to 11.5 dB, though not on sparse images (a few nuclei on a dark
-background). With any noise beyond ~0.3 % of the image's range the deconvolution amplifies the noise, the
-criterion reads the noise instead of the blur, and refinement no longer helps — it is then
-skipped (:data:`MAX_RELATIVE_NOISE`).
+background). With any noise beyond ~0.3 % of the image's range the deconvolution
+amplifies the noise, the criterion reads the noise instead of the blur, and refinement no
+longer helps — it is then skipped (:data:`MAX_RELATIVE_NOISE`).
 
     >>> gamma = refine_coefficients(y, gamma_hat, family, uncertainty)  # doctest: +SKIP
 """

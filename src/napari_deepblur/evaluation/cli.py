@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from ..devices import PRECISIONS
-
 PROTOCOLS = ("table1", "fig10")
 #: Pairs per level when --n is not given.
 DEFAULT_N = {"table1": 100, "fig10": 20}
@@ -22,6 +20,8 @@ def _names(text: str) -> list[str]:
 
 def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``evaluate`` on an ``argparse`` subparsers object; returns its parser."""
+    from ..cli import _add_precision_argument  # lazily: the main CLI imports this module
+
     p = subparsers.add_parser(
         "evaluate",
         help="run a benchmark (table1: the standard one; fig10: space-varying blur)",
@@ -55,12 +55,7 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
         help="store the table (means ± std, command, machine, date) in the model's card",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
-    p.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="auto",
-        help="arithmetic of the networks: auto (bfloat16 where native), float32, bfloat16",
-    )
+    _add_precision_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
     return p

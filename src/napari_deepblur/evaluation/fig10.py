@@ -29,12 +29,10 @@ from collections.abc import Generator, Sequence
 import numpy as np
 import torch
 
-from ..devices import resolve_device
 from ..fieldmap import FieldEstimate, cell_centres
-from ..models import DeepBlurModel, load_model
 from ..optics import ProductConvolution, add_poisson_gaussian
 from ..optics.field import FieldAberrations, grid_positions
-from ..pipeline import BlurEstimate, Progress, deblur, identify, run
+from ..pipeline import BlurEstimate, Progress, _model, deblur, identify, run
 from .metrics import psf_snr_db, ssim
 from .table1 import (
     LEVELS,
@@ -129,12 +127,6 @@ def _evaluate(pair, model, baseline, rows, device, fc) -> dict:
     return out
 
 
-def _loaded(model, device, precision="auto") -> DeepBlurModel:
-    if isinstance(model, DeepBlurModel):
-        return model.to(resolve_device(device)).eval()
-    return load_model(model, device, precision)
-
-
 def iter_fig10(
     model="field-default",
     baseline="zernike-default",
@@ -152,7 +144,7 @@ def iter_fig10(
     unknown = [r for r in rows if r not in ROWS] + [lv for lv in levels if lv not in LEVELS]
     if unknown:
         raise ValueError(f"unknown rows/levels {unknown}; rows: {ROWS}, levels: {list(LEVELS)}")
-    model, baseline = (_loaded(m, device, precision) for m in (model, baseline))
+    model, baseline = (_model(m, device, precision) for m in (model, baseline))
     if not isinstance(model.family, ProductConvolution):
         raise ValueError(f"{model.name!r} is not a space-varying (product-convolution) model")
     fc = model.fc

@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..devices import device_name, resolve_device, resolve_precision
-from ..models import DeepBlurModel, load_model, sha256
+from ..devices import device_name, resolve_precision
+from ..models import DeepBlurModel, sha256
 from ..optics import DEFAULT_NOLL_INDICES, ZernikeConvolution, add_poisson_gaussian
-from ..pipeline import BlurEstimate, Progress, deblur, identify, run
+from ..pipeline import BlurEstimate, Progress, _model, deblur, identify, run
 from .baselines import RL_ITERATIONS, no_identification_psf, richardson_lucy, tune_rl_iterations
 from .metrics import psf_snr_db, psnr, ssim
 from .testimages import load_test_images, prepare_test_image
@@ -204,10 +204,7 @@ def iter_table1(
         raise ValueError(f"unknown rows/levels {unknown}; rows: {ROWS}, levels: {list(LEVELS)}")
     if n < 1 or rl_validation < 1:
         raise ValueError(f"n and rl_validation must be at least 1, got {n}, {rl_validation}")
-    if isinstance(model, DeepBlurModel):
-        model = model.to(resolve_device(device)).eval()
-    else:
-        model = load_model(model, device=device, precision=precision)
+    model = _model(model, device, precision)
     dev = model.device
     images, source = _as_images(images, size)
     airy = no_identification_psf(FC, KERNEL_SIZE)
