@@ -903,6 +903,12 @@ def _add_train(sub) -> None:
     )
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--deblurring-batch-size", type=int, default=d.deblurring_batch_size)
+    p.add_argument(
+        "--deblurring-widths",
+        type=_ints,
+        help="channels per scale of DN's U-Nets, e.g. 16,32 (default: the --arch's); "
+        "narrower is faster",
+    )
     p.add_argument("--crop", type=int, default=d.crop, help="training crop, px")
     p.add_argument("--bank-size", type=int, default=d.bank_size, help="sharp images kept")
     p.add_argument("--images", help="folder of your own sharp images (TIFF/PNG) to train on")
@@ -933,6 +939,7 @@ def _run_train(args: argparse.Namespace) -> int:
             deblurring_steps=args.deblurring_steps,
             batch_size=args.batch_size,
             deblurring_batch_size=args.deblurring_batch_size,
+            deblurring_widths=tuple(args.deblurring_widths) if args.deblurring_widths else None,
             crop=args.crop,
             bank_size=args.bank_size,
             images=Path(args.images) if args.images else None,

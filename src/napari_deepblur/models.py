@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .devices import inference_autocast, resolve_device, resolve_precision
+from .devices import convolution_layout, inference_autocast, resolve_device, resolve_precision
 from .nets import DeblurringConfig, DeblurringNetwork, IdentificationConfig, IdentificationNetwork
 from .optics import OperatorFamily, family_from_state
 
@@ -50,9 +50,12 @@ class DeepBlurModel:
     precision: str = "auto"
 
     def to(self, device) -> DeepBlurModel:
-        self.identification.to(device)
-        if self.deblurring is not None:
-            self.deblurring.to(device)
+        """Both networks on ``device``, in its fastest convolution layout
+        (:func:`~napari_deepblur.devices.convolution_layout`)."""
+        device = torch.device(device)
+        for network in (self.identification, self.deblurring):
+            if network is not None:
+                network.to(device, memory_format=convolution_layout(device))
         return self
 
     @property

@@ -52,6 +52,7 @@ class TrainOptions:
     deblurring_steps: int = 1500
     batch_size: int = 32
     deblurring_batch_size: int = 8
+    deblurring_widths: tuple[int, ...] | None = None  # DN U-Net channels per scale (arch's)
     crop: int = 128
     bank_size: int = 4000
     images: Path | None = None  # folder of the user's sharp images
@@ -159,6 +160,8 @@ def train_model(opts: TrainOptions) -> Path:
     family, fc, in_family, gamma_description = _family(opts)
     opts.fc = fc
     in_cfg, dn_cfg = (make() for make in ARCHITECTURES[opts.arch])
+    if opts.deblurring_widths:
+        dn_cfg.widths = tuple(opts.deblurring_widths)
     in_cfg.num_parameters = in_family.num_parameters
     in_cfg.training_px = opts.crop
     identification = IdentificationNetwork(in_cfg)

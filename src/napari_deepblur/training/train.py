@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..devices import convolution_layout, native_bfloat16
 from ..intensity import normalize, robust_range
 from ..nets import DeblurringNetwork, IdentificationNetwork
 from ..optics import OperatorFamily
@@ -33,7 +34,7 @@ class LoopConfig:
     time_limit_s: float | None = None
     validate_every: int = 500
     checkpoint_every: int = 500
-    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    amp: bool = True  # bf16 autocast where the device computes it natively (CUDA, recent CPUs)
 
 
 def network_inputs(
@@ -106,7 +107,7 @@ class _Loop:
         tmp.replace(self.checkpoint)
 
     def autocast(self):
-        enabled = self.cfg.amp and self.device.type == "cuda"
+        enabled = self.cfg.amp and native_bfloat16(self.device)
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def run(self, train_step, validate, quiet: bool = False) -> list[dict]:
@@ -170,7 +171,7 @@ def train_identification(
 ) -> list[dict]:
     """Train IN to predict ``γ / parameter_scale``; returns the validation history."""
     device = data.device
-    network.to(device)
+    network.to(device, memory_format=convolution_layout(device))
     loop = _Loop("identification", network, cfg, checkpoint, device)
     held_out = validation.sample(min(256, 4 * cfg.batch_size))
 
@@ -193,12 +194,6 @@ def train_identification(
     return loop.run(train_step, validate, quiet)
 
 
-def estimate_operator(network: IdentificationNetwork, family: OperatorFamily, y_n: torch.Tensor):
-    """IN's γ̂ for normalised images ``(B, 1, H, W)`` and the operator bound to it."""
-    gamma = network(y_n).float() * family.parameter_scale
-    return gamma, family.operator(gamma[:, None], y_n.shape[-2:])
-
-
 def train_deblurring(
     network: DeblurringNetwork,
     identification: IdentificationNetwork,
@@ -214,18 +209,20 @@ def train_deblurring(
     """Train DN on ``(y, γ̂ = IN(y))`` against the sharp image (L1 in normalised units).
     ``operator_for(batch, y_n)``, when given, supplies the operator instead of IN."""
     device = data.device
-    network.to(device)
-    identification.to(device).eval()
+    network.to(device, memory_format=convolution_layout(device))
+    identification.to(device, memory_format=convolution_layout(device)).eval()
     loop = _Loop("deblurring", network, cfg, checkpoint, device)
     held_out = validation.sample(min(64, 2 * cfg.batch_size))
 
     def restore(batch):
         y_n, sigma, low, scale = network_inputs(batch.y, fc)
-        with torch.no_grad(), loop.autocast():
+        with torch.no_grad():  # the operator in float32: its data steps need the precision
             if operator_for is not None:
                 operator = operator_for(batch, y_n)
             else:
-                _, operator = estimate_operator(identification, family, y_n)
+                with loop.autocast():
+                    gamma = identification(y_n).float() * family.parameter_scale
+                operator = family.operator(gamma[:, None], y_n.shape[-2:])
         with loop.autocast():
             x_hat = network(y_n, operator, sigma).float()
         return x_hat, normalize(batch.x, low, scale)[:, None]
