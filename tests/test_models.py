@@ -1,5 +1,6 @@
 """Model files: save/load round trip, the shipped registry, clear errors on bad files."""
 
+import copy
 import json
 import shutil
 
@@ -41,6 +42,33 @@ def test_save_load_round_trip(tmp_path):
     assert card["note"] == "test" and len(card["sha256"]) == 64
     x = torch.rand(2, 1, 96, 96)
     # weights are stored as float16: predictions agree to float16 precision
+    torch.testing.assert_close(
+        loaded.identification(x), model.identification(x), atol=2e-2, rtol=2e-2
+    )
+
+
+def test_on_the_cpu_the_networks_run_channels_last_with_the_same_results(tmp_path):
+    model = _tiny_model()
+    reference_identification = copy.deepcopy(model.identification)
+    reference_deblurring = copy.deepcopy(model.deblurring)
+    model.to("cpu")
+    convolutions = [m for m in model.deblurring.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convolutions)
+    x = torch.rand(2, 1, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.identification(x), reference_identification(x), atol=1e-5, rtol=1e-4
+        )
+        sigma = torch.full_like(x, 0.01)
+        operator = model.family.operator(torch.zeros(2, 1, 7), x.shape[-2:])
+        torch.testing.assert_close(
+            model.deblurring(x, operator, sigma),
+            reference_deblurring(x, operator, sigma),
+            atol=1e-5,
+            rtol=1e-4,
+        )
+    # and the file written from channels-last weights loads back to the same networks
+    loaded = load_model(save_model(model, tmp_path / "tiny.safetensors"))
     torch.testing.assert_close(
         loaded.identification(x), model.identification(x), atol=2e-2, rtol=2e-2
     )

@@ -69,6 +69,7 @@ def test_cli_train_writes_a_loadable_model_with_its_card(tmp_path):
             "train", "--out", str(out), "--identification-steps", "3",
             "--deblurring-steps", "2", "--batch-size", "4", "--deblurring-batch-size", "2",
             "--bank-size", "64", "--crop", "96", "--device", "cpu", "--quiet",
+            "--deblurring-widths", "8,16",
         ]
     )  # fmt: skip
     assert code == 0
@@ -79,3 +80,5 @@ def test_cli_train_writes_a_loadable_model_with_its_card(tmp_path):
     assert card["training"]["command"].startswith("deepblur train")
     assert card["training"]["seed"] == 0 and card["sha256"]
     assert model.identification.config.training_px == 96
+    assert model.deblurring.config.widths == (8, 16)
+    assert card["architecture"]["deblurring"]["widths"] == [8, 16]

@@ -1,0 +1,32 @@
+"""Intensity normalisation: the robust range is the 1st / 99.9th percentile, per image."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_deepblur.intensity import ConstantImageError, check_contrast, robust_range
+
+
+def test_robust_range_is_the_linear_percentiles_of_each_image():
+    images = torch.rand(3, 50, 70) ** 3 * torch.tensor([1.0, 10.0, 100.0])[:, None, None]
+    low, scale = robust_range(images)
+    assert low.shape == scale.shape == (3, 1, 1)
+    q = torch.tensor([0.01, 0.999])
+    expected = torch.quantile(images.reshape(3, -1), q, dim=-1)  # torch's own definition
+    torch.testing.assert_close(low.flatten(), expected[0], rtol=1e-6, atol=0)
+    torch.testing.assert_close((low + scale).flatten(), expected[1], rtol=1e-6, atol=0)
+
+
+def test_robust_range_keeps_the_dtype_and_ignores_a_few_outliers():
+    image = np.linspace(0, 1, 10_000).reshape(100, 100)
+    image[0, :5] = 1e6  # hot pixels: 0.05 % of the image, above the 99.9th percentile
+    low, scale = robust_range(torch.from_numpy(image))
+    assert low.dtype == torch.float64
+    assert float(low) == pytest.approx(0.01, abs=1e-3)
+    assert float(low + scale) == pytest.approx(0.9995, abs=1e-3)
+
+
+def test_a_constant_image_is_refused():
+    low, scale = robust_range(torch.full((1, 32, 32), 7.0))
+    with pytest.raises(ConstantImageError, match="constant"):
+        check_contrast(scale, low)
