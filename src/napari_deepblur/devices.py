@@ -66,7 +66,8 @@ def empty_cache(device: torch.device) -> None:
 def convolution_layout(device: torch.device) -> torch.memory_format:
     """The memory layout convolution weights run fastest in on ``device``: channels-last on
     CPUs and CUDA GPUs (oneDNN / cuDNN kernels; measured on a 2-core CPU, bfloat16: the
-    deblurring U-Net at 512² 0.087 → 0.051 s, docs/benchmarks.md), as they are elsewhere."""
+    deblurring U-Net at 512² 0.087 → 0.051 s, docs/benchmarks.md); the default contiguous
+    layout elsewhere (MPS)."""
     return torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
 
 
