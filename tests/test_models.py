@@ -74,6 +74,19 @@ def test_on_the_cpu_the_networks_run_channels_last_with_the_same_results(tmp_pat
     )
 
 
+def test_moving_a_model_where_it_already_is_keeps_its_weights_and_a_changed_layout_is_redone():
+    model = _tiny_model().to("cpu")
+    weights = [p.data_ptr() for p in model.deblurring.parameters()]
+    model.to("cpu").eval()
+    assert [p.data_ptr() for p in model.deblurring.parameters()] == weights
+    model.deblurring.to(memory_format=torch.contiguous_format)  # someone moved one network
+    model.identification.train()
+    model.to("cpu").eval()
+    convolutions = [m for m in model.deblurring.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convolutions)
+    assert not any(m.training for m in model.identification.modules())
+
+
 def test_shipped_default_model_is_listed_with_a_card():
     models = list_models()
     assert "zernike-default" in models

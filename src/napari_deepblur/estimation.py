@@ -24,7 +24,7 @@ import torch
 
 from .devices import empty_cache, is_out_of_memory
 from .optics import EigenPSFConvolution, ZernikeConvolution
-from .training.train import network_inputs
+from .training.train import identification_inputs
 
 #: Network evaluations per image or tile: windows × dihedral copies (CPU time is linear in it).
 MAX_EVALUATIONS = 64
@@ -178,7 +178,7 @@ def window_predictions(
     ]
     crops = torch.stack([image[t : t + window, l : l + window] for t, l in positions])
     centres = torch.tensor(positions, dtype=torch.float32) + (window - 1) / 2
-    y_n, _, _, contrast = network_inputs(crops, model.fc)
+    y_n, _, contrast = identification_inputs(crops)
     contrast = contrast.flatten()
     keep = (contrast >= MIN_RELATIVE_CONTRAST * contrast.max()).cpu()
     y_n, centres = y_n[keep.to(y_n.device)], centres[keep]

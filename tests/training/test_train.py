@@ -37,11 +37,11 @@ def test_a_short_identification_run_lowers_the_loss(tmp_path):
     fixed = valid.sample(32)
 
     def loss_now():
-        from napari_deepblur.training.train import network_inputs
+        from napari_deepblur.training.train import identification_inputs
 
         net.eval()
         with torch.no_grad():
-            y_n, *_ = network_inputs(fixed.y, 0.2)
+            y_n, *_ = identification_inputs(fixed.y)
             return float(identification_loss(net(y_n), fixed.gamma, family))
 
     before = loss_now()
@@ -82,3 +82,16 @@ def test_cli_train_writes_a_loadable_model_with_its_card(tmp_path):
     assert model.identification.config.training_px == 96
     assert model.deblurring.config.widths == (8, 16)
     assert card["architecture"]["deblurring"]["widths"] == [8, 16]
+
+
+def test_the_identification_sees_the_same_normalised_image_as_the_deblurring():
+    from napari_deepblur.training.train import identification_inputs, network_inputs
+
+    y = 100 + 50 * torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))
+    y_n, low, scale = identification_inputs(y)
+    y_n_full, sigma, low_full, scale_full = network_inputs(y, 0.2)
+    assert y_n.shape == (3, 1, 64, 64) and sigma.shape == y_n.shape
+    torch.testing.assert_close(y_n, y_n_full)
+    torch.testing.assert_close((low, scale), (low_full, scale_full))
+    # normalised by a robust range: the bulk of the pixels lies in [0, 1]
+    assert 0.9 < float(((y_n >= 0) & (y_n <= 1)).float().mean()) <= 1

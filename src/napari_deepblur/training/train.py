@@ -37,23 +37,31 @@ class LoopConfig:
     amp: bool = True  # bf16 autocast where the device computes it natively (CUDA, recent CPUs)
 
 
+def identification_inputs(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Raw blurred images ``(B, H, W)`` → ``(y_n (B,1,H,W), low, scale)``: the robustly
+    normalised images the identification network sees, and the range they were normalised by
+    (``scale`` is also each image's contrast)."""
+    low, scale = robust_range(y)
+    scale = scale.clamp_min(1e-6)
+    return normalize(y, low, scale)[:, None], low, scale
+
+
 def network_inputs(
     y: torch.Tensor, fc: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Raw blurred images ``(B, H, W)`` → ``(y_n (B,1,H,W), σ_n (B,1,H,W), low, scale)``.
 
-    ``y_n`` is the robustly normalised image and ``σ_n`` the per-pixel noise std estimated
-    from it (Poisson–Gaussian, in normalised units). The pipeline and training share it.
+    ``y_n`` is :func:`identification_inputs`' normalised image and ``σ_n`` the per-pixel
+    noise std estimated from it (Poisson–Gaussian, in normalised units), which the deblurring
+    network needs. The pipeline and training share it.
     """
-    low, scale = robust_range(y)
-    scale = scale.clamp_min(1e-6)
-    y_n = normalize(y, low, scale)
-    alpha, beta = estimate_noise(y_n, fc)
-    smooth = torch.nn.functional.avg_pool2d(y_n[:, None], 3, 1, 1, count_include_pad=False)
+    y_n, low, scale = identification_inputs(y)
+    alpha, beta = estimate_noise(y_n[:, 0], fc)
+    smooth = torch.nn.functional.avg_pool2d(y_n, 3, 1, 1, count_include_pad=False)
     sigma = torch.sqrt(
         alpha[:, None, None, None] * smooth.clamp_min(0) + beta[:, None, None, None] ** 2
     )
-    return y_n[:, None], sigma, low, scale
+    return y_n, sigma, low, scale
 
 
 def _learning_rate(cfg: LoopConfig, step: int, elapsed: float) -> float:
@@ -177,7 +185,7 @@ def train_identification(
 
     def train_step():
         batch = data.sample(cfg.batch_size)
-        y_n, *_ = network_inputs(batch.y, fc)
+        y_n, *_ = identification_inputs(batch.y)
         with loop.autocast():
             predicted = network(y_n).float()
         return identification_loss(predicted, batch.gamma, family)
@@ -185,7 +193,7 @@ def train_identification(
     @torch.no_grad()
     def validate():
         network.eval()
-        y_n, *_ = network_inputs(held_out.y, fc)
+        y_n, *_ = identification_inputs(held_out.y)
         with loop.autocast():
             predicted = network(y_n).float() * family.parameter_scale
         snr = psf_snr_db(family.psf(predicted), family.psf(held_out.gamma))
