@@ -2,8 +2,8 @@
 fixture: 520 nm, NA 0.85, air, 130 nm pixels, so fc = 0.2125 cycles/pixel), add noise, and
 check what Deep-Blur recovers. Reports the PSF SNR of our estimate and of the aberration-free
 Airy PSF at the same optics, both against the measured PSF, and SSIM before/after deblurring.
-Run: ``python docs/experiments/measured_psf.py [PATH_TO_PSF_TIF]`` (default: the copy in
-``../shared/data``; a minute on 2 CPU cores)."""
+Run: ``python docs/experiments/measured_psf.py [PATH_TO_PSF_TIF] [MODEL]`` (default: the copy
+in ``../shared/data`` and the shipped ``zernike-default``; a minute on 2 CPU cores)."""
 
 import sys
 from pathlib import Path
@@ -34,11 +34,11 @@ def measured_psf(path: Path, size: int = 31) -> np.ndarray:
     return (crop / crop.sum()).astype(np.float32)
 
 
-path = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT
+path = Path(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1] else DEFAULT
 psf = measured_psf(path)
 fc = Microscope(**OPTICS).fc
 airy = no_identification_psf(fc, 31)
-model = ndb.load_model()
+model = ndb.load_model(sys.argv[2] if len(sys.argv) > 2 else None)
 images = [(n, x) for n, x in load_test_images(size=256) if n.startswith(("bpae", "dsb"))]
 print(f"measured PSF {path.name}: fc {fc:.4f}; Airy vs measured: {psf_snr_db(airy, psf):.1f} dB")
 for level, (alpha, beta) in {"L0": (0.0, 0.0), "L1": (0.0025, 0.04)}.items():

@@ -745,7 +745,7 @@ def _add_bench(sub) -> None:
         "--rl-iterations", type=int, default=30, help="Richardson–Lucy iterations (0: skip)"
     )
     p.add_argument(
-        "--repeats", type=int, default=3, help="timed runs per size, median reported (default 3)"
+        "--repeats", type=int, default=5, help="timed runs per size, median reported (default 5)"
     )
     p.add_argument("--batch-images", type=int, default=16, help="images in the batch run (0: skip)")
     p.add_argument("--batch-size-px", type=int, default=512, help="batch image size, px")

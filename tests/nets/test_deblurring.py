@@ -44,3 +44,36 @@ def test_works_with_product_convolution():
     y = torch.rand(1, 1, 48, 48)
     x = net(y, family.operator(gamma, y.shape[-2:]), torch.full_like(y, 0.02))
     assert x.shape == y.shape and torch.isfinite(x).all()
+
+
+class _CountingOperator:
+    """A Zernike operator that counts its data steps (the expensive part of an iteration)."""
+
+    def __init__(self, operator):
+        self.operator, self.data_steps = operator, 0
+
+    def regularized_inverse(self, y, lam, prior=None):
+        self.data_steps += 1
+        return self.operator.regularized_inverse(y, lam, prior)
+
+
+def test_the_unread_last_data_step_is_skipped_without_changing_the_output():
+    torch.manual_seed(0)
+    net = DeblurringNetwork(DeblurringConfig(iterations=3, widths=(8, 16), blocks=1))
+    with torch.no_grad():  # non-trivial proximal steps (the U-Nets start as the identity)
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    family = ZernikeConvolution(0.2)
+    op = _CountingOperator(family.operator(family.sample_parameters(1)[:, None], (48, 48)))
+    y, sigma = torch.rand(1, 1, 48, 48), torch.full((1, 1, 48, 48), 0.03)
+    with torch.no_grad():
+        x = net(y, op, sigma)
+        lam = net.regularization(sigma)[:, :, None]  # (T + 1, B, 1) as in forward
+        z = op.operator.regularized_inverse(y, lam[0])  # the full recursion of the docstring
+        for t, prox in enumerate(net.prox):
+            x_reference = prox(z, sigma)
+            z = z + op.operator.regularized_inverse(y, lam[t + 1], 2 * x_reference - z)
+            z = z - x_reference
+    assert op.data_steps == 3  # z0 and the two z updates that a later U-Net reads
+    assert torch.allclose(x, x_reference, atol=1e-6)
+    assert (x - z).abs().max() > 1e-3  # the skipped z would have differed from the output

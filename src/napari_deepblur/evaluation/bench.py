@@ -166,7 +166,7 @@ def bench_pipeline(
     precision: str = "auto",
     model=None,
     rl_iterations: int = 30,
-    repeats: int = 3,
+    repeats: int = 5,
     batch_images: int = 16,
     batch_size_px: int = 512,
     batch_workers: int | None = None,

@@ -9,6 +9,9 @@ prior, fed with a noise-level map)::
     for t < T:  x = PN_t(z);  z = z + R_t(2x − z) − x
     return x
 
+The last ``z`` update is never read, so it is skipped: ``T`` data steps, not ``T + 1``
+(the last ``λ`` pair is kept so the weight files keep their layout).
+
 ``λ_t`` is learned, positive, and scales with the image's noise variance
 (``λ_t = a_t σ̄² + b_t``), so one network serves clean and noisy images.
 """
@@ -62,9 +65,11 @@ class DeblurringNetwork(nn.Module):
         lam = lam.reshape(lam.shape[0], lam.shape[1], *([1] * (y.ndim - 3)))  # (T+1, B, 1…)
         z = _data_step(operator, y, lam[0])
         x = z
+        last = len(self.prox) - 1
         for t, prox in enumerate(self.prox):
             x = prox(z, sigma)
-            z = z + _data_step(operator, y, lam[t + 1], 2 * x - z) - x
+            if t < last:  # the last z update would never be read
+                z = z + _data_step(operator, y, lam[t + 1], 2 * x - z) - x
         return x
 
 
