@@ -33,17 +33,21 @@ step() {  # step NAME SECONDS COMMAND…: run it with a time limit, append its o
 {
     date -u
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-    python3 -c "import torch; print('torch', torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())"
+    python3 -c "import torch; print('torch', torch.__version__, torch.cuda.is_available()
+        and torch.cuda.get_device_name())"
     git log -1 --format='commit %H' 2>/dev/null
 } 2>&1 | tee "$log"
 
 step bench_auto 200 "${deepblur[@]}" bench --device "$device" --sizes "$sizes" --batch-images 0 \
     --json "$out/bench_${device}_auto.json" --overwrite --quiet
-step bench_f32 60 "${deepblur[@]}" bench --device "$device" --precision float32 --sizes "${sizes%,8192}" \
-    --rl-iterations 0 --batch-images 0 --json "$out/bench_${device}_f32.json" --overwrite --quiet
+# float32 for comparison only: without the 8192² image, and without RL (timed just above)
+step bench_f32 60 "${deepblur[@]}" bench --device "$device" --precision float32 \
+    --sizes "${sizes%,8192}" --rl-iterations 0 --batch-images 0 \
+    --json "$out/bench_${device}_f32.json" --overwrite --quiet
 step oom 60 python3 docs/experiments/gpu_oom.py
 for precision in float32 bfloat16; do
-    step "table1_$precision" 120 "${deepblur[@]}" evaluate --device "$device" --precision "$precision" \
-        --n "$n" --levels L0,L1,L2 --out "$out/table1_$precision" --overwrite --quiet
+    step "table1_$precision" 120 "${deepblur[@]}" evaluate --device "$device" \
+        --precision "$precision" --n "$n" --levels L0,L1,L2 \
+        --out "$out/table1_$precision" --overwrite --quiet
 done
 date -u | tee -a "$log"

@@ -52,4 +52,3 @@ for cap_mb in caps_mb:
     print(f"cap {cap_mb:.0f} MB: {seconds:.2f} s, model on {model.device}, {outcome}")
     for w in caught:
         print(f"  warning: {w.message}")
-torch.cuda.set_per_process_memory_fraction(1.0)
