@@ -233,4 +233,5 @@ def test_bench_pipeline_tiny(capsys):
     row = result["sizes"][0]
     assert row["size_px"] == 96 and row["identify_s"] > 0 and row["deblur_s"] > 0
     assert row["rl_s"] > 0 and row["rl_over_deepblur"] > 0 and row["peak_rss_mb"] > 0
+    assert row["rl_dtype"] == "float32"  # scikit-image on the float32 image, as users run it
     assert result["device"] in ("cpu", "cuda", "mps")

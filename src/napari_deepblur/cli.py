@@ -815,6 +815,9 @@ def _run_bench(args: argparse.Namespace) -> int:
             f"{row['identify_s']:>10.3f} {row['deblur_s']:>9.3f} {row['total_s']:>8.3f} "
             f"{rl_text:>14} {ratio:>8} {row['peak_rss_mb']:>11.0f}"
         )
+    dtypes = sorted({row["rl_dtype"] for row in r["sizes"] if "rl_dtype" in row})
+    if dtypes:
+        print(f"RL: skimage.restoration.richardson_lucy in {', '.join(dtypes)}, on the CPU")
     if any(row.get("rl_extrapolated") for row in r["sizes"]):
         print("* RL timed on a central 2048² crop and scaled by the area")
     if "batch" in r:

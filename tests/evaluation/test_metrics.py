@@ -65,6 +65,18 @@ def test_richardson_lucy_matches_skimage():
     np.testing.assert_array_equal(richardson_lucy(y, h, 4), iterates[4])
 
 
+def test_richardson_lucy_keeps_skimages_precision_for_float32_images():
+    rng = np.random.default_rng(3)
+    y = rng.random((40, 56)).astype(np.float32)
+    h = no_identification_psf(0.15).astype(np.float32)
+    x = richardson_lucy(y, h, 6)
+    assert x.dtype == np.float32  # as skimage: float64 would take twice as long
+    reference = skimage_rl(y, h, num_iter=6, clip=False)
+    assert reference.dtype == np.float32
+    np.testing.assert_allclose(x, reference, rtol=1e-4, atol=1e-6)
+    assert richardson_lucy(y.astype(np.uint16), h, 1).dtype == np.float64
+
+
 def test_tune_rl_iterations_picks_the_best_mean_ssim():
     from scipy.signal import fftconvolve
 

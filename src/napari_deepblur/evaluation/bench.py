@@ -181,20 +181,22 @@ def bench_pipeline(
     reported (once only above :data:`RL_MAX_PX` pixels); default settings: identification
     averaged over 8 flips, tiles of 1024 px, the networks at ``precision`` (recorded as
     ``precision``: "float32" or "bfloat16"). Images: :func:`bench_image`. RL:
-    :func:`~napari_deepblur.evaluation.baselines.richardson_lucy` (float64 FFT, the
-    algorithm of ``skimage.restoration.richardson_lucy`` with ``clip=False``), on the CPU; above
-    :data:`RL_MAX_PX` pixels it is timed on a central 2048² crop and scaled by the area
-    (``rl_extrapolated``). ``peak_rss_mb``: the largest resident memory of this process
-    during identify + deblur (it includes the model and earlier allocations that stay
-    mapped). Batch: ``batch_images`` TIFFs of ``batch_size_px`` px through
-    :func:`napari_deepblur.batch.iter_batch` (identify + deblur + write), cluster start-up
-    excluded. Returns a JSON-serialisable dict.
+    :func:`skimage.restoration.richardson_lucy` itself (``num_iter=rl_iterations``,
+    ``clip=False``) on the same float32 image, which it deconvolves in float32 (recorded as
+    ``rl_dtype``; float64 takes twice as long), on the CPU; above :data:`RL_MAX_PX` pixels it
+    is timed on a central 2048² crop and scaled by the area (``rl_extrapolated``).
+    ``peak_rss_mb``: the largest resident memory of this process during identify + deblur (it
+    includes the model and earlier allocations that stay mapped). Batch: ``batch_images``
+    TIFFs of ``batch_size_px`` px through :func:`napari_deepblur.batch.iter_batch` (identify +
+    deblur + write), cluster start-up excluded. Returns a JSON-serialisable dict.
     """
     import tempfile
 
+    import numpy as np
+    from skimage.restoration import richardson_lucy
+
     from .. import pipeline
     from ..models import load_model
-    from .baselines import richardson_lucy
 
     say = progress or (lambda message: None)
     dev = resolve_device(device)
@@ -223,15 +225,20 @@ def bench_pipeline(
         }
         if rl_iterations:
             say(f"{size}² Richardson–Lucy ({rl_iterations} iterations)")
+            extrapolated = image.size > RL_MAX_PX
             crop = image
-            if image.size > RL_MAX_PX:
+            if extrapolated:
                 c = (size - 2048) // 2
                 crop = image[c : c + 2048, c : c + 2048]
-            _, t_rl = _median_time(runs, dev, richardson_lucy, crop, estimate.psf, rl_iterations)
+            crop = np.clip(crop, 0, None)  # RL needs a nonnegative image
+            deconvolved, t_rl = _median_time(
+                runs, dev, richardson_lucy, crop, estimate.psf, num_iter=rl_iterations, clip=False
+            )
             t_rl *= image.size / crop.size
             row.update(
                 rl_s=t_rl,
-                rl_extrapolated=crop is not image,
+                rl_dtype=str(deconvolved.dtype),
+                rl_extrapolated=extrapolated,
                 rl_over_deepblur=t_rl / row["total_s"],
             )
         rows.append(row)
