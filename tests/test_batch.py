@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from napari_deepblur import batch, cli, io
+from napari_deepblur import batch, cli, io, pipeline
 from napari_deepblur._sample_data import make_blurred_sample
 
 
@@ -90,3 +90,36 @@ def test_batch_jobs_errors(inputs, tmp_path):
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="no .tif"):
         batch.batch_jobs([empty], tmp_path / "out")
+
+
+def test_batch_keeps_the_users_json_and_refuses_bad_options(cluster, inputs, tmp_path):
+    from distributed import Client
+
+    out = tmp_path / "done"
+    out.mkdir()
+    notes = out / "img0.json"  # where the estimate of img0.tif would go
+    notes.write_text('{"my": "notes"}')
+    options = batch.DeblurOptions(device="cpu")
+    with Client(cluster) as client:
+        jobs = batch.iter_batch([inputs / "img0.tif"], out, options, client=client)
+        result = pipeline.run(jobs)
+    assert result.failed and "img0.json already exists" in result.failed[0][1]
+    assert notes.read_text() == '{"my": "notes"}' and [p.name for p in out.iterdir()] == [
+        "img0.json"
+    ]
+    for bad in ({"tile_px": 0}, {"strength": float("nan")}, {"optics": {"fc": 0.3}}):
+        with pytest.raises(ValueError):
+            pipeline.run(batch.iter_batch([inputs], tmp_path / "out", batch.DeblurOptions(**bad)))
+    assert not (tmp_path / "out").exists()
+
+
+def test_unfinished_outputs_are_cleaned_up(tmp_path):
+    src, dst = tmp_path / "a.tif", tmp_path / "out" / "a.tif"
+    dst.parent.mkdir()
+    partial = dst.parent / ".a.tif.1234abcd.partial"
+    partial.write_bytes(b"half")
+    dst.with_suffix(".json").write_text(json.dumps({"input": str(src), "estimate": {}}))
+    other_src, other_dst = tmp_path / "b.tif", dst.parent / "b.tif"
+    other_dst.with_suffix(".json").write_text('{"my": "notes"}')
+    batch._remove_unfinished([(src, dst), (other_src, other_dst)], batch.BatchResult())
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["b.json"]

@@ -235,3 +235,53 @@ def test_bench_pipeline_tiny(capsys):
     assert row["rl_s"] > 0 and row["rl_over_deepblur"] > 0 and row["peak_rss_mb"] > 0
     assert row["rl_dtype"] == "float32"  # scikit-image on the float32 image, as users run it
     assert result["device"] in ("cpu", "cuda", "mps")
+
+
+def test_outputs_never_replace_the_input_or_each_other(sample_tif, tmp_path, capsys):
+    image = tmp_path / "in.tif"
+    image.write_bytes(sample_tif.read_bytes())
+    before = image.read_bytes()
+    for extra in (["--psf-out", str(image)], ["--json", str(image)]):
+        assert cli.main(["identify", str(image), *extra, "--overwrite", "--quiet"]) == 2
+        assert "would replace the input" in capsys.readouterr().err
+    psf, sidecar = tmp_path / "p.tif", tmp_path / "p.json"
+    argv = ["identify", str(image), "--psf-out", str(psf), "--json", str(sidecar), "--quiet"]
+    assert cli.main(argv) == 2
+    assert "would replace the other output" in capsys.readouterr().err
+    assert cli.main(["identify", str(image), "--json", str(tmp_path / "no" / "e.json")]) == 2
+    assert "output folder" in capsys.readouterr().err
+    assert image.read_bytes() == before and not psf.exists() and not sidecar.exists()
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--noise", "nan"], "noise must be a nonnegative"),
+        (["--noise", "-1"], "noise must be a nonnegative"),
+        (["--strength", "-1"], "strength must be a positive"),
+        (["--tile-px", "0"], "at least 128 px"),
+        (["--device", "foo"], "unknown device 'foo'"),
+    ],
+)
+def test_bad_deblur_options_are_user_errors(sample_tif, tmp_path, capsys, option, message):
+    out = tmp_path / "out.tif"
+    assert cli.main(["deblur", str(sample_tif), "-o", str(out), *option, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and not out.exists()
+
+
+def test_truncated_tiff_names_the_file(sample_tif, tmp_path, capsys):
+    broken = tmp_path / "cut.tif"
+    broken.write_bytes(sample_tif.read_bytes()[:5000])
+    assert cli.main(["deblur", str(broken), "-o", str(tmp_path / "o.tif"), "--quiet"]) == 2
+    assert "not a readable TIFF" in capsys.readouterr().err
+
+
+def test_a_bad_plane_is_named(sample_tif, tmp_path, capsys):
+    image = io.read_image(sample_tif).data
+    stack = np.stack([image, np.zeros_like(image)])
+    src = io.write_image(tmp_path / "stack.tif", stack, axes="ZYX")
+    out = tmp_path / "out.tif"
+    assert cli.main(["deblur", str(src), "-o", str(out), "--plane", "0", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "plane (1,) (plane 2 of 2)" in err and "constant" in err and not out.exists()

@@ -152,3 +152,18 @@ def test_local_psfs_of_a_tiled_estimate(model, sample):
     assert len(est.tiles) == 2 and psfs.shape == (2, 31, 31)
     np.testing.assert_allclose(psfs.sum(axis=(1, 2)), 1, atol=1e-4)
     assert est.tiles[0]["x"] < est.tiles[1]["x"]
+
+
+def test_damaged_weights_give_an_error_not_a_nan_image():
+    import copy
+
+    from napari_deepblur import pipeline
+    from napari_deepblur.models import load_model
+
+    model = copy.deepcopy(load_model(None, device="cpu"))
+    image = make_blurred_sample(0, 96)["image"]
+    estimate = pipeline.identify(image, model, device="cpu")
+    with torch.no_grad():
+        next(model.deblurring.parameters()).fill_(float("nan"))
+    with pytest.raises(ValueError, match="weights are probably damaged"):
+        pipeline.deblur(image, estimate, model, device="cpu")

@@ -187,7 +187,7 @@ def test_out_of_memory_falls_back_to_smaller_tiles(model, sample, estimate, monk
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(torch.cuda.OutOfMemoryError):  # already on the CPU: nowhere to go
-            pipeline.deblur(image, estimate, model, device="cpu", tile_px=64)
+            pipeline.deblur(image, estimate, model, device="cpu", tile_px=128)
 
 
 def test_device_helpers():

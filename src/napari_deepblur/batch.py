@@ -56,6 +56,18 @@ class DeblurOptions:
     torch_threads: int | None = None
 
 
+def check_options(options: DeblurOptions) -> None:
+    """ValueError for options that no file can make valid (tile size, strength, noise, an
+    explicit fc), so that a batch refuses them once instead of failing every file."""
+    from . import pipeline
+    from .optics.microscope import check_fc
+
+    pipeline.check_tile_px(options.tile_px)
+    pipeline.check_noise_and_strength(options.noise, options.strength)
+    if options.optics.get("fc") is not None:
+        check_fc(options.optics["fc"])
+
+
 def image_optics(image, optics: dict | None = None) -> tuple[dict, str]:
     """The pipeline's optics keywords for an :class:`~napari_deepblur.io.ImageData`, and
     where they came from (a short text).
@@ -151,6 +163,13 @@ def iter_deblur_file(
         raise FileExistsError(f"{output_path} already exists; pass --overwrite to replace it")
     if not output_path.parent.is_dir():
         raise FileNotFoundError(f"the output folder {output_path.parent} does not exist")
+    sidecar = output_path.with_suffix(".json") if options.estimate_json else None
+    if sidecar is not None:
+        if sidecar.resolve() == input_path.resolve():
+            raise ValueError(f"the estimate {sidecar} would replace the input; choose another path")
+        if sidecar.exists() and not options.overwrite:
+            raise FileExistsError(f"{sidecar} already exists; pass --overwrite to replace it")
+    check_options(options)
     if options.torch_threads:
         import torch
 
@@ -173,8 +192,7 @@ def iter_deblur_file(
         )
     dtype = np.float32 if options.dtype == "float32" else data.dtype
     summary = estimate_json(estimate)
-    if options.estimate_json:
-        sidecar = output_path.with_suffix(".json")
+    if sidecar is not None:
         text = json.dumps({"input": str(input_path), "estimate": summary}, indent=2)
         io._atomic_write(sidecar, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     axes = image.axes if image.axes and len(image.axes) == data.ndim else None
@@ -184,26 +202,31 @@ def iter_deblur_file(
         "strength": options.strength,
         "estimate": summary,
     }
-    with io.create_image(
-        output_path,
-        data.shape,
-        dtype,
-        pixel_size_nm=image.pixel_size_nm,
-        metadata=metadata,
-        overwrite=options.overwrite,
-        axes=axes,
-    ) as out:
-        yield from pipeline.iter_deblur_stack(
-            data,
-            estimate,
-            model,
-            out=out,
-            noise=options.noise,
-            strength=options.strength,
-            device=options.device,
-            tile_px=options.tile_px,
-            **optics,
-        )
+    try:
+        with io.create_image(
+            output_path,
+            data.shape,
+            dtype,
+            pixel_size_nm=image.pixel_size_nm,
+            metadata=metadata,
+            overwrite=options.overwrite,
+            axes=axes,
+        ) as out:
+            yield from pipeline.iter_deblur_stack(
+                data,
+                estimate,
+                model,
+                out=out,
+                noise=options.noise,
+                strength=options.strength,
+                device=options.device,
+                tile_px=options.tile_px,
+                **optics,
+            )
+    except BaseException:
+        if sidecar is not None:  # no estimate left behind for an output that was not written
+            sidecar.unlink(missing_ok=True)
+        raise
     return {
         "input": str(input_path),
         "output": str(output_path),
@@ -294,12 +317,14 @@ def iter_batch(
     running torch on ``cpu_count // workers`` threads. ``client``: an existing
     ``distributed.Client`` to use instead. Outputs that exist are skipped unless
     ``options.overwrite``. A failing file is recorded in :attr:`BatchResult.failed` and the
-    others go on. Stopping the iteration cancels the files not yet done.
+    others go on. Stopping the iteration cancels the files not yet done (and removes their
+    temporary files).
     """
     options = options or DeblurOptions()
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"--out {out_dir} exists and is not a folder")
+    check_options(options)
     jobs = batch_jobs(inputs, out_dir)
     result = BatchResult()
     todo = []
@@ -310,7 +335,6 @@ def iter_batch(
             todo.append((src, dst))
     if not todo:
         return result
-    out_dir.mkdir(parents=True, exist_ok=True)
 
     from distributed import Client, LocalCluster, as_completed
 
@@ -318,7 +342,12 @@ def iter_batch(
     try:
         if client is None:
             if scheduler:
-                client = Client(scheduler, timeout="30s")
+                try:
+                    client = Client(scheduler, timeout="30s")
+                except (OSError, TimeoutError) as exc:
+                    raise ValueError(
+                        f"could not connect to the dask scheduler at {scheduler}: {exc}"
+                    ) from None
             else:
                 workers = workers or _default_workers()
                 cluster = LocalCluster(
@@ -326,7 +355,7 @@ def iter_batch(
                     threads_per_worker=1,
                     processes=processes,
                     dashboard_address=None,
-                    silence_logs=logging.ERROR,
+                    silence_logs=logging.CRITICAL,  # failures are reported per file below
                 )
                 own.append(cluster)
                 client = Client(cluster)
@@ -340,6 +369,7 @@ def iter_batch(
         )
         result.workers = len(client.scheduler_info().get("workers", {}))
         result.scheduler = str(client.scheduler.address)
+        out_dir.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         futures = {
             client.submit(
@@ -362,6 +392,29 @@ def iter_batch(
             client.cancel(list(futures))
         result.seconds = time.perf_counter() - start
     finally:
-        for thing in own:
-            thing.close()
+        try:
+            for thing in own:
+                thing.close()
+        finally:
+            _remove_unfinished(todo, result)
     return result
+
+
+def _remove_unfinished(todo, result: BatchResult) -> None:
+    """What workers stopped mid-file (interrupt, cancel) could not clean up themselves: the
+    temporary files of outputs not done, and the estimates they wrote beside them."""
+    from . import io
+
+    finished = {d["output"] for d in result.done}
+    for src, dst in todo:
+        if str(dst) in finished or dst.exists():
+            continue
+        io.remove_partial_files(dst)
+        sidecar = dst.with_suffix(".json")
+        io.remove_partial_files(sidecar)
+        try:
+            ours = json.loads(sidecar.read_text(encoding="utf-8")).get("input") == str(src)
+        except (OSError, ValueError, AttributeError):
+            ours = False  # absent, or not an estimate this batch wrote
+        if ours:
+            sidecar.unlink(missing_ok=True)

@@ -14,6 +14,7 @@ import argparse
 import json
 import shlex
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 from . import __version__
@@ -299,12 +300,20 @@ def _optics_args(args) -> dict:
     }
 
 
-def _check_new(paths, overwrite: bool) -> None:
+def _check_new(paths, overwrite: bool, inputs=()) -> None:
+    """Before any work: each output path (None: skipped) must be new (or ``overwrite``), in
+    an existing folder, and neither an input nor another output."""
     from pathlib import Path
 
-    for path in paths:
-        if path is not None and Path(path).exists() and not overwrite:
+    taken = {Path(p).resolve(): f"the input {p}" for p in inputs}
+    for path in (Path(p) for p in paths if p is not None):
+        if path.resolve() in taken:
+            raise ValueError(f"{path} would replace {taken[path.resolve()]}; choose another path")
+        taken[path.resolve()] = f"the other output {path}"
+        if path.exists() and not overwrite:
             raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"the output folder {path.parent} does not exist")
 
 
 # --- deepblur identify ------------------------------------------------------------------------
@@ -372,7 +381,9 @@ def _run_identify(args: argparse.Namespace) -> int:
     if psf_out is not None and psf_out.suffix.lower() not in (".tif", ".tiff"):
         raise ValueError(f"--psf-out must end with .tif or .tiff: {psf_out}")
     _check_new(
-        [psf_out, psf_out.with_suffix(".json") if psf_out else None, args.json], args.overwrite
+        [psf_out, psf_out.with_suffix(".json") if psf_out else None, args.json],
+        args.overwrite,
+        inputs=[args.image],
     )
     image = io.read_image(args.image, mmap=True)
     check_image_axes(image, args.image)
@@ -998,21 +1009,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``deepblur`` with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
-    parser = build_parser()
+    """Run ``deepblur`` with ``argv`` (default ``sys.argv[1:]``); return the exit code.
+    A SIGTERM (``kill``) is handled like Ctrl-C: temporary output files are cleaned up."""
+    import signal
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None
     try:
+        return _main(argv)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    try:
+        parser = build_parser()  # imports torch: seconds, and a Ctrl-C may come meanwhile
         args = parser.parse_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in model cards
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+    except KeyboardInterrupt:
+        print("deepblur: interrupted", file=sys.stderr)
+        return 130
     try:
         return int(args.func(args) or 0)
     except USER_ERRORS as exc:
         print(f"deepblur: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("deepblur: interrupted (no partial output file was left)", file=sys.stderr)
+        print("deepblur: interrupted (unfinished outputs were not written)", file=sys.stderr)
         return 130
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 if __name__ == "__main__":

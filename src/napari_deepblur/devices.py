@@ -16,7 +16,12 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"unknown device {device!r}: use 'auto', 'cpu', 'cuda' (or 'cuda:N') or 'mps'"
+        ) from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             "device 'cuda' was asked for but no CUDA GPU is available; use device='cpu' or 'auto'"

@@ -7,6 +7,7 @@ Writes are atomic (temporary ``.<name>.<id>.partial`` file in the same folder, t
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import uuid
@@ -194,7 +195,9 @@ def _lazy_data(path: Path) -> Any:
     except ImportError:
         return None
     try:
-        return zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+        array = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+        array[tuple(-1 for _ in array.shape)]  # a truncated file fails here, not mid-run
+        return array
     except Exception:  # noqa: BLE001 - any zarr failure: read into memory instead
         return None
 
@@ -204,6 +207,16 @@ def _check_target(path: Path, overwrite: bool) -> None:
         raise FileExistsError(
             f"{path} already exists; pass overwrite=True (--overwrite on the command line)"
         )
+
+
+def remove_partial_files(path) -> list[Path]:
+    """Delete the temporary ``.<name>.<id>.partial`` files of ``path`` (left by a writer that
+    was killed before it could clean up); returns what was deleted."""
+    path = Path(path)
+    found = sorted(path.parent.glob(f".{glob.escape(path.name)}.*.partial"))
+    for tmp in found:
+        tmp.unlink(missing_ok=True)
+    return found
 
 
 def _atomic_write(path: Path, write: Any) -> None:

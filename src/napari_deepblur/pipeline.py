@@ -54,6 +54,8 @@ from .refinement import (
 #: Images are processed in tiles of at most this many pixels a side (bounded memory).
 DEFAULT_TILE_PX = 1024
 TILE_OVERLAP_PX = 64
+#: The smallest tile size accepted (``tile_px``, ``--tile-px``): two blending overlaps.
+MIN_TILE_PX = 2 * TILE_OVERLAP_PX
 
 
 @dataclass
@@ -311,10 +313,20 @@ def _blend_window(shape, overlap: int) -> np.ndarray:
 
 
 # -- identify ---------------------------------------------------------------------------------
+def check_tile_px(tile_px) -> int:
+    """``tile_px`` as an int, or a ValueError that says what is accepted."""
+    if isinstance(tile_px, bool) or not isinstance(tile_px, int | np.integer):
+        raise ValueError(f"the tile size must be a whole number of pixels, got {tile_px!r}")
+    if tile_px < MIN_TILE_PX:
+        raise ValueError(f"the tile size must be at least {MIN_TILE_PX} px, got {tile_px}")
+    return int(tile_px)
+
+
 def _identify_tiles(length: int, tile_px: int) -> list[tuple[int, int]]:
     """Identification tiles along one axis: as few as cover it, all of one (balanced) size,
     so no tile is mostly a copy of its neighbour (the network reads windows inside each
     tile: tiles need no overlap)."""
+    tile_px = check_tile_px(tile_px)
     count = -(-length // tile_px)
     size = -(-length // count)
     starts = tile_starts(length, size, 0) if count > 1 else [0]
@@ -581,6 +593,28 @@ def iter_deblur(
     return out
 
 
+def check_noise_and_strength(noise, strength) -> None:
+    """ValueError unless ``strength`` is a positive number and ``noise`` (None, a std, or
+    ``{"alpha", "beta"}``) holds finite nonnegative numbers."""
+
+    def finite(values) -> np.ndarray:
+        try:
+            return np.asarray([float(v) for v in values])
+        except (TypeError, ValueError):
+            return np.asarray([np.nan])
+
+    strength_value = finite([strength])
+    if not (np.isfinite(strength_value).all() and strength_value[0] > 0):
+        raise ValueError(f"the strength must be a positive number, got {strength}")
+    if noise is None:
+        return
+    values = finite(noise.values() if isinstance(noise, dict) else [noise])
+    if not (np.isfinite(values).all() and (values >= 0).all()):
+        raise ValueError(
+            f"the noise must be a nonnegative std (or alpha, beta) in image units, got {noise}"
+        )
+
+
 def _noise_in_normalised_units(y: torch.Tensor, low, scale, noise, fc: float):
     """``(α_n, β_n)`` of the normalised image: estimated, or converted from ``noise`` given
     in the image's units (``{"alpha", "beta"}``, or a number: a constant std β)."""
@@ -670,6 +704,7 @@ def deblur_setup(
     if len(source.shape) != 2:
         raise ValueError(f"expected a 2D image (Y, X), got shape {tuple(source.shape)}")
     _check_dtype(source.dtype)
+    check_noise_and_strength(noise, strength)
     fc_img, _ = image_fc(
         model.fc,
         fc=fc,
@@ -730,6 +765,7 @@ def _tile_layout(
     """The overlap (the blending ramp) in the image's pixels and the tiles' row and column
     spans; ``tile_px`` and the overlap are given in the model's pixels. Tiles start on
     multiples of ``align`` when the image is not resampled."""
+    tile_px = check_tile_px(tile_px)
     if abs(zoom - 1) < 1e-3:
         tile, overlap = tile_px, TILE_OVERLAP_PX
     else:
@@ -770,6 +806,11 @@ def _deblur_tile(
     with model.inference():
         x_n = model.deblurring(y_n, operator, sigma)[0, 0]
     x = denormalize(x_n.float().cpu(), setup.low, setup.scale).numpy()
+    if not np.isfinite(x).all():  # nothing upstream is (inputs are checked): the weights
+        raise ValueError(
+            f"the deblurring network of model {model.name!r} returned NaN or infinite pixels; "
+            "its weights are probably damaged: reinstall the model or use another one"
+        )
     return resample(x, 1 / setup.zoom, tile.shape)
 
 
@@ -1149,10 +1190,15 @@ def iter_deblur_stack(
     n = len(indices)
     for k, (index, est) in enumerate(zip(indices, estimates)):  # noqa: B905
         source = stack[index]
-        setup = deblur_setup(source, est, model, noise=noise, strength=strength, **optics)
         label = f"plane {k + 1} of {n}" if index else "image"
-        for p in _iter_tiles(source, _PlaneView(out, index), setup, est, model, tile_px):
-            yield Progress(k, n, f"{label}: {p.message}")
+        try:
+            setup = deblur_setup(source, est, model, noise=noise, strength=strength, **optics)
+            for p in _iter_tiles(source, _PlaneView(out, index), setup, est, model, tile_px):
+                yield Progress(k, n, f"{label}: {p.message}")
+        except ValueError as exc:
+            if not index:
+                raise
+            raise ValueError(f"plane {index} ({label}): {exc}") from exc
         yield Progress(k + 1, n, f"deblurred {label}")
     return out
 

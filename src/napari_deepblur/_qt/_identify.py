@@ -94,7 +94,7 @@ class IdentifyWidget(JobWidget):
         self._tile_px = SpinBox(
             label="Tile size (px)",
             value=1024,
-            min=96,
+            min=128,  # pipeline.MIN_TILE_PX
             max=16384,
             step=32,
             tooltip="Images larger than this are identified tile by tile, which also gives "
