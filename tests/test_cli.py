@@ -285,3 +285,16 @@ def test_a_bad_plane_is_named(sample_tif, tmp_path, capsys):
     assert cli.main(["deblur", str(src), "-o", str(out), "--plane", "0", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "plane (1,) (plane 2 of 2)" in err and "constant" in err and not out.exists()
+
+
+def test_conflicting_or_zero_optics_are_named(sample_tif, tmp_path, capsys):
+    out = str(tmp_path / "out.tif")
+    base = ["deblur", str(sample_tif), "-o", out, "--quiet"]
+    assert cli.main([*base, "--fc", "0.2", "--pixel-size-nm", "74"]) == 2
+    assert "either --fc or the optics" in capsys.readouterr().err
+    assert cli.main([*base, "--na", "0", "--wavelength-nm", "520", "--pixel-size-nm", "74"]) == 2
+    assert "na must be positive" in capsys.readouterr().err
+    nan_psf = tmp_path / "nan_psf.tif"
+    io.write_image(nan_psf, np.full((15, 15), np.nan, np.float32))
+    assert cli.main([*base, "--psf", str(nan_psf)]) == 2
+    assert "NaN or infinite" in capsys.readouterr().err

@@ -78,17 +78,23 @@ def image_optics(image, optics: dict | None = None) -> tuple[dict, str]:
     nothing at all means "sampled like the model".
     """
     optics = {k: v for k, v in (optics or {}).items() if v is not None}
+    explicit = any(k in optics for k in ("pixel_size_nm", "na", "wavelength_nm"))
     if "fc" in optics:
+        if explicit:
+            raise ValueError("give either --fc or the optics (NA, wavelength, pixel size)")
         return {"fc": float(optics["fc"])}, f"fc {optics['fc']} cycles/pixel (given)"
     stored = (image.metadata or {}).get("optics") or {}
-    explicit = any(k in optics for k in ("pixel_size_nm", "na", "wavelength_nm"))
     if explicit or ("na" in stored and "wavelength_nm" in stored):
+
+        def first(*values):  # the first value given (0 included: the optics then say it is wrong)
+            return next((v for v in values if v is not None), None)
+
         merged = {
-            "pixel_size_nm": optics.get("pixel_size_nm")
-            or image.pixel_size_nm
-            or stored.get("pixel_size_nm"),
-            "na": optics.get("na") or stored.get("na"),
-            "wavelength_nm": optics.get("wavelength_nm") or stored.get("wavelength_nm"),
+            "pixel_size_nm": first(
+                optics.get("pixel_size_nm"), image.pixel_size_nm, stored.get("pixel_size_nm")
+            ),
+            "na": first(optics.get("na"), stored.get("na")),
+            "wavelength_nm": first(optics.get("wavelength_nm"), stored.get("wavelength_nm")),
         }
         missing = [k for k, v in merged.items() if v is None]
         if missing:
@@ -97,7 +103,7 @@ def image_optics(image, optics: dict | None = None) -> tuple[dict, str]:
                 f"incomplete optics: {flags} missing (the file has no value for them); "
                 "give NA, wavelength and pixel size together, or --fc"
             )
-        index = optics.get("refractive_index") or stored.get("refractive_index")
+        index = first(optics.get("refractive_index"), stored.get("refractive_index"))
         if index is not None:
             merged["refractive_index"] = index
         source = "given" if explicit else "from the file"
@@ -106,6 +112,11 @@ def image_optics(image, optics: dict | None = None) -> tuple[dict, str]:
             f"{merged['pixel_size_nm']:.4g} nm pixels ({source})"
         )
         return merged, text
+    if image.pixel_size_nm:
+        return {}, (
+            f"assumed sampled like the model (the file gives {image.pixel_size_nm:.4g} nm pixels "
+            "but no NA or wavelength: give --na and --wavelength-nm to use them)"
+        )
     return {}, "assumed sampled like the model (no optics given or stored in the file)"
 
 

@@ -536,6 +536,8 @@ def _estimate_from_psf(path, args):
         psf, meta = np.asarray(io.read_image(path).data, np.float32), {}
     if psf.ndim != 2:
         raise ValueError(f"the PSF {path} has shape {psf.shape}: a 2D (Y, X) PSF is needed")
+    if not np.isfinite(psf).all():
+        raise ValueError(f"the PSF {path} has NaN or infinite values")
     if not psf.sum() > 0:
         raise ValueError(f"the PSF {path} has no positive sum")
     psf = psf / psf.sum()
