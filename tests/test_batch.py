@@ -78,6 +78,22 @@ def test_batch_cli_with_scheduler_address(cluster, inputs, tmp_path, capsys):
     assert "0 deblurred, 2 skipped" in capsys.readouterr().out
 
 
+def test_warnings_on_workers_are_reported_per_file(cluster, inputs, tmp_path, capsys):
+    image = io.read_image(inputs / "img0.tif").data
+    stack = np.stack([image, np.full_like(image, 0.25)])  # an empty second plane
+    io.write_image(inputs / "stack.tif", stack, axes="ZYX", pixel_size_nm=74.0)
+    out = tmp_path / "out"
+    argv = ["batch", str(inputs / "stack.tif"), str(inputs / "img1.tif"), "--out", str(out)]
+    argv += ["--scheduler", cluster.scheduler_address, "--device", "cpu", "--quiet"]
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"deepblur: warning: {inputs / 'stack.tif'}: plane (1,) (plane 2 of 2) is constant: "
+        "copied unchanged (it shows no structure to deblur)"
+    ]
+    np.testing.assert_array_equal(io.read_image(out / "stack.tif").data[1], stack[1])
+
+
 def test_batch_jobs_errors(inputs, tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         batch.batch_jobs([inputs / "nope.tif"], tmp_path / "out")
@@ -123,3 +139,41 @@ def test_unfinished_outputs_are_cleaned_up(tmp_path):
     other_dst.with_suffix(".json").write_text('{"my": "notes"}')
     batch._remove_unfinished([(src, dst), (other_src, other_dst)], batch.BatchResult())
     assert sorted(p.name for p in dst.parent.iterdir()) == ["b.json"]
+
+
+def test_ctrl_c_stops_a_batch_on_worker_processes_cleanly(tmp_path):
+    """A terminal's Ctrl-C (SIGINT to the whole process group): exit code 130, one line,
+    no worker tracebacks, finished outputs complete and nothing half-written left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("distributed")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image = make_blurred_sample(0, 256)["image"]
+    for k in range(16):
+        io.write_image(folder / f"img{k:02d}.tif", image, pixel_size_nm=74.0)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "napari_deepblur.cli", "batch", str(folder)]
+    proc = subprocess.Popen(
+        [*command, "--out", str(out), "--workers", "2", "--device", "cpu", "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*.tif")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    text = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == 130, text
+    assert "interrupted" in text and "Traceback" not in text, text
+    finished = sorted(p.stem for p in out.glob("*.tif"))
+    assert 0 < len(finished) < 16
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"{s}.tif" for s in finished] + [f"{s}.json" for s in finished]
+    )

@@ -279,12 +279,14 @@ def test_truncated_tiff_names_the_file(sample_tif, tmp_path, capsys):
 
 def test_a_bad_plane_is_named(sample_tif, tmp_path, capsys):
     image = io.read_image(sample_tif).data
-    stack = np.stack([image, np.zeros_like(image)])
+    broken = image.astype(np.float32)
+    broken[5, 7] = np.nan
+    stack = np.stack([image, broken])
     src = io.write_image(tmp_path / "stack.tif", stack, axes="ZYX")
     out = tmp_path / "out.tif"
     assert cli.main(["deblur", str(src), "-o", str(out), "--plane", "0", "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "plane (1,) (plane 2 of 2)" in err and "constant" in err and not out.exists()
+    assert "1 NaN or infinite pixels in 1 plane(s) ((1,): 1)" in err and not out.exists()
 
 
 def test_conflicting_or_zero_optics_are_named(sample_tif, tmp_path, capsys):
@@ -298,3 +300,20 @@ def test_conflicting_or_zero_optics_are_named(sample_tif, tmp_path, capsys):
     io.write_image(nan_psf, np.full((15, 15), np.nan, np.float32))
     assert cli.main([*base, "--psf", str(nan_psf)]) == 2
     assert "NaN or infinite" in capsys.readouterr().err
+
+
+def test_warnings_read_as_one_line_and_a_constant_plane_is_copied(sample_tif, tmp_path):
+    import sys
+
+    image = io.read_image(sample_tif).data
+    stack = np.stack([image, np.full_like(image, 0.5)])
+    src = io.write_image(tmp_path / "stack.tif", stack, axes="ZYX")
+    out = tmp_path / "out.tif"
+    command = [sys.executable, "-m", "napari_deepblur.cli", "deblur", str(src), "-o", str(out)]
+    done = subprocess.run([*command, "--quiet"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        "deepblur: warning: plane (1,) (plane 2 of 2) is constant: copied unchanged (it "
+        "shows no structure to deblur)"
+    ]
+    np.testing.assert_array_equal(io.read_image(out).data[1], stack[1])

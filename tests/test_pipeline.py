@@ -145,6 +145,24 @@ def test_an_estimate_from_a_psf_alone_deblurs(model, sample):
         ndb.BlurEstimate.from_psf(np.zeros((31, 31)), fc=0.2)
 
 
+def test_a_psf_as_large_as_the_image_is_refused_before_any_work(model, sample):
+    image = sample["image"]
+    as_psf = ndb.BlurEstimate.from_psf(image + 1, fc=sample["optics"]["fc"])  # the image itself
+    with pytest.raises(ValueError, match=r"PSF \(256×256 px\) is not smaller than the image"):
+        ndb.deblur(image, as_psf, model=model)
+    coarse = ndb.BlurEstimate.from_psf(sample["true_psf"], fc=sample["optics"]["fc"] / 10)
+    with pytest.raises(ValueError, match="not smaller than the image"):  # 31 px at fc/10: 310
+        ndb.deblur(image, coarse, model=model, fc=sample["optics"]["fc"])
+
+
+def test_images_too_small_to_deblur_are_refused_with_the_size_needed(model, sample, estimate):
+    with pytest.raises(ValueError, match=r"\(20×20 px\) is too small.*at least 32 px"):
+        ndb.deblur(sample["image"][:20, :20], estimate, model=model)
+    with pytest.raises(ValueError, match=r"sampling \(×0.1\) 26 px\) is too small"):
+        ndb.deblur(sample["image"], estimate, model=model, fc=estimate.fc / 10)
+    assert ndb.deblur(sample["image"][:32, :32], estimate, model=model).shape == (32, 32)
+
+
 def test_local_psfs_of_a_tiled_estimate(model, sample):
     image = np.tile(sample["image"], (1, 2))  # 256 × 512: two tiles of 288 px
     est = ndb.identify(image, model=model, tile_px=288, augment=False)

@@ -155,6 +155,50 @@ def test_identify_stack_modes(model, sample):
         pipeline.run(pipeline.iter_identify_stack(stack, model, mode="best"))
 
 
+def test_constant_planes_of_a_stack_are_copied_and_left_out_of_the_estimate(model, sample):
+    blank = np.full_like(sample, 7.0)  # e.g. an empty time point
+    stack = np.stack([sample, blank, sample[::-1]])
+    with pytest.warns(RuntimeWarning, match=r"1 constant plane\(s\) left out.*\(1,\)"):
+        per_plane = pipeline.run(
+            pipeline.iter_identify_stack(stack, model, mode="per-plane", augment=False)
+        )
+    median_of_two = pipeline.combine_estimates([per_plane[0], per_plane[2]], model)
+    np.testing.assert_allclose(per_plane[1].coefficients, median_of_two.coefficients)
+    with pytest.warns(RuntimeWarning, match="left out"):
+        median = pipeline.run(
+            pipeline.iter_identify_stack(stack, model, mode="median", augment=False)
+        )
+    np.testing.assert_allclose(median.coefficients, median_of_two.coefficients, atol=1e-6)
+    with pytest.warns(RuntimeWarning, match=r"plane \(1,\) \(plane 2 of 3\) is constant"):
+        out = pipeline.run(pipeline.iter_deblur_stack(stack, per_plane, model, device="cpu"))
+    np.testing.assert_array_equal(out[1], blank)
+    expected = pipeline.deblur(stack[2], per_plane[2], model, device="cpu")
+    np.testing.assert_allclose(out[2], expected, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="every plane identified .* is constant"):
+        pipeline.run(pipeline.iter_identify_stack(np.stack([blank] * 2), model, mode="median"))
+    with pytest.raises(ValueError, match="constant"):  # the plane asked for
+        pipeline.run(pipeline.iter_identify_stack(stack, model, plane=1))
+    with pytest.raises(ValueError, match="constant"):  # a 2D image: nothing to return
+        pipeline.run(pipeline.iter_deblur_stack(blank, per_plane[0], model, device="cpu"))
+
+
+def test_nan_pixels_anywhere_are_refused_before_any_work(model, sample, estimate):
+    stack = np.stack([sample, sample, sample]).astype(np.float32)
+    stack[2, -1, -1] = np.inf
+    stack[1, :2, 0] = np.nan
+    work = pipeline.iter_deblur_stack(stack, estimate, model, device="cpu")
+    with pytest.raises(
+        ValueError, match=r"3 NaN or infinite pixels in 2 plane\(s\) \(\(1,\): 2, \(2,\): 1\)"
+    ):
+        next(work)  # before the first plane's progress: nothing was deblurred
+    big = np.tile(sample.astype(np.float32), (3, 3))
+    big[-1, -1] = np.nan  # in the last tile
+    work = pipeline.iter_deblur_into(big, np.zeros_like(big), estimate, model, tile_px=256)
+    with pytest.raises(ValueError, match=r"1 NaN or infinite pixels; replace them"):
+        next(work)
+    pipeline.check_finite(np.zeros((2, 8, 8), np.uint16))  # integers cannot hold NaN
+
+
 def test_plane_index_and_bad_stacks():
     assert pipeline.plane_index((2, 3, 64, 64), 4) == (1, 1)
     assert pipeline.plane_index((2, 3, 64, 64), (1, 2)) == (1, 2)

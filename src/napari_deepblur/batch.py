@@ -248,10 +248,14 @@ def iter_deblur_file(
 
 
 def deblur_file(input_path, output_path, options: DeblurOptions | None = None) -> dict:
-    """:func:`iter_deblur_file` run to the end (the dask task)."""
+    """:func:`iter_deblur_file` run to the end (the dask task); the pipeline's warnings
+    are returned with the result (``"warnings"``: messages) rather than raised on the worker."""
+    from . import notices
     from .pipeline import run
 
-    return run(iter_deblur_file(input_path, output_path, options))
+    with notices.collect() as messages:
+        result = run(iter_deblur_file(input_path, output_path, options))
+    return {**result, "warnings": messages}
 
 
 # -- batch -------------------------------------------------------------------------------------
@@ -285,12 +289,14 @@ def batch_jobs(inputs: Sequence, out_dir) -> list[tuple[Path, Path]]:
 
 @dataclass
 class BatchResult:
-    """What a batch did: outputs written, outputs already there, and failures (with the
-    error message); ``seconds``: wall time of the processing (cluster start excluded)."""
+    """What a batch did: outputs written, outputs already there, failures (with the error
+    message) and warnings (input, message; e.g. a constant plane copied unchanged);
+    ``seconds``: wall time of the processing (cluster start excluded)."""
 
     done: list[dict] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    warned: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     workers: int = 0
     scheduler: str = ""
@@ -367,6 +373,7 @@ def iter_batch(
                     processes=processes,
                     dashboard_address=None,
                     silence_logs=logging.CRITICAL,  # failures are reported per file below
+                    preload=["napari_deepblur._dask_worker"] if processes else [],
                 )
                 own.append(cluster)
                 client = Client(cluster)
@@ -397,6 +404,7 @@ def iter_batch(
                     message = f"{src.name} failed"
                 else:
                     result.done.append(future.result())
+                    result.warned += [(str(src), w) for w in result.done[-1]["warnings"]]
                     message = f"{src.name} → {dst}"
                 yield Progress(k, len(todo), message)
         finally:

@@ -15,6 +15,7 @@ import json
 import shlex
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 
 from . import __version__
@@ -727,6 +728,8 @@ def _run_batch(args: argparse.Namespace) -> int:
         f"exists), {len(result.failed)} failed; {result.seconds:.1f} s, {rate:.2f} images/s"
         + (f" on {result.workers} workers ({result.scheduler})" if result.workers else "")
     )
+    for src, message in result.warned:
+        print(f"deepblur: warning: {src}: {message}", file=sys.stderr)
     for src, message in result.failed:
         print(f"deepblur: failed: {src}: {message}", file=sys.stderr)
     return 1 if result.failed else 0
@@ -1017,11 +1020,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None
+    formatwarning, warnings.formatwarning = warnings.formatwarning, _format_warning
     try:
         return _main(argv)
     finally:
+        warnings.formatwarning = formatwarning
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings (a constant plane copied, refinement skipped, a CUDA out-of-memory
+    fallback) read like the errors: one line, no source path."""
+    return f"deepblur: warning: {message}\n"
 
 
 def _main(argv: Sequence[str] | None) -> int:

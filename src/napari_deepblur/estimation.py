@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 
 import numpy as np
 import torch
 
+from . import notices
 from .devices import empty_cache, is_out_of_memory
 from .optics import EigenPSFConvolution, ZernikeConvolution
 from .training.train import identification_inputs
@@ -117,14 +117,14 @@ def predict(model, windows: torch.Tensor) -> torch.Tensor:
             empty_cache(model.device)
             if batch > 1:
                 batch //= 2
-                warnings.warn(
+                notices.warn(
                     f"out of memory on {model.device} identifying: retrying {batch} windows "
                     "at a time",
                     RuntimeWarning,
                     stacklevel=2,
                 )
             elif model.device.type != "cpu":
-                warnings.warn(
+                notices.warn(
                     f"out of memory on {model.device} even for one window: continuing on the CPU",
                     RuntimeWarning,
                     stacklevel=2,

@@ -22,18 +22,18 @@ CPU (with a warning).
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Generator
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
 
+from . import notices
 from .devices import empty_cache, is_out_of_memory, resolve_device
 from .estimation import identify_in_windows
 from .field_estimation import fit_field, read_windows
 from .fieldmap import FieldEstimate, cell_centres
-from .intensity import check_contrast, denormalize, normalize, robust_range
+from .intensity import ConstantImageError, check_contrast, denormalize, normalize, robust_range
 from .models import DeepBlurModel, load_model
 from .optics import (
     Convolution,
@@ -43,7 +43,7 @@ from .optics import (
     check_fc,
     zernike_psf,
 )
-from .optics.noise import estimate_noise
+from .optics.noise import NOISE_MIN_SIDE_PX, estimate_noise
 from .refinement import (
     MAX_CROP_PIXELS,
     MAX_RELATIVE_NOISE,
@@ -444,10 +444,11 @@ def _refined(y, gamma, family, uncertainty, noise, scale) -> tuple[torch.Tensor,
     median = float(np.median(y[:: max(1, y.shape[0] // 256), :: max(1, y.shape[1] // 256)]))
     noise_fraction = relative_noise(noise, median, float(scale))
     if noise_fraction > MAX_RELATIVE_NOISE:
-        warnings.warn(
+        notices.warn(
             f"blur refinement skipped: the image's noise ({noise_fraction:.2%} of its range) "
             f"is above the {MAX_RELATIVE_NOISE:.1%} where refinement helps; the network's "
             "estimate is kept",
+            UserWarning,
             stacklevel=3,
         )
         return gamma, False
@@ -685,6 +686,37 @@ def _central_crop(source, max_px: int):
     return source[top : top + ch, left : left + cw]
 
 
+def _check_deblurrable_size(shape, zoom: float, kernel_px: int) -> None:
+    """An image is deblurred at the model's sampling (``zoom`` × its pixels), where it must
+    be larger than the blur kernel and than the noise estimator's window."""
+    side_px = min(round(n * zoom) for n in shape)
+    need_px = max(kernel_px + 1, NOISE_MIN_SIDE_PX)
+    if side_px >= need_px:
+        return
+    at_model = "" if abs(zoom - 1) < 1e-3 else f"; at the model's sampling (×{zoom:.3g}) "
+    at_model += f"{side_px} px" if at_model else ""
+    raise ValueError(
+        f"the image ({shape[0]}×{shape[1]} px{at_model}) is too small to deblur: it must "
+        f"be larger than the blur kernel ({kernel_px} px), at least {need_px} px a side at "
+        "the model's sampling"
+    )
+
+
+def _check_psf_fits(estimate: BlurEstimate, fc_img: float, shape) -> None:
+    """A PSF is a blur kernel, smaller than the image it blurs: one as large as the image
+    (often the image itself, or a whole bead stack's plane, given as the PSF) is refused."""
+    if estimate.psf is None or estimate.field is not None or len(estimate.noll_indices):
+        return  # an identified estimate: its kernel is the model's, sized for any image
+    side_px = [n * fc_img / estimate.fc for n in np.shape(estimate.psf)]  # image pixels
+    if any(p >= n for p, n in zip(side_px, shape, strict=True)):
+        ph, pw = np.shape(estimate.psf)
+        raise ValueError(
+            f"the PSF ({ph}×{pw} px) is not smaller than the image ({shape[0]}×{shape[1]} "
+            "px): is it the right file? Crop it around its peak (a PSF needs only the pixels "
+            "where the blur is, typically under 64 px a side)"
+        )
+
+
 def deblur_setup(
     source,
     estimate: BlurEstimate,
@@ -716,12 +748,8 @@ def deblur_setup(
     if fc is None and not any(v is not None for v in (pixel_size_nm, na, wavelength_nm)):
         fc_img = estimate.fc  # the estimate knows the image's sampling
     zoom = fc_img / model.fc
-    kernel = model.family.kernel_size
-    if min(round(n * zoom) for n in source.shape) <= kernel // 2:
-        raise ValueError(
-            f"the image ({source.shape[0]}×{source.shape[1]} px) is smaller than the "
-            f"blur kernel ({kernel} px): nothing to deblur"
-        )
+    _check_deblurrable_size(source.shape, zoom, model.family.kernel_size)
+    _check_psf_fits(estimate, fc_img, source.shape)
     h, w = source.shape
     crop = as_image(_central_crop(source, STATS_MAX_PX), 16)
     y = torch.from_numpy(resample(crop, zoom))
@@ -778,6 +806,32 @@ def _tile_layout(
     return overlap, rows, cols
 
 
+def check_finite(stack, rows_per_block: int = 1024) -> None:
+    """Refuse a stack ``(…, Y, X)`` (or a 2D image) with NaN or infinite pixels, naming the
+    planes, before any work: a float image is scanned in blocks of rows (memory-mapped ones
+    too: reading is much faster than deblurring); integer images cannot hold NaN."""
+    if not np.issubdtype(np.dtype(stack.dtype), np.floating):
+        return
+    bad_planes = {}
+    for index in plane_indices(stack.shape):
+        plane, bad = stack[index], 0
+        for top in range(0, plane.shape[0], rows_per_block):
+            bad += int(np.count_nonzero(~np.isfinite(plane[top : top + rows_per_block])))
+        if bad:
+            bad_planes[index] = bad
+    if not bad_planes:
+        return
+    where = ""
+    if any(bad_planes):  # a stack: name the planes
+        shown = ", ".join(f"{index}: {n}" for index, n in list(bad_planes.items())[:5])
+        more = " …" if len(bad_planes) > 5 else ""
+        where = f" in {len(bad_planes)} plane(s) ({shown}{more})"
+    raise ValueError(
+        f"the image has {sum(bad_planes.values())} NaN or infinite pixels{where}; replace "
+        "them (e.g. with numpy.nan_to_num or an inpainting) before deblurring"
+    )
+
+
 def _read_tile(source, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
     block = np.array(source[rows[0] : rows[1], cols[0] : cols[1]], dtype=np.float32)
     if not np.isfinite(block).all():
@@ -825,7 +879,7 @@ def _deblur_tile_or_fall_back(
             raise
         empty_cache(model.device)
         if tile_px // 2 >= MIN_FALLBACK_TILE_PX:
-            warnings.warn(
+            notices.warn(
                 f"out of memory on {model.device} with {tile_px} px tiles: "
                 f"retrying with {tile_px // 2} px tiles",
                 RuntimeWarning,
@@ -836,7 +890,7 @@ def _deblur_tile_or_fall_back(
             return out
         if model.device.type == "cpu":
             raise
-        warnings.warn(
+        notices.warn(
             f"out of memory on {model.device} even with {tile_px} px tiles: continuing on the CPU",
             RuntimeWarning,
             stacklevel=2,
@@ -923,6 +977,7 @@ def iter_deblur_into(
         raise ValueError(f"the model {model.name!r} has no deblurring network")
     if tuple(out.shape) != tuple(source.shape):
         raise ValueError(f"out has shape {tuple(out.shape)}, the image {tuple(source.shape)}")
+    check_finite(source)
     if estimate is None:
         estimate = yield from iter_identify(np.asarray(source), model, device=device, **optics)
     setup = deblur_setup(source, estimate, model, noise=noise, strength=strength, **optics)
@@ -1128,7 +1183,7 @@ def iter_identify_stack(
         chosen = [indices[int(i)] for i in picks]
     else:
         chosen = indices
-    estimates = []
+    estimates: dict[tuple[int, ...], BlurEstimate] = {}
     for k, index in enumerate(chosen):
         label = f"plane {index}" if index else "image"
         inner = iter_identify(np.asarray(stack[index]), model, device=device, **kwargs)
@@ -1136,15 +1191,42 @@ def iter_identify_stack(
             try:
                 p = next(inner)
             except StopIteration as stop:
-                estimates.append(stop.value)
+                estimates[index] = stop.value
+                break
+            except ConstantImageError:
+                if mode == "plane":
+                    raise
                 break
             yield Progress(k, len(chosen), f"identifying {label}: {p.message}")
         yield Progress(k + 1, len(chosen), f"identified {label}")
-    if mode == "per-plane":
-        return estimates
+    return _stack_estimate(mode, chosen, estimates, model)
+
+
+def _stack_estimate(mode: str, chosen, estimates: dict, model):
+    """The result of :func:`iter_identify_stack` from the estimates of its ``chosen``
+    planes; constant planes (absent from ``estimates``) are left out of the median, and in
+    per-plane mode get the median of the others (deblurring copies them unchanged)."""
+    constant = [index for index in chosen if index not in estimates]
+    if not estimates:
+        raise ConstantImageError(
+            f"every plane identified ({len(chosen)}) is constant: there is no structure "
+            "from which to estimate the blur"
+        )
+    if constant:
+        shown = ", ".join(str(index) for index in constant[:5]) + (
+            " …" if len(constant) > 5 else ""
+        )
+        notices.warn(
+            f"{len(constant)} constant plane(s) left out of the identification: {shown}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    if mode == "plane":
+        return estimates[chosen[0]]
+    combined = combine_estimates(list(estimates.values()), model)
     if mode == "median":
-        return combine_estimates(estimates, model)
-    return estimates[0]
+        return combined
+    return [estimates.get(index, combined) for index in chosen]
 
 
 def iter_deblur_stack(
@@ -1171,6 +1253,7 @@ def iter_deblur_stack(
     and tiled like :func:`deblur`.
     """
     _check_stack(stack)
+    check_finite(stack)
     model = _model(model, device)
     indices = plane_indices(stack.shape)
     if estimate is None:
@@ -1192,7 +1275,14 @@ def iter_deblur_stack(
         source = stack[index]
         label = f"plane {k + 1} of {n}" if index else "image"
         try:
-            setup = deblur_setup(source, est, model, noise=noise, strength=strength, **optics)
+            try:
+                setup = deblur_setup(source, est, model, noise=noise, strength=strength, **optics)
+            except ConstantImageError:
+                if not index:
+                    raise
+                _copy_constant_plane(source, _PlaneView(out, index), f"plane {index} ({label})")
+                yield Progress(k + 1, n, f"copied {label} (constant)")
+                continue
             for p in _iter_tiles(source, _PlaneView(out, index), setup, est, model, tile_px):
                 yield Progress(k, n, f"{label}: {p.message}")
         except ValueError as exc:
@@ -1201,6 +1291,18 @@ def iter_deblur_stack(
             raise ValueError(f"plane {index} ({label}): {exc}") from exc
         yield Progress(k + 1, n, f"deblurred {label}")
     return out
+
+
+def _copy_constant_plane(source, out, label: str, rows_per_block: int = 1024) -> None:
+    """A constant plane has no blur to remove: it is its own deblurred version (copied in
+    blocks of rows, so a huge plane needs no more memory than a tile)."""
+    notices.warn(
+        f"{label} is constant: copied unchanged (it shows no structure to deblur)",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    for top in range(0, source.shape[0], rows_per_block):
+        out[top : top + rows_per_block] = np.asarray(source[top : top + rows_per_block], np.float32)
 
 
 class _PlaneView:

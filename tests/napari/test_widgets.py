@@ -233,6 +233,43 @@ def test_deblur_all_planes(make_napari_viewer, small_sample, qtbot, notes):
     np.testing.assert_allclose(out.scale, layer.scale)
 
 
+@pytest.mark.parametrize("napari_relays_warnings", [False, True])
+def test_a_constant_plane_is_copied_with_one_warning(
+    make_napari_viewer, small_sample, qtbot, notes, monkeypatch, napari_relays_warnings
+):
+    from napari.utils.notifications import notification_manager
+
+    from napari_deepblur._qt import DeblurWidget, _job
+
+    if napari_relays_warnings:  # as napari versions whose worker relay is connected do
+        napari_create_worker = _job.create_worker
+
+        def create_relaying_worker(*args, **kwargs):
+            worker = napari_create_worker(*args, **kwargs)
+            worker.warned.connect(worker._relay_warning)
+            return worker
+
+        monkeypatch.setattr(_job, "create_worker", create_relaying_worker)
+    relayed = []
+    monkeypatch.setattr(notification_manager, "receive_warning", lambda *a: relayed.append(a))
+
+    viewer = make_napari_viewer()
+    data, kwargs = small_sample
+    stack = np.stack([data, np.full_like(data, 0.2)]).astype(np.float32)
+    layer = viewer.add_image(stack.copy(), name="stack", scale=(300.0, 74.0, 74.0))
+    widget = DeblurWidget(viewer)
+    widget._planes.value = "all planes"
+    widget._device.value = "cpu"
+    _run(qtbot, widget)
+    assert notes["error"] == []
+    np.testing.assert_array_equal(viewer.layers["stack deblurred"].data[1], stack[1])
+    np.testing.assert_array_equal(layer.data, stack)  # the input is untouched
+    qtbot.waitUntil(lambda: bool(notes["warning"]), timeout=5000)
+    qtbot.wait(50)  # a second notification, if any, would arrive by now
+    assert len(notes["warning"]) == 1 and relayed == []
+    assert "plane (1,) (plane 2 of 2) is constant: copied unchanged" in notes["warning"][0]
+
+
 def _slow_generator(steps=400, delay=0.01):
     from napari_deepblur.pipeline import Progress
 

@@ -9,6 +9,7 @@ main thread) and :meth:`JobWidget._finish` (add the layers the job returned).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
@@ -150,6 +151,7 @@ class JobWidget(Container):
         worker.returned.connect(self._on_returned)
         worker.errored.connect(self._on_errored)
         worker.aborted.connect(self._on_aborted)
+        _replace_warning_relay(worker, self._on_warned)
         worker.finished.connect(self._on_finished)
         self._worker = worker
         worker.start()
@@ -195,6 +197,9 @@ class JobWidget(Container):
 
     def _on_errored(self, exc: Exception) -> None:
         self._fail(str(exc) if isinstance(exc, UserError) else user_message(exc, self.action))
+
+    def _on_warned(self, showwarning_args: tuple) -> None:
+        notify_warning(str(showwarning_args[0]))
 
     def _on_aborted(self) -> None:
         self._run_state.set(RunState.IDLE)
@@ -261,3 +266,15 @@ class JobWidget(Container):
             return ()
         position = layer.world_to_data(self._viewer.dims.point)
         return plane_index(shape, position)
+
+
+def _replace_warning_relay(worker, on_warned) -> None:
+    """Send the worker's warnings (a constant plane copied, refinement skipped, an
+    out-of-memory fallback) to ``on_warned`` only. napari's own relay of worker warnings is
+    connected in some versions and not in others (0.9.2: not); disconnecting it where it is
+    keeps each warning to one notification."""
+    napari_relay = getattr(worker, "_relay_warning", None)
+    if napari_relay is not None:
+        with contextlib.suppress(TypeError, RuntimeError):
+            worker.warned.disconnect(napari_relay)
+    worker.warned.connect(on_warned)

@@ -34,7 +34,14 @@ def add_poisson_gaussian(
     return clean + std * gauss.to(clean.device)
 
 
-def _highpass_taps(cutoff: float, taps: int = 21) -> torch.Tensor:
+#: The noise estimator's high-pass length (taps) and block side (px): it needs images of at
+#: least ``NOISE_TAPS - 1 + NOISE_BLOCK_PX`` pixels a side.
+NOISE_TAPS = 21
+NOISE_BLOCK_PX = 8
+NOISE_MIN_SIDE_PX = NOISE_TAPS - 1 + NOISE_BLOCK_PX
+
+
+def _highpass_taps(cutoff: float, taps: int = NOISE_TAPS) -> torch.Tensor:
     """A linear-phase FIR high-pass (cycles/pixel cutoff), Hamming-windowed sinc."""
     n = torch.arange(taps, dtype=torch.float64) - taps // 2
     lowpass = (
@@ -49,7 +56,7 @@ def _highpass_taps(cutoff: float, taps: int = 21) -> torch.Tensor:
 
 
 def estimate_noise(
-    images: torch.Tensor, fc: float, block: int = 8
+    images: torch.Tensor, fc: float, block: int = NOISE_BLOCK_PX
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Estimate ``(α, β)`` of ``var = α·x + β²`` from blurred images ``(B, H, W)``.
 
