@@ -108,6 +108,16 @@ def test_batch_jobs_errors(inputs, tmp_path):
         batch.batch_jobs([empty], tmp_path / "out")
 
 
+def test_batch_jobs_take_each_file_once_and_skip_hidden_files_and_folders(inputs, tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "cell.tif").write_bytes((inputs / "img0.tif").read_bytes())
+    (folder / "._cell.tif").write_bytes(b"\x00\x05\x16\x07")  # macOS AppleDouble
+    (folder / "sub.tif").mkdir()
+    jobs = batch.batch_jobs([folder / "cell.tif", folder], tmp_path / "out")
+    assert jobs == [(folder / "cell.tif", tmp_path / "out" / "cell.tif")]
+
+
 def test_batch_keeps_the_users_json_and_refuses_bad_options(cluster, inputs, tmp_path):
     from distributed import Client
 

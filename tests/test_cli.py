@@ -3,6 +3,7 @@
 import json
 import shutil
 import subprocess
+import warnings
 
 import numpy as np
 import pytest
@@ -258,7 +259,8 @@ def test_outputs_never_replace_the_input_or_each_other(sample_tif, tmp_path, cap
     [
         (["--noise", "nan"], "noise must be a nonnegative"),
         (["--noise", "-1"], "noise must be a nonnegative"),
-        (["--strength", "-1"], "strength must be a positive"),
+        (["--strength", "-1"], "strength must be a number from 0.25"),
+        (["--strength", "10"], "strength must be a number from 0.25"),
         (["--tile-px", "0"], "at least 128 px"),
         (["--device", "foo"], "unknown device 'foo'"),
     ],
@@ -317,3 +319,69 @@ def test_warnings_read_as_one_line_and_a_constant_plane_is_copied(sample_tif, tm
         "shows no structure to deblur)"
     ]
     np.testing.assert_array_equal(io.read_image(out).data[1], stack[1])
+
+
+def test_a_foreign_psf_is_cleaned_and_resampled_to_the_images_pixels(tmp_path, capsys):
+    """A bead crop as labs have them: a camera offset, off-centre, at its own pixel size."""
+    from napari_deepblur._sample_data import make_blurred_sample
+    from napari_deepblur.optics import zernike_psf
+
+    s = make_blurred_sample(0, 128)
+    image = io.write_image(tmp_path / "raw.tif", s["image"], pixel_size_nm=74.0)
+    coefficients, noll, fc = s["coefficients_waves_rms"], s["noll_indices"], s["optics"]["fc"]
+    true_psf = io.write_image(tmp_path / "true.tif", s["true_psf"], pixel_size_nm=74.0)
+    fine = zernike_psf(coefficients, fc / 2, 61, noll).numpy()  # 37 nm pixels
+    bead = np.roll(fine / fine.max() * 1000 + 100, (6, -4), (0, 1))  # offset, off-centre
+    bead_tif = io.write_image(tmp_path / "bead.tif", bead.astype(np.float32), pixel_size_nm=37.0)
+    outputs = {}
+    for name, psf in {"true": true_psf, "bead": bead_tif}.items():
+        outputs[name] = tmp_path / f"{name}_out.tif"
+        argv = ["deblur", str(image), "-o", str(outputs[name]), "--psf", str(psf), "--quiet"]
+        argv += ["--na", "1.4", "--wavelength-nm", "520"]
+        with warnings.catch_warnings(record=True) as notes:
+            warnings.simplefilter("always")
+            assert cli.main(argv) == 0
+    said = " ".join(str(n.message) for n in notes)
+    assert "background (100" in said and "+6, -4 px (y, x) from its centre" in said
+    assert "the PSF has 37 nm pixels, the image 74 nm" in said
+    from napari_deepblur.evaluation.metrics import ssim
+
+    with_true, with_bead = (ssim(io.read_image(p).data, s["sharp"]) for p in outputs.values())
+    assert with_bead > ssim(s["image"], s["sharp"]) + 0.2  # it deblurs
+    assert with_bead == pytest.approx(with_true, abs=0.02)  # as well as the true PSF
+
+
+def test_usage_errors_and_bad_estimates_are_one_line(sample_tif, tmp_path, capsys):
+    assert cli.main(["deblur", str(sample_tif)]) == 2  # no -o
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("deepblur: error: the following arguments")
+    assert cli.main(["deblur", str(sample_tif), "-o", "x.tif", "--tile-px", "128.5"]) == 2
+    assert capsys.readouterr().err.startswith("deepblur: error: argument --tile-px")
+    # a subcommand's option is never taken for an abbreviation of its parent's
+    assert cli.main(["bench", "psf", "--batch", "8", "--seconds", "0.1", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["batch"] == 8
+    folder = tmp_path / "out.tif"
+    folder.mkdir()
+    argv = ["deblur", str(sample_tif), "-o", str(folder), "--overwrite", "--quiet"]
+    assert cli.main(argv) == 2
+    assert "is a folder; give a file name" in capsys.readouterr().err
+    estimate = tmp_path / "est.json"
+    assert cli.main(["identify", str(sample_tif), "--json", str(estimate), "--quiet"]) == 0
+    capsys.readouterr()
+    data = json.loads(estimate.read_text())
+    data["coefficients"] = [None] * len(data["coefficients"])
+    estimate.write_text(json.dumps(data))
+    argv = ["deblur", str(sample_tif), "-o", str(tmp_path / "o.tif"), "--estimate", str(estimate)]
+    assert cli.main(argv) == 2
+    assert "not all finite numbers" in capsys.readouterr().err
+    assert cli.main(["psf", str(tmp_path / "huge.tif"), "--size", "100001"]) == 2
+    assert "above the 1023 px" in capsys.readouterr().err
+
+
+def test_only_the_first_series_is_read_with_a_warning(tmp_path):
+    path = tmp_path / "positions.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        tif.write(np.zeros((64, 64), np.uint16))
+        tif.write(np.ones((32, 32), np.uint16))
+    with pytest.warns(RuntimeWarning, match=r"holds 2 image series .* only the first, \(64, 64\)"):
+        assert io.read_image(path).data.shape == (64, 64)

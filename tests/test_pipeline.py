@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import napari_deepblur as ndb
+from napari_deepblur import pipeline
 from napari_deepblur._sample_data import make_blurred_sample
 from napari_deepblur.evaluation.baselines import no_identification_psf
 from napari_deepblur.evaluation.metrics import psf_snr_db, ssim
@@ -185,3 +186,38 @@ def test_damaged_weights_give_an_error_not_a_nan_image():
         next(model.deblurring.parameters()).fill_(float("nan"))
     with pytest.raises(ValueError, match="weights are probably damaged"):
         pipeline.deblur(image, estimate, model, device="cpu")
+
+
+def test_a_measured_psf_is_freed_of_its_background_and_centred():
+    from napari_deepblur.pipeline import clean_measured_psf
+
+    profile = np.exp(-((np.arange(31) - 15) ** 2) / 8.0)
+    psf = np.outer(profile, profile)
+    psf = psf / psf.sum()
+    np.testing.assert_allclose(clean_measured_psf(psf), psf, atol=1e-7)  # clean: unchanged
+    bead = np.roll(psf * 5000 + 120, (4, -3), (0, 1))
+    with pytest.warns(RuntimeWarning) as notes:
+        cleaned = clean_measured_psf(bead)
+    messages = " ".join(str(n.message) for n in notes)
+    assert "background (120" in messages and "+4, -3 px" in messages
+    np.testing.assert_allclose(cleaned, psf, atol=2e-4 * psf.max())
+    with pytest.raises(ValueError, match="no signal above its background"):
+        clean_measured_psf(np.full((15, 15), 3.0))
+
+
+def test_wrong_arguments_to_deblur_say_what_to_pass(model, sample, estimate):
+    image = sample["image"]
+    with pytest.raises(TypeError, match="got a ndarray: for a PSF array use BlurEstimate.from_psf"):
+        pipeline.deblur(image, estimate.psf, model)
+    with pytest.raises(TypeError, match="BlurEstimate.from_dict"):
+        pipeline.deblur(image, estimate.to_dict(), model)
+    for noise in ("0.01", {"sigma": 0.01}, True, -1.0):
+        with pytest.raises(ValueError, match="the noise must be a nonnegative std"):
+            pipeline.deblur(image, estimate, model, noise=noise)
+    for strength in (0.1, 10, float("nan"), "2"):
+        with pytest.raises(ValueError, match="strength must be a number from 0.25"):
+            pipeline.deblur(image, estimate, model, strength=strength)
+    tiny = pipeline.deblur(image * 1e-6, estimate, model)  # contrast is relative to the level
+    np.testing.assert_allclose(tiny * 1e6, pipeline.deblur(image, estimate, model), atol=1e-4)
+    with pytest.raises(ValueError, match="beyond float32's range"):
+        pipeline.deblur(image.astype(np.float64) * 1e300, estimate, model)

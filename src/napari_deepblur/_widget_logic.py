@@ -139,7 +139,11 @@ def user_message(exc: BaseException, action: str = "") -> str:
     if isinstance(exc, ModelFileError):
         return prefix + _sentence(text) + " Choose a shipped model or another model file."
     if isinstance(exc, FileNotFoundError):
-        return prefix + _sentence(text) + " Check the path, or choose a shipped model."
+        about_model = "model" in text.split(":")[0].lower()  # not in the path that follows
+        advice = (
+            " Check the path, or choose a shipped model." if about_model else " Check the path."
+        )
+        return prefix + _sentence(text) + advice
     if isinstance(exc, FileExistsError):
         return prefix + _sentence(text.split(";")[0]) + " Choose another file name."
     if isinstance(exc, ValueError):
@@ -296,15 +300,56 @@ def plane_index(shape: Sequence[int], data_position: Sequence[float] | None) -> 
     return tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(position, lead, strict=True))
 
 
-def layer_geometry(scale: Sequence[float], translate: Sequence[float], units=None) -> dict:
-    """``scale``/``translate``/``units`` of the last two axes, for 2D layers we add."""
-    geometry = {
-        "scale": tuple(float(s) for s in scale[-2:]),
-        "translate": tuple(float(t) for t in translate[-2:]),
+def layer_geometry(
+    scale: Sequence[float],
+    translate: Sequence[float],
+    units=None,
+    *,
+    rotate=None,
+    shear=None,
+    affine=None,
+    axes: int = 2,
+) -> dict:
+    """Where the layers we add go: ``scale``/``translate``/``units`` of the last ``axes``
+    axes (2 for the 2D layers we add) and, for a layer that is rotated, sheared or has an
+    affine transform (napari's ``rotate``: an n×n matrix, ``shear``: the upper-triangular
+    values of its matrix, ``affine``: an (n+1)×(n+1) matrix, in world units), ``affine``: the
+    ``(axes+1)×(axes+1)`` matrix ``affine · translate · rotate · shear · translate⁻¹``, so
+    that a layer laid with ``scale``/``translate`` on the image's pixel grid stays on it.
+
+    >>> layer_geometry((2, 2), (0, 4), ("nm", "nm"))
+    {'scale': (2.0, 2.0), 'translate': (0.0, 4.0), 'units': ('nm', 'nm')}
+    """
+    geometry: dict[str, Any] = {
+        "scale": tuple(float(s) for s in scale[-axes:]),
+        "translate": tuple(float(t) for t in translate[-axes:]),
     }
-    if units is not None and len(units) >= 2:
-        geometry["units"] = tuple(str(u) for u in list(units)[-2:])
+    if units is not None and len(units) >= axes:
+        geometry["units"] = tuple(str(u) for u in list(units)[-axes:])
+    n = len(scale)
+    linear = np.eye(n + 1)
+    if rotate is not None:
+        linear[:n, :n] = np.asarray(rotate, float)
+    if shear is not None:  # the upper-triangular values, row by row
+        sheared = np.eye(n)
+        sheared[np.triu_indices(n, 1)] = shear
+        linear[:n, :n] = linear[:n, :n] @ sheared
+    shift = np.eye(n + 1)
+    shift[:n, n] = np.asarray(translate, float)[-n:]
+    frame = shift @ linear @ np.linalg.inv(shift)
+    if affine is not None:
+        frame = np.asarray(affine, float) @ frame
+    keep = [*range(n - axes, n), n]  # the last axes and the homogeneous coordinate
+    frame = frame[np.ix_(keep, keep)]
+    if not np.allclose(frame, np.eye(axes + 1)):
+        geometry["affine"] = frame
     return geometry
+
+
+def _on_grid(geometry: Mapping) -> dict:
+    """The ``units`` and ``affine`` of ``geometry`` (:func:`layer_geometry`): what a layer
+    laid on the image's pixel grid takes besides its own scale and translate."""
+    return {key: geometry[key] for key in ("units", "affine") if key in geometry}
 
 
 # -- PSF metadata ------------------------------------------------------------------------
@@ -345,6 +390,30 @@ def _names(noll) -> list[str]:
 def is_psf_metadata(metadata: Mapping | None) -> bool:
     """True for the metadata of our PSF layers and of PSF files we read."""
     return bool(metadata) and metadata.get("format") == PSF_FORMAT
+
+
+def estimate_source(image: str, stack_mode: str = "plane", plane: Sequence[int] = ()) -> str:
+    """The name an estimate of the image layer ``image`` goes by (its PSF layer is this name
+    + " PSF", and its metadata's ``source``): ``"cell"`` for a 2D image, ``"cell [2]"`` for
+    plane 2 of a stack, ``"cell median"`` for the median over the planes of a stack.
+
+    >>> estimate_source("cell", plane=(2,)), estimate_source("cell", "median")
+    ('cell [2]', 'cell median')
+    """
+    if stack_mode == "median":
+        return f"{image} median"
+    return image + (f" {[int(i) for i in plane]}" if len(plane) else "")
+
+
+def is_psf_of(metadata: Mapping | None, image: str) -> bool:
+    """True for a PSF identified from the image layer named ``image`` (or the file of one):
+    its ``source`` is exactly :func:`estimate_source` of ``image`` for the plane(s) its
+    metadata records, so the PSFs of "cell 2" or of "cell [1]" are not those of "cell"."""
+    if not is_psf_metadata(metadata):
+        return False
+    planes = metadata.get("planes") or [()]  # a stack's PSF records its planes; a 2D's none
+    source = estimate_source(image, metadata.get("stack_mode", "plane"), planes[0])
+    return metadata.get("source") == source
 
 
 def is_auxiliary_layer(metadata: Mapping | None) -> bool:
@@ -578,6 +647,7 @@ def psf_layer_data(
         geometry.get("scale", (1.0, 1.0)),
         geometry.get("translate", (0.0, 0.0)),
         geometry.get("units"),
+        affine=geometry.get("affine"),
     )
     scale, translate = geometry["scale"], geometry["translate"]
     if image_shape is not None:
@@ -589,9 +659,8 @@ def psf_layer_data(
         "metadata": psf_metadata(estimate, source),
         "scale": scale,
         "translate": translate,
+        **_on_grid(geometry),
     }
-    if "units" in geometry:
-        kwargs["units"] = tuple(geometry["units"])
     return np.asarray(estimate.psf, np.float32), kwargs, "image"
 
 
@@ -631,9 +700,8 @@ def _mosaic(
     placed = {
         "scale": (cell[0] * scale[0], cell[1] * scale[1]),
         "translate": (translate[0] + origin[0] * scale[0], translate[1] + origin[1] * scale[1]),
+        **_on_grid(geometry),
     }
-    if "units" in geometry:
-        placed["units"] = tuple(geometry["units"])
     return mosaic, placed, [len(ys), len(xs)]
 
 
@@ -739,6 +807,7 @@ def weight_map_layers_data(
             "visible": False,
             "scale": (step[0] * scale[0], step[1] * scale[1]),
             "translate": translate,
+            **_on_grid(geometry),
             "metadata": {
                 "deepblur_layer": "weight map",
                 "source": source,
@@ -749,8 +818,6 @@ def weight_map_layers_data(
                 "Σ_i m_i(y, x) e_i (eigen-PSF at the model's sampling fc)",
             },
         }
-        if "units" in geometry:
-            kwargs["units"] = tuple(geometry["units"])
         layers.append((m, kwargs, "image"))
     return layers
 
@@ -851,22 +918,22 @@ def iter_identify_layers(request: IdentifyRequest) -> Generator[Any, None, Ident
         **request.optics.kwargs(),
     }
     shape = tuple(np.shape(request.data))
-    if request.stack_mode == "median" and len(shape) > 2:
+    mode = request.stack_mode if len(shape) > 2 else "plane"
+    if mode == "median":
         planes = plane_indices(shape)
         # every plane (max_planes: no subsampling); the loop and cancel points are the pipeline's
         estimate = yield from iter_identify_stack(
             request.data, model, mode="median", max_planes=len(planes), **options
         )
-        name = f"{request.source} median"
     else:
         planes = [tuple(request.plane)]
         image = np.asarray(request.data[request.plane] if request.plane else request.data)
         estimate = yield from iter_identify(image, model, **options)
-        name = request.source + (f" {list(request.plane)}" if request.plane else "")
+    name = estimate_source(request.source, mode, request.plane)
     layers = estimate_layers(estimate, name, request.geometry, shape[-2:], request.kernel_grid)
     if len(shape) > 2:
         metadata = layers[0][1]["metadata"]
-        metadata["stack_mode"] = request.stack_mode
+        metadata["stack_mode"] = mode
         metadata["planes"] = [[int(i) for i in index] for index in planes]
     return IdentifyResult(estimate, layers)
 
@@ -881,8 +948,9 @@ def identify_layers(request: IdentifyRequest) -> IdentifyResult:
 @dataclass
 class DeblurRequest:
     """What the Deblur widget asks for. ``plane``: indices of the leading axes to deblur one
-    plane, or None for all planes. ``estimate``: a ``BlurEstimate`` or None (identify the
-    (first) plane first). ``noise``: override ``{"alpha", "beta"}`` in image units, or None."""
+    plane, or None for all planes. ``estimate``: a ``BlurEstimate`` or None (identify first:
+    that plane, or for all planes the plane with the most contrast). ``noise``: override
+    ``{"alpha", "beta"}`` in image units, or None."""
 
     data: Any
     source: str
@@ -906,21 +974,29 @@ class DeblurResult:
 
 def iter_deblur_layers(request: DeblurRequest) -> Generator[Any, None, DeblurResult]:
     """Deblur one plane or every plane (identifying the blur first when no estimate is
-    given); yields pipeline ``Progress``, returns the restored array and the layers to add:
-    ``"<source> deblurred"`` (and, when it identified, the PSF it used)."""
-    from .pipeline import iter_deblur, iter_deblur_stack, iter_identify
+    given: of that plane, or for all planes of the plane with the most contrast,
+    :func:`~napari_deepblur.pipeline.representative_plane`); yields pipeline ``Progress``,
+    returns the restored array and the layers to add: ``"<source> deblurred"`` (and, when it
+    identified, first the PSF it used, named and tagged as the Identify widget's: a stack's
+    PSF records the plane in ``metadata["planes"]``)."""
+    from .pipeline import iter_deblur, iter_deblur_stack, iter_identify, representative_plane
 
     model = _load(request.model, request.device)
     data = request.data
     layers: list[LayerDataTuple] = []
     estimate = request.estimate
     if estimate is None:
-        first_plane = request.plane or (0,) * (len(np.shape(data)) - 2)
-        first = np.asarray(data[first_plane] if first_plane else data)
+        plane = representative_plane(data) if request.plane is None else tuple(request.plane)
+        image = np.asarray(data[plane] if plane else data)
         estimate = yield from iter_identify(
-            first, model, device=request.device, **request.optics.kwargs()
+            image, model, device=request.device, **request.optics.kwargs()
         )
-        layers.append(psf_layer_data(estimate, request.source, request.geometry, first.shape))
+        psf = psf_layer_data(
+            estimate, estimate_source(request.source, plane=plane), request.geometry, image.shape
+        )
+        if plane:
+            psf[1]["metadata"].update(stack_mode="plane", planes=[[int(i) for i in plane]])
+        layers.append(psf)
     # with an estimate from this image, its fc is the image's sampling; the layer's optics
     # matter for a PSF from elsewhere
     optics = request.optics.kwargs() if request.estimate is not None else {}

@@ -260,14 +260,20 @@ def deblur_file(input_path, output_path, options: DeblurOptions | None = None) -
 
 # -- batch -------------------------------------------------------------------------------------
 def batch_jobs(inputs: Sequence, out_dir) -> list[tuple[Path, Path]]:
-    """``(input, output)`` pairs: each input TIFF (folders: their ``*.tif``/``*.tiff``,
-    sorted) → ``out_dir/<same name>.tif``. Missing inputs and clashing names are errors."""
+    """``(input, output)`` pairs: each input TIFF (folders: their ``*.tif``/``*.tiff``
+    files, sorted, hidden ones such as macOS's ``._name.tif`` left out) → ``out_dir/<same
+    name>.tif``; a file given twice (also through its folder) is done once. Missing inputs
+    and clashing names are errors."""
     out_dir = Path(out_dir)
     files: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in TIFF_SUFFIXES)
+            found = sorted(
+                p
+                for p in path.iterdir()
+                if p.suffix.lower() in TIFF_SUFFIXES and p.is_file() and not p.name.startswith(".")
+            )
             if not found:
                 raise FileNotFoundError(f"no .tif/.tiff files in the folder {path}")
             files.extend(found)
@@ -276,7 +282,10 @@ def batch_jobs(inputs: Sequence, out_dir) -> list[tuple[Path, Path]]:
         else:
             raise FileNotFoundError(f"input not found: {path}")
     jobs, seen = [], {}
+    once: dict[Path, Path] = {}  # each file once, as first given
     for path in files:
+        once.setdefault(path.resolve(), path)
+    for path in once.values():
         out = out_dir / (path.stem + ".tif")
         if out in seen:
             raise ValueError(f"{path} and {seen[out]} would both be written to {out}")

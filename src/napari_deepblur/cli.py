@@ -311,6 +311,8 @@ def _check_new(paths, overwrite: bool, inputs=()) -> None:
         if path.resolve() in taken:
             raise ValueError(f"{path} would replace {taken[path.resolve()]}; choose another path")
         taken[path.resolve()] = f"the other output {path}"
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder; give a file name for the output")
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
         if not path.parent.is_dir():
@@ -524,6 +526,11 @@ def _given_estimate(args):
 
 
 def _estimate_from_psf(path, args):
+    """The estimate of a ``--psf`` file: deepblur's PSF export (its sampling and
+    coefficients included), or any 2D PSF, whose sampling is resolved with the image's
+    (:func:`_psf_sampled_like`): its ``fc`` is NaN until then."""
+    import dataclasses
+
     import numpy as np
 
     from . import io
@@ -534,9 +541,15 @@ def _estimate_from_psf(path, args):
     except ValueError as exc:
         if "is not a" not in str(exc):
             raise
-        psf, meta = np.asarray(io.read_image(path).data, np.float32), {}
+        foreign = io.read_image(path)
+        psf = np.asarray(foreign.data, np.float32)
+        meta = {"optics": {"pixel_size_nm": foreign.pixel_size_nm}} if foreign.pixel_size_nm else {}
+        if psf.ndim == 2 and np.isfinite(psf).all() and psf.sum() > 0:
+            estimate = BlurEstimate.from_psf(psf, float("nan"), optics=meta.get("optics"))
+            return dataclasses.replace(estimate, model=f"psf:{path}")
     if psf.ndim != 2:
-        raise ValueError(f"the PSF {path} has shape {psf.shape}: a 2D (Y, X) PSF is needed")
+        hint = " (a PSF stack per plane: pass its estimate JSON with --estimate)" * (psf.ndim == 3)
+        raise ValueError(f"the PSF {path} has shape {psf.shape}: a 2D (Y, X) PSF is needed{hint}")
     if not np.isfinite(psf).all():
         raise ValueError(f"the PSF {path} has NaN or infinite values")
     if not psf.sum() > 0:
@@ -544,24 +557,6 @@ def _estimate_from_psf(path, args):
     psf = psf / psf.sum()
     if isinstance(meta.get("estimate"), dict) and meta["estimate"].get("field"):
         return BlurEstimate.from_dict(meta["estimate"], psf=psf.astype(np.float32))
-    fc = meta.get("fc")
-    if (
-        fc is None
-        and args.fc is None
-        and not all(v is not None for v in (args.na, args.wavelength_nm, args.pixel_size_nm))
-    ):
-        fc = None  # assumed sampled like the image: resolved with the image's optics
-    elif fc is None:
-        from .pipeline import image_fc
-
-        fc, _ = image_fc(
-            0.2,
-            fc=args.fc,
-            pixel_size_nm=args.pixel_size_nm,
-            na=args.na,
-            wavelength_nm=args.wavelength_nm,
-            refractive_index=args.refractive_index,
-        )
     coefficients = meta.get("coefficients_waves_rms")
     noll = meta.get("noll_indices") or []
     if (
@@ -573,7 +568,7 @@ def _estimate_from_psf(path, args):
     return BlurEstimate(
         np.asarray(coefficients, np.float32),
         tuple(int(j) for j in noll),
-        float(fc) if fc is not None else float("nan"),
+        float(meta.get("fc", "nan")),
         psf.astype(np.float32),
         dict(meta.get("noise") or {}),
         list(meta.get("names") or []) if noll else [],
@@ -582,9 +577,30 @@ def _estimate_from_psf(path, args):
     )
 
 
-def _run_deblur(args: argparse.Namespace) -> int:
+def _psf_sampled_like(estimate, image_fc: float, image_pixel_nm: float | None):
+    """A foreign PSF (``fc`` NaN) sampled like the image (cutoff ``image_fc``), or, when its
+    file gives a pixel size different from the image's, at its own pixels' cutoff (the
+    pipeline resamples it to the model's sampling). Other estimates are returned as they are."""
     import math
     from dataclasses import replace
+
+    from . import notices
+
+    if not math.isnan(estimate.fc):
+        return estimate
+    psf_pixel_nm = (estimate.optics or {}).get("pixel_size_nm")
+    if psf_pixel_nm is None or image_pixel_nm is None:
+        return replace(estimate, fc=image_fc)
+    if abs(psf_pixel_nm / image_pixel_nm - 1) > 0.01:
+        notices.warn(
+            f"the PSF has {psf_pixel_nm:.4g} nm pixels, the image {image_pixel_nm:.4g} nm: "
+            "the PSF is resampled to the image's pixels"
+        )
+    return replace(estimate, fc=image_fc * psf_pixel_nm / image_pixel_nm)
+
+
+def _run_deblur(args: argparse.Namespace) -> int:
+    import math
     from pathlib import Path
 
     from . import io
@@ -593,13 +609,15 @@ def _run_deblur(args: argparse.Namespace) -> int:
     _check_new([args.out], args.overwrite)
     estimate = _given_estimate(args)
     if estimate is not None and not isinstance(estimate, list) and math.isnan(estimate.fc):
-        # a foreign PSF without sampling: take the image's (or the model's) cutoff
+        # a foreign PSF without sampling: the image's (or the model's) cutoff
         from .models import load_model
         from .pipeline import image_fc
 
-        optics, _ = image_optics(io.read_image(args.image, mmap=True), _optics_args(args))
+        image = io.read_image(args.image, mmap=True)
+        optics, _ = image_optics(image, _optics_args(args))
         model_fc = load_model(args.model, device="cpu").fc
-        estimate = replace(estimate, fc=image_fc(model_fc, **optics)[0])
+        image_pixel_nm = optics.get("pixel_size_nm", image.pixel_size_nm)
+        estimate = _psf_sampled_like(estimate, image_fc(model_fc, **optics)[0], image_pixel_nm)
     options = _deblur_options(args, estimate, estimate_json=False)
     result = _drive(iter_deblur_file(args.image, Path(args.out), options), args.quiet, "deblur")
     print(f"wrote {result['output']} {tuple(result['shape'])} in {result['seconds']:.1f} s")
@@ -712,10 +730,21 @@ def _run_batch(args: argparse.Namespace) -> int:
         raise ValueError("--workers must be at least 1")
     estimate = _given_estimate(args)
     if estimate is not None and not isinstance(estimate, list) and math.isnan(estimate.fc):
-        raise ValueError(
-            f"the PSF {args.psf} carries no sampling: give --fc (or NA, "
-            "wavelength and pixel size) for it"
-        )
+        # one PSF for all files: their sampling must be given
+        from .pipeline import image_fc
+
+        if args.fc is None and None in (args.na, args.wavelength_nm, args.pixel_size_nm):
+            raise ValueError(
+                f"the PSF {args.psf} carries no sampling: give the images' --fc (or NA, "
+                "wavelength and pixel size) for it"
+            )
+        if args.pixel_size_nm is None and (estimate.optics or {}).get("pixel_size_nm"):
+            raise ValueError(
+                f"the PSF {args.psf} has its own pixel size: give the images' NA, wavelength "
+                "and pixel size (not --fc) so that it can be resampled to them"
+            )
+        images_fc, _ = image_fc(0.2, **_optics_args(args))
+        estimate = _psf_sampled_like(estimate, images_fc, args.pixel_size_nm)
     options = _deblur_options(args, estimate)
     result = _drive(
         iter_batch(args.inputs, args.out, options, scheduler=args.scheduler, workers=args.workers),
@@ -1000,8 +1029,22 @@ SUBCOMMANDS: list[Callable] = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """``deepblur``'s parsers (subcommands included): a usage error is one line like every
+    other error, and options are never abbreviated (an abbreviation that is unique today
+    becomes ambiguous when an option is added, and a subcommand's option can be taken for
+    an abbreviation of its parent's: ``bench psf --batch``)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"deepblur: error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="deepblur",
         description="Estimate the blur of a microscope from a single image and remove it "
         "(Deep-Blur).",

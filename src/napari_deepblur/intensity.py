@@ -45,9 +45,11 @@ def denormalize(images: torch.Tensor, low: torch.Tensor, scale: torch.Tensor) ->
 
 
 def check_contrast(scale: torch.Tensor, low: torch.Tensor) -> None:
-    """Raise :class:`ConstantImageError` when an image's robust range is (almost) zero."""
-    reference = torch.maximum(low.abs(), torch.ones_like(low))
-    if bool((scale <= 1e-6 * reference).any()):
+    """Raise :class:`ConstantImageError` when an image's robust range is (almost) zero:
+    within float32 rounding of its level (1e-6 of it), whatever the units (an image of values
+    around 1e-6, e.g. normalised to sum 1, has contrast)."""
+    reference = torch.clamp_min(1e-6 * low.abs(), 1e-30)
+    if bool((scale <= reference).any()):
         raise ConstantImageError(
             "the image is constant (or nearly so): its 1st and 99.9th percentiles are equal, "
             "so it shows no structure from which to estimate or remove blur"

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import tifffile
 
+from . import notices
+
 __all__ = [
     "PSF_FORMAT",
     "ImageData",
@@ -171,6 +173,12 @@ def read_image(path: str | os.PathLike, *, mmap: bool = False) -> ImageData:
             if data is None:
                 data = series.asarray()
             axes = series.axes
+            if len(tif.series) > 1:
+                notices.warn(
+                    f"{path.name} holds {len(tif.series)} image series (positions, or "
+                    f"thumbnails); only the first, {tuple(series.shape)} {series.axes}, is "
+                    "read: save each series as a file of its own to process the others"
+                )
             description = _json_description(tif.pages.first.description)
             pixel_size_nm = _pixel_size_nm(tif, description)
     except (tifffile.TiffFileError, ValueError, IndexError, KeyError, OSError) as exc:

@@ -132,6 +132,11 @@ class BlurEstimate:
         """Rebuild from :meth:`to_dict` (the PSF is recomputed from the coefficients when
         not given)."""
         coefficients = np.asarray(d["coefficients"], dtype=np.float32)
+        if not np.isfinite(coefficients).all():
+            raise ValueError(
+                "the estimate's coefficients are not all finite numbers (null, NaN or "
+                "infinite): re-run identify to make a new estimate"
+            )
         noll = tuple(int(j) for j in d["noll_indices"])
         field_estimate = FieldEstimate.from_dict(d["field"]) if d.get("field") else None
         if psf is None and field_estimate is not None:
@@ -165,7 +170,7 @@ class BlurEstimate:
         if psf.ndim != 2 or not np.isfinite(psf).all() or psf.sum() <= 0:
             raise ValueError("a PSF must be a 2D array of finite values with a positive sum")
         return cls(
-            np.zeros(0, np.float32), (), float(fc), psf / psf.sum(), dict(noise or {}),
+            np.zeros(0, np.float32), (), float(fc), clean_measured_psf(psf), dict(noise or {}),
             optics=optics,
         )  # fmt: skip
 
@@ -176,6 +181,40 @@ class BlurEstimate:
             return np.zeros((0, size, size), np.float32)
         coefficients = np.stack([np.asarray(t["coefficients"], np.float32) for t in self.tiles])
         return zernike_psf(torch.from_numpy(coefficients), self.fc, size, self.noll_indices).numpy()
+
+
+#: A PSF's border level above this fraction of its peak is a background (camera offset).
+PSF_BACKGROUND_FRACTION = 0.01
+
+
+def clean_measured_psf(psf) -> np.ndarray:
+    """A PSF from elsewhere (a bead crop, another tool) made fit to be a blur kernel, with a
+    warning for each change: a background filling its border (a camera offset above 1 % of
+    the peak) is subtracted, and a peak more than 1 px from the centre pixel (``size // 2``)
+    is moved there (an off-centre PSF shifts the deblurred image). Returns float32 of the
+    same shape, ≥ 0, summing to 1; a clean, centred PSF comes back unchanged but normalised."""
+    from scipy import ndimage
+
+    psf = np.asarray(psf, np.float64)
+    border = np.concatenate([psf[0], psf[-1], psf[1:-1, 0], psf[1:-1, -1]])
+    background = float(np.median(border))
+    if background > PSF_BACKGROUND_FRACTION * psf.max():
+        psf = np.clip(psf - background, 0, None)
+        if not psf.sum() > 0:
+            raise ValueError("the PSF has no signal above its background (its border's level)")
+        notices.warn(
+            f"the PSF's background ({background:.4g}, the median of its border) was "
+            "subtracted: a PSF must be zero away from its peak"
+        )
+    peak = np.unravel_index(np.argmax(ndimage.uniform_filter(psf, 3)), psf.shape)
+    offset = [int(p) - n // 2 for p, n in zip(peak, psf.shape, strict=True)]
+    if max(abs(o) for o in offset) > 1:
+        psf = ndimage.shift(psf, [-o for o in offset], order=0, mode="constant", cval=0.0)
+        notices.warn(
+            f"the PSF's peak was {offset[0]:+d}, {offset[1]:+d} px (y, x) from its centre: "
+            "it was moved to the centre (an off-centre PSF shifts the deblurred image)"
+        )
+    return (psf / psf.sum()).astype(np.float32)
 
 
 def _jsonable(obj):
@@ -217,8 +256,14 @@ def as_image(image, min_size: int = 1) -> np.ndarray:
             f"the image ({array.shape[0]}×{array.shape[1]} px) is too small: "
             f"at least {min_size}×{min_size} px are needed"
         )
-    image32 = array.astype(np.float32, copy=True)
+    with np.errstate(over="ignore"):  # reported below
+        image32 = array.astype(np.float32, copy=True)
     bad = ~np.isfinite(image32)
+    if bad.any() and np.isfinite(array).all():
+        raise ValueError(
+            f"the image has values beyond float32's range (largest {np.abs(array).max():.3g}, "
+            "float32 holds up to 3.4e38): divide it by a constant first"
+        )
     if bad.any():
         raise ValueError(
             f"the image has {int(bad.sum())} NaN or infinite pixels; replace them "
@@ -594,26 +639,43 @@ def iter_deblur(
     return out
 
 
+#: The range of ``strength`` where the network does what it promises (> 1 smoother,
+#: < 1 sharper): measured on the demo and on table1 images at L1/H1 (SSIM against strength,
+#: 2026-12-03), it turns noisier again above ~3 and falls apart towards 10, far from the
+#: noise levels it was trained on.
+STRENGTH_RANGE = (0.25, 3.0)
+
+
 def check_noise_and_strength(noise, strength) -> None:
-    """ValueError unless ``strength`` is a positive number and ``noise`` (None, a std, or
-    ``{"alpha", "beta"}``) holds finite nonnegative numbers."""
-
-    def finite(values) -> np.ndarray:
-        try:
-            return np.asarray([float(v) for v in values])
-        except (TypeError, ValueError):
-            return np.asarray([np.nan])
-
-    strength_value = finite([strength])
-    if not (np.isfinite(strength_value).all() and strength_value[0] > 0):
-        raise ValueError(f"the strength must be a positive number, got {strength}")
+    """ValueError unless ``strength`` is a number within :data:`STRENGTH_RANGE` and
+    ``noise`` is None, a std, or ``{"alpha", "beta"}``, in finite nonnegative numbers."""
+    low, high = STRENGTH_RANGE
+    if not (_is_number(strength) and low <= float(strength) <= high):
+        raise ValueError(
+            f"the strength must be a number from {low:g} (sharper) to {high:g} (smoother), "
+            f"got {strength!r}: outside that range the network adds artefacts"
+        )
     if noise is None:
         return
-    values = finite(noise.values() if isinstance(noise, dict) else [noise])
-    if not (np.isfinite(values).all() and (values >= 0).all()):
+    if isinstance(noise, dict):
+        unknown = sorted(set(noise) - {"alpha", "beta"})
+        values = list(noise.values())
+    else:
+        unknown, values = [], [noise]
+    if unknown or not all(_is_number(v) and 0 <= float(v) < np.inf for v in values):
         raise ValueError(
-            f"the noise must be a nonnegative std (or alpha, beta) in image units, got {noise}"
+            "the noise must be a nonnegative std, or {'alpha': gain, 'beta': std}, in image "
+            f"units; got {noise!r}"
         )
+
+
+def _is_number(value) -> bool:
+    """A real number (not a bool, a string or NaN)."""
+    return (
+        isinstance(value, int | float | np.integer | np.floating)
+        and not isinstance(value, bool | np.bool_)
+        and not np.isnan(value)
+    )
 
 
 def _noise_in_normalised_units(y: torch.Tensor, low, scale, noise, fc: float):
@@ -717,6 +779,17 @@ def _check_psf_fits(estimate: BlurEstimate, fc_img: float, shape) -> None:
         )
 
 
+def _check_estimate(estimate) -> None:
+    if isinstance(estimate, BlurEstimate):
+        return
+    what = type(estimate).__name__
+    hint = {
+        "ndarray": "for a PSF array use BlurEstimate.from_psf(psf, fc)",
+        "dict": "for a saved estimate use BlurEstimate.from_dict(d)",
+    }.get(what, "identify the image first, or use BlurEstimate.from_psf / from_dict")
+    raise TypeError(f"the estimate must be a BlurEstimate, got a {what}: {hint}")
+
+
 def deblur_setup(
     source,
     estimate: BlurEstimate,
@@ -736,6 +809,7 @@ def deblur_setup(
     if len(source.shape) != 2:
         raise ValueError(f"expected a 2D image (Y, X), got shape {tuple(source.shape)}")
     _check_dtype(source.dtype)
+    _check_estimate(estimate)
     check_noise_and_strength(noise, strength)
     fc_img, _ = image_fc(
         model.fc,

@@ -76,6 +76,31 @@ def test_check_layer_and_messages():
     assert logic.plane_index((64, 64), None) == ()
 
 
+def test_a_missing_file_is_about_a_model_only_when_it_is():
+    folder = FileNotFoundError(2, "No such file or directory", "/no/folder/x.psf.tif")
+    message = logic.user_message(folder, "Export PSF")
+    assert "Check the path." in message and "model" not in message
+    model = FileNotFoundError("model file not found: /models/mine.safetensors")
+    assert "choose a shipped model" in logic.user_message(model, "Identify blur")
+
+
+def test_is_psf_of_matches_the_image_exactly():
+    def psf(source, **stack):
+        return {"format": logic.PSF_FORMAT, "source": source, **stack}
+
+    assert logic.is_psf_of(psf("cell"), "cell")
+    # images whose names start the same are other images
+    assert not logic.is_psf_of(psf("cell 2"), "cell")
+    assert not logic.is_psf_of(psf("cell [1]"), "cell")  # napari names a copy "cell [1]"
+    assert logic.is_psf_of(psf("cell [1]"), "cell [1]")
+    # a stack's PSFs record their planes
+    plane = psf("cell [1]", stack_mode="plane", planes=[[1]])
+    assert logic.is_psf_of(plane, "cell") and not logic.is_psf_of(plane, "cell [1]")
+    median = psf("cell median", stack_mode="median", planes=[[0], [1]])
+    assert logic.is_psf_of(median, "cell") and not logic.is_psf_of(median, "cell median")
+    assert not logic.is_psf_of({"source": "cell"}, "cell")  # not a PSF
+
+
 def test_coefficient_rows_and_summary():
     estimate = {
         "coefficients": [0.1, -0.3],

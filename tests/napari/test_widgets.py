@@ -215,22 +215,87 @@ def test_deblur_adds_layer_and_keeps_input(viewer_with_sample, qtbot, notes):
     np.testing.assert_array_equal(layer.data, before)
 
 
+def _rotation_yx(degrees: float) -> np.ndarray:
+    """A 3×3 rotation in the YX plane."""
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    return np.array([[1.0, 0, 0], [0, c, -s], [0, s, c]])
+
+
 def test_deblur_all_planes(make_napari_viewer, small_sample, qtbot, notes):
+    """Identify first on the plane with the most contrast (plane 0 is empty); the result
+    lies exactly over the (rotated, moved) image, and the PSF is turned like it."""
     from napari_deepblur._qt import DeblurWidget
 
     viewer = make_napari_viewer()
     data, kwargs = small_sample
-    stack = np.stack([data[:96, :96], data[32:, 32:]]).astype(np.float32)
-    layer = viewer.add_image(stack, name="stack", scale=(300.0, 74.0, 74.0))
+    stack = np.stack([np.zeros((96, 96)), data[32:, 32:]]).astype(np.float32)
+    moved = np.eye(4)
+    moved[1:3, 3] = (500.0, -200.0)
+    layer = viewer.add_image(
+        stack, name="stack", scale=(300.0, 74.0, 74.0), rotate=_rotation_yx(30), affine=moved
+    )
     widget = DeblurWidget(viewer)
     assert not widget._planes.native.isHidden()  # shown for stacks
     widget._planes.value = "all planes"
     widget._device.value = "cpu"
     _run(qtbot, widget)
-    assert notes["error"] == []
+    assert notes["error"] == [], notes["error"]
     out = viewer.layers["stack deblurred"]
     assert out.data.shape == stack.shape
     np.testing.assert_allclose(out.scale, layer.scale)
+    for point in [(0, 0, 0), (1, 90, 5), (1, 3, 80)]:
+        np.testing.assert_allclose(out.data_to_world(point), layer.data_to_world(point))
+    psf = viewer.layers["stack [1] PSF"]
+    assert psf.metadata["planes"] == [[1]] and widget._psf_layer.value is psf
+    assert "identified on plane [1]" in widget._status.value
+    # the PSF sits right of the image (8 px apart), on its pixel grid
+    for i, j in [(0, 0), (30, 30)]:
+        beside = layer.data_to_world((1, i, 96 + 8 + j))[-2:]
+        np.testing.assert_allclose(psf.data_to_world((i, j)), beside, atol=1e-6)
+
+
+def test_layer_geometry_of_a_plane_keeps_rotation_shear_and_affine():
+    from napari.layers import Image
+
+    from napari_deepblur._qt._job import layer_geometry
+
+    affine = np.eye(4)
+    affine[1:3, 1:] = [[0.9, 0.2, 40.0], [-0.1, 1.1, -7.0]]
+    layer = Image(
+        np.zeros((3, 64, 64)),
+        scale=(300.0, 74.0, 60.0),
+        translate=(10.0, 100.0, -50.0),
+        rotate=_rotation_yx(25),
+        shear=[0.0, 0.0, 0.3],  # Y with X only
+        affine=affine,
+    )
+    plane = Image(np.zeros((64, 64)), **layer_geometry(layer))
+    stack = Image(np.zeros((3, 64, 64)), **layer_geometry(layer, axes=3))
+    for point in [(0, 0, 0), (2, 63, 5), (1, 7, 40)]:
+        np.testing.assert_allclose(stack.data_to_world(point), layer.data_to_world(point))
+        np.testing.assert_allclose(
+            plane.data_to_world(point[1:]), layer.data_to_world(point)[1:], atol=1e-9
+        )
+    # without a transform, no affine
+    assert "affine" not in layer_geometry(Image(np.zeros((64, 64)), scale=(2.0, 2.0)))
+
+
+def test_deblur_preselects_only_the_psf_of_its_image(make_napari_viewer):
+    """Names that start the same ("cell", "cell 2", "cell [1]") are different images."""
+    from napari_deepblur._qt import DeblurWidget
+
+    viewer = make_napari_viewer()
+    for name in ("cell", "cell 2", "cell [1]"):
+        viewer.add_image(np.zeros((64, 64), np.float32), name=name)
+    for source in ("cell 2", "cell [1]"):
+        metadata = {"format": PSF_FORMAT, "source": source}
+        viewer.add_image(np.ones((31, 31), np.float32), name=f"{source} PSF", metadata=metadata)
+    widget = DeblurWidget(viewer)
+    for image, expected in [("cell 2", "cell 2 PSF"), ("cell", None), ("cell [1]", "cell [1] PSF")]:
+        widget._psf_layer.value = None
+        widget._image_layer.value = viewer.layers[image]
+        chosen = widget._psf_layer.value
+        assert (chosen and chosen.name) == expected, image
 
 
 @pytest.mark.parametrize("napari_relays_warnings", [False, True])
@@ -381,6 +446,42 @@ def test_errors_in_the_worker_notify(viewer_with_sample, qtbot, notes, monkeypat
     assert "GPU ran out of memory" in notes["error"][-1] and "cpu" in notes["error"][-1]
     assert len(notes["error"]) == 3
     assert [lay.name for lay in viewer.layers] == [layer.name]
+
+
+def test_export_path_follows_the_latest_psf(
+    make_napari_viewer, small_sample, qtbot, notes, tmp_path
+):
+    """Identify A, then B: the export path names B's PSF, in the folder chosen for A's; a
+    folder that does not exist is said so (nothing written)."""
+    import json
+    from pathlib import Path
+
+    from napari_deepblur._qt import IdentifyWidget
+
+    viewer = make_napari_viewer()
+    data, _ = small_sample
+    a = viewer.add_image(data.copy(), name="A")
+    b = viewer.add_image(data[::-1].copy(), name="B")
+    widget = IdentifyWidget(viewer)
+    widget._device.value = "cpu"
+    widget._augment.value = False
+    widget._image_layer.value = a
+    _run(qtbot, widget)
+    assert Path(widget._export_path.value).name == "A_PSF.psf.tif"
+    widget._export_path.value = tmp_path / "A_PSF.psf.tif"  # the user picks a folder
+    widget._image_layer.value = b
+    _run(qtbot, widget)
+    assert notes["error"] == [], notes["error"]
+    assert Path(widget._export_path.value) == tmp_path / "B_PSF.psf.tif"
+    widget._export_button.native.click()
+    assert json.loads((tmp_path / "B_PSF.psf.json").read_text())["source"] == "B"
+
+    missing = tmp_path / "missing"
+    assert widget.export_psf(missing / "B.psf.tif") == []
+    assert notes["error"][-1] == (
+        f"Export PSF failed: the folder {missing} does not exist: choose an existing folder."
+    )
+    assert not missing.exists()
 
 
 def test_export_psf_and_read_back(viewer_with_sample, qtbot, notes, tmp_path):

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, PushButton
 
 from .. import _widget_logic as logic
-from ._job import JobWidget, device_choices, notify_error
+from ._job import JobWidget, device_choices, layer_geometry, notify_error
 
 if TYPE_CHECKING:
     import napari
@@ -45,13 +45,17 @@ class DeblurWidget(JobWidget):
         self._open_psf_button = PushButton(text="Open PSF file")
         self._model, self._model_file = self._make_model_widgets()
         self._device = ComboBox(label="Device", choices=device_choices(), value="auto")
+        from ..pipeline import STRENGTH_RANGE  # (torch: imported when a dock opens)
+
+        low, high = STRENGTH_RANGE
         self._strength = FloatSpinBox(
             label="Strength",
             value=1.0,
-            min=0.1,
-            max=10.0,
-            step=0.1,
-            tooltip="Multiplies the noise level the network assumes: > 1 smoother, < 1 sharper.",
+            min=low,
+            max=high,
+            step=0.05,
+            tooltip="Multiplies the noise level the network assumes: > 1 smoother, < 1 sharper "
+            f"({low:g}–{high:g}; outside it the network adds artefacts).",
         )
         self._noise_override = CheckBox(text="Set the noise by hand", value=False)
         self._noise_alpha = FloatSpinBox(
@@ -136,11 +140,11 @@ class DeblurWidget(JobWidget):
         shape = () if layer is None else tuple(layer.data.shape)
         self._planes.visible = len(shape) > 2 and not getattr(layer, "rgb", False)
         if layer is not None and self._psf_layer.value is None:
-            # the latest PSF identified from this image, if any
+            # the latest PSF identified from this image (not from "<name> 2"), if any
             mine = [
                 psf
                 for _, psf in self._psf_choices()[1:]
-                if str(psf.metadata.get("source", "")).startswith(layer.name)
+                if logic.is_psf_of(psf.metadata, layer.name)
             ]
             if mine:
                 self._psf_layer.value = mine[-1]
@@ -170,7 +174,7 @@ class DeblurWidget(JobWidget):
         optics = logic.optics_from_layer(
             layer.metadata, tuple(layer.scale), tuple(getattr(layer, "units", ()) or ())
         )
-        if psf_layer is not None and psf_layer.metadata.get("source") == layer.name:
+        if psf_layer is not None and logic.is_psf_of(psf_layer.metadata, layer.name):
             optics = logic.Optics()  # the estimate knows this image's sampling
         noise = None
         if self._noise_override.value:
@@ -186,13 +190,7 @@ class DeblurWidget(JobWidget):
             device=self._device.value,
             strength=float(self._strength.value),
             noise=noise,
-            geometry=logic.layer_geometry(
-                layer.scale,
-                layer.translate,
-                getattr(layer, "units", None),
-            )
-            if not all_planes
-            else _full_geometry(layer),
+            geometry=layer_geometry(layer, axes=len(shape) if all_planes else 2),
             colormap=getattr(layer.colormap, "name", None),
         )
         return logic.iter_deblur_layers(request)
@@ -211,7 +209,9 @@ class DeblurWidget(JobWidget):
                 _current(raw, self._viewer), self._result_layer.data
             )
         self._compare_button.enabled = True
-        self._status.value = f"Added '{self._result_layer.name}'."
+        self._status.value = f"Added '{self._result_layer.name}'" + (
+            _identified(added[0]) if len(added) > 1 else "."
+        )
 
     # -- compare --------------------------------------------------------------------------------
     def _on_compare_clicked(self, *_: Any) -> None:
@@ -286,12 +286,11 @@ def _grid(viewer):
     return canvas.grid if hasattr(canvas, "grid") else viewer.grid
 
 
-def _full_geometry(layer) -> dict:
-    geometry = {"scale": tuple(layer.scale), "translate": tuple(layer.translate)}
-    units = getattr(layer, "units", None)
-    if units is not None:
-        geometry["units"] = tuple(str(u) for u in units)
-    return geometry
+def _identified(psf) -> str:
+    """How the status says where the blur was identified (identify first)."""
+    planes = psf.metadata.get("planes")
+    where = f" on plane {planes[0]}" if planes else ""
+    return f", with the blur identified{where} ('{psf.name}')."
 
 
 def _current(layer, viewer):

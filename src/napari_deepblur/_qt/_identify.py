@@ -24,7 +24,7 @@ from magicgui.widgets import (
 )
 
 from .. import _widget_logic as logic
-from ._job import JobWidget, device_choices, notify_error, notify_info
+from ._job import JobWidget, device_choices, layer_geometry, notify_error, notify_info
 
 if TYPE_CHECKING:
     import napari
@@ -237,9 +237,7 @@ class IdentifyWidget(JobWidget):
             augment=bool(self._augment.value),
             refine=bool(self._refine.value),
             tile_px=int(self._tile_px.value),
-            geometry=logic.layer_geometry(
-                layer.scale, layer.translate, getattr(layer, "units", None)
-            ),
+            geometry=layer_geometry(layer),
             kernel_grid=int(self._kernel_grid.value),
         )
         return logic.iter_identify_layers(request)
@@ -252,10 +250,10 @@ class IdentifyWidget(JobWidget):
         self._result_layer = added[0]
         self.show_estimate(added[0].metadata)
         self._export_button.enabled = True
-        if not str(self._export_path.value) or str(self._export_path.value) == ".":
-            self._export_path.value = _export_folder(self._image_layer.value) / (
-                f"{_safe(added[0].name)}.psf.tif"
-            )
+        # the export path follows the latest PSF, in the folder chosen before (if any)
+        chosen = Path(str(self._export_path.value))
+        folder = chosen.parent if str(chosen) != "." else _export_folder(self._image_layer.value)
+        self._export_path.value = folder / f"{_safe(added[0].name)}.psf.tif"
         tiles = len(result.estimate.tiles)
         planes = added[0].metadata.get("planes") or []
         kinds = [layer.metadata.get("deepblur_layer") for layer in added]
@@ -314,6 +312,12 @@ class IdentifyWidget(JobWidget):
             layer = self._result_layer
         if layer is None or layer not in self._viewer.layers:
             notify_error("Export PSF failed: identify the blur first (no PSF layer to export).")
+            return []
+        folder = Path(str(path)).parent
+        if not folder.is_dir():
+            notify_error(
+                f"Export PSF failed: the folder {folder} does not exist: choose an existing folder."
+            )
             return []
         try:
             written = write_psf_layer(

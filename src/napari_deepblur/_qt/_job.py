@@ -268,6 +268,23 @@ class JobWidget(Container):
         return plane_index(shape, position)
 
 
+def layer_geometry(layer, axes: int = 2) -> dict:
+    """Where the layers made from ``layer`` go: its scale, translate and units of the last
+    ``axes`` axes, and its rotation, shear and affine transform as one ``affine``
+    (:func:`napari_deepblur._widget_logic.layer_geometry`)."""
+    from .._widget_logic import layer_geometry as geometry
+
+    return geometry(
+        layer.scale,
+        layer.translate,
+        getattr(layer, "units", None),
+        rotate=layer.rotate,
+        shear=layer.shear,
+        affine=layer.affine.affine_matrix,
+        axes=axes,
+    )
+
+
 def _replace_warning_relay(worker, on_warned) -> None:
     """Send the worker's warnings (a constant plane copied, refinement skipped, an
     out-of-memory fallback) to ``on_warned`` only. napari's own relay of worker warnings is

@@ -84,6 +84,10 @@ def _pupil_tables(
     )
 
 
+#: Largest kernel :func:`zernike_psf` computes: 1023 px takes ~20 s and ~2 GB on a CPU.
+MAX_PSF_SIZE_PX = 1023
+
+
 def zernike_psf(
     coefficients,
     fc: float,
@@ -123,6 +127,11 @@ def zernike_psf(
     check_fc(fc)
     if size < 1 or size % 2 == 0:
         raise ValueError(f"the kernel size must be odd and positive, got {size}")
+    if size > MAX_PSF_SIZE_PX:
+        raise ValueError(
+            f"the kernel size {size} px is above the {MAX_PSF_SIZE_PX} px this computes "
+            "(a PSF's energy lies within a few dozen pixels; 31 is the default)"
+        )
     noll = tuple(int(j) for j in noll_indices)
     coeffs = torch.as_tensor(coefficients, device=device)
     if dtype is None:
