@@ -183,22 +183,25 @@ class BlurEstimate:
         return zernike_psf(torch.from_numpy(coefficients), self.fc, size, self.noll_indices).numpy()
 
 
-#: A PSF's border level above this fraction of its peak is a background (camera offset).
-PSF_BACKGROUND_FRACTION = 0.01
+#: A PSF's border level is a background (a camera offset) to subtract when, spread over
+#: the whole crop, it holds more than this fraction of the PSF's sum: on a bead crop a
+#: background of 0.5 % of the peak can hold half the sum.
+PSF_BACKGROUND_FRACTION = 0.02
 
 
 def clean_measured_psf(psf) -> np.ndarray:
     """A PSF from elsewhere (a bead crop, another tool) made fit to be a blur kernel, with a
-    warning for each change: a background filling its border (a camera offset above 1 % of
-    the peak) is subtracted, and a peak more than 1 px from the centre pixel (``size // 2``)
-    is moved there (an off-centre PSF shifts the deblurred image). Returns float32 of the
-    same shape, ≥ 0, summing to 1; a clean, centred PSF comes back unchanged but normalised."""
+    warning for each change: a background filling its border (a camera offset holding more
+    than 2 % of the sum) is subtracted, and a peak more than 1 px from the centre pixel
+    (``size // 2``) is moved there (an off-centre PSF shifts the deblurred image). Returns
+    float32 of the same shape, ≥ 0, summing to 1; a clean, centred PSF comes back unchanged
+    but normalised."""
     from scipy import ndimage
 
     psf = np.asarray(psf, np.float64)
     border = np.concatenate([psf[0], psf[-1], psf[1:-1, 0], psf[1:-1, -1]])
     background = float(np.median(border))
-    if background > PSF_BACKGROUND_FRACTION * psf.max():
+    if background * psf.size > PSF_BACKGROUND_FRACTION * psf.sum():
         psf = np.clip(psf - background, 0, None)
         if not psf.sum() > 0:
             raise ValueError("the PSF has no signal above its background (its border's level)")
