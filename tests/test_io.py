@@ -78,6 +78,31 @@ def test_imagej_hyperstack(tmp_path):
     assert img.pixel_size_nm == pytest.approx(250.0)
 
 
+def test_stacks_are_written_as_imagej_hyperstacks_when_imagej_can_read_them(tmp_path):
+    """Fiji then shows the T/Z/C sliders and the pixel size; our metadata stays readable."""
+    data = np.arange(2 * 3 * 2 * 8 * 9, dtype=np.float32).reshape(2, 3, 2, 8, 9)
+    path = io.write_image(
+        tmp_path / "h.tif", data, pixel_size_nm=74.0, metadata={"k": 1}, axes="TZCYX"
+    )
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_imagej and tif.series[0].axes == "TZCYX"
+        assert tif.imagej_metadata["unit"] == "nm"
+        assert tif.pages.first.tags["XResolution"].value == (1, 74)  # pixels per nm
+    back = io.read_image(path, mmap=True)
+    assert back.axes == "TZCYX" and back.pixel_size_nm == 74.0 and back.metadata == {"k": 1}
+    np.testing.assert_array_equal(back.data, data)
+    with io.create_image(tmp_path / "z.tif", (3, 8, 9), np.uint16, axes="ZYX") as out:
+        out[:] = 5
+    assert tifffile.TiffFile(tmp_path / "z.tif").is_imagej
+    for dtype, axes in ((np.float64, "ZYX"), (np.float32, "QYX"), (np.float32, "CZYX")):
+        path = io.write_image(
+            tmp_path / "o.tif", np.zeros((2,) * (len(axes) - 2) + (8, 9), dtype), axes=axes,
+            pixel_size_nm=50.0, overwrite=True,
+        )  # fmt: skip
+        assert not tifffile.TiffFile(path).is_imagej  # ImageJ cannot hold these
+        assert io.read_image(path).pixel_size_nm == 50.0
+
+
 def test_plain_resolution_tags(tmp_path):
     path = tmp_path / "plain.tif"
     tifffile.imwrite(

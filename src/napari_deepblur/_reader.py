@@ -44,8 +44,10 @@ def is_psf_file(path: str | os.PathLike) -> bool:
     try:
         import tifffile
 
+        from .io import _our_description
+
         with tifffile.TiffFile(path) as tif:
-            description = json.loads(tif.pages.first.description or "null")
+            description = json.loads(_our_description(tif.pages.first) or "null")
     except Exception:  # noqa: BLE001 - not ours
         return False
     return isinstance(description, dict) and (

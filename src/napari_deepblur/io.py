@@ -102,6 +102,12 @@ def _unit_nm(unit: str | None) -> float | None:
     return _UNIT_NM.get(str(unit).strip().lower().replace("\\u00b5", "µ"))
 
 
+def _our_description(page) -> str | None:
+    """Our JSON: in the private tag of an ImageJ hyperstack, else the ImageDescription."""
+    tag = page.tags.get(_OUR_TAG)
+    return tag.value if tag is not None else page.description
+
+
 def _json_description(description: str | None) -> dict | None:
     if not description or not description.lstrip().startswith("{"):
         return None
@@ -179,7 +185,7 @@ def read_image(path: str | os.PathLike, *, mmap: bool = False) -> ImageData:
                     f"thumbnails); only the first, {tuple(series.shape)} {series.axes}, is "
                     "read: save each series as a file of its own to process the others"
                 )
-            description = _json_description(tif.pages.first.description)
+            description = _json_description(_our_description(tif.pages.first))
             pixel_size_nm = _pixel_size_nm(tif, description)
     except (tifffile.TiffFileError, ValueError, IndexError, KeyError, OSError) as exc:
         raise ValueError(f"not a readable TIFF: {path} ({exc})") from exc
@@ -238,10 +244,30 @@ def _atomic_write(path: Path, write: Any) -> None:
             tmp.unlink()
 
 
-def _tiff_description(
-    shape, pixel_size_nm: float | None, metadata: dict | None, axes: str | None
-) -> tuple[str, dict[str, Any]]:
-    """Our JSON ImageDescription and the resolution keyword arguments of ``tifffile``."""
+#: A private TIFF tag (65000–65535 are free for private use) holding our JSON description
+#: when the ImageDescription holds ImageJ's hyperstack header instead.
+_OUR_TAG = 65117
+#: ImageJ hyperstacks: the axes order Fiji expects, and the dtypes it reads.
+_IMAGEJ_AXES = "TZCYX"
+_IMAGEJ_DTYPES = (np.uint8, np.uint16, np.float32)
+
+
+def _imagej_axes(axes: str | None, dtype, nbytes: int) -> bool:
+    """True when a stack with ``axes`` can be an ImageJ hyperstack (so that Fiji shows its
+    Z/T/C sliders): axes in ImageJ's order (e.g. "ZYX", "TZCYX"), an ImageJ dtype, < 4 GB."""
+    if not axes or len(axes) < 3 or not axes.endswith("YX") or nbytes >= _BIGTIFF_BYTES:
+        return False
+    order = [_IMAGEJ_AXES.find(a) for a in axes]
+    in_order = all(0 <= a < b for a, b in zip(order, order[1:]))  # noqa: B905
+    return in_order and np.dtype(dtype) in [np.dtype(d) for d in _IMAGEJ_DTYPES]
+
+
+def _tiff_options(
+    shape, dtype, pixel_size_nm: float | None, metadata: dict | None, axes: str | None
+) -> dict[str, Any]:
+    """The ``tifffile`` keyword arguments of our TIFFs: our JSON description (in the
+    ImageDescription; for stacks that can be ImageJ hyperstacks, ImageJ's header there and
+    our JSON in the private tag :data:`_OUR_TAG`), the resolution tags, BigTIFF when large."""
     if pixel_size_nm is not None and not float(pixel_size_nm) > 0:
         raise ValueError(f"pixel_size_nm must be > 0, got {pixel_size_nm}")
     description: dict[str, Any] = {
@@ -254,11 +280,23 @@ def _tiff_description(
         if len(axes) != len(shape):
             raise ValueError(f"axes {axes!r} do not match data of shape {tuple(shape)}")
         description["axes"] = axes
-    kwargs: dict[str, Any] = {}
+    text = json.dumps(description)
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    options: dict[str, Any] = {"photometric": "minisblack", "bigtiff": nbytes > _BIGTIFF_BYTES}
+    if _imagej_axes(axes, dtype, nbytes):
+        options.update(
+            imagej=True,
+            metadata={"axes": axes, **({"unit": "nm"} if pixel_size_nm is not None else {})},
+            extratags=[(_OUR_TAG, "s", 0, text, True)],
+        )
+        if pixel_size_nm is not None:  # ImageJ: pixels per unit (nm)
+            options["resolution"] = (1 / float(pixel_size_nm), 1 / float(pixel_size_nm))
+        return options
+    options.update(description=text, metadata=None)
     if pixel_size_nm is not None:
         ppcm = 1e7 / float(pixel_size_nm)
-        kwargs.update(resolution=(ppcm, ppcm), resolutionunit="CENTIMETER")
-    return json.dumps(description), kwargs
+        options.update(resolution=(ppcm, ppcm), resolutionunit="CENTIMETER")
+    return options
 
 
 def write_image(
@@ -280,18 +318,10 @@ def write_image(
     path = Path(path)
     data = np.asarray(data)
     _check_target(path, overwrite)
-    text, kwargs = _tiff_description(data.shape, pixel_size_nm, metadata, axes)
+    options = _tiff_options(data.shape, data.dtype, pixel_size_nm, metadata, axes)
 
     def write(tmp: Path) -> None:
-        tifffile.imwrite(
-            tmp,
-            data,
-            description=text,
-            metadata=None,
-            photometric="minisblack",
-            bigtiff=data.nbytes > _BIGTIFF_BYTES,
-            **kwargs,
-        )
+        tifffile.imwrite(tmp, data, **options)
 
     _atomic_write(path, write)
     return path
@@ -322,20 +352,10 @@ def create_image(
     path = Path(path)
     shape = tuple(int(n) for n in shape)
     _check_target(path, overwrite)
-    text, kwargs = _tiff_description(shape, pixel_size_nm, metadata, axes)
-    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    options = _tiff_options(shape, dtype, pixel_size_nm, metadata, axes)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.partial"
     try:
-        array = tifffile.memmap(
-            tmp,
-            shape=shape,
-            dtype=dtype,
-            description=text,
-            metadata=None,
-            photometric="minisblack",
-            bigtiff=nbytes > _BIGTIFF_BYTES,
-            **kwargs,
-        )
+        array = tifffile.memmap(tmp, shape=shape, dtype=dtype, **options)
         yield array
         array.flush()
         del array
