@@ -385,3 +385,27 @@ def test_only_the_first_series_is_read_with_a_warning(tmp_path):
         tif.write(np.ones((32, 32), np.uint16))
     with pytest.warns(RuntimeWarning, match=r"holds 2 image series .* only the first, \(64, 64\)"):
         assert io.read_image(path).data.shape == (64, 64)
+
+
+def test_an_imagej_stack_comes_back_as_an_imagej_hyperstack(sample_tif, tmp_path):
+    """Fiji users open the result: same sliders, pixel size and Z step as their input."""
+    plane = io.read_image(sample_tif).data.astype(np.float32)
+    stack = tmp_path / "zstack.tif"
+    tifffile.imwrite(
+        stack,
+        np.stack([plane, plane[::-1]]),
+        imagej=True,
+        resolution=(1 / 0.074, 1 / 0.074),
+        metadata={"axes": "ZYX", "unit": "micron", "spacing": 0.3},
+    )
+    psf = tmp_path / "airy.tif"
+    assert cli.main(["psf", str(psf)]) == 0
+    out = tmp_path / "out.tif"
+    assert cli.main(["deblur", str(stack), "-o", str(out), "--psf", str(psf), "--quiet"]) == 0
+    with tifffile.TiffFile(out) as tif:
+        assert tif.is_imagej and tif.series[0].axes == "ZYX"
+        meta = tif.imagej_metadata
+        assert meta["unit"] == "nm" and meta["spacing"] == pytest.approx(300.0)
+    back = io.read_image(out)
+    assert back.pixel_size_nm == pytest.approx(74.0) and back.stack_steps["spacing"] == 300.0
+    assert back.metadata["deblurred_from"] == "zstack.tif"

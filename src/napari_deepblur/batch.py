@@ -222,6 +222,7 @@ def iter_deblur_file(
             metadata=metadata,
             overwrite=options.overwrite,
             axes=axes,
+            stack_steps=image.stack_steps,
         ) as out:
             yield from pipeline.iter_deblur_stack(
                 data,

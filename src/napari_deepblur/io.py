@@ -87,19 +87,33 @@ class ImageData:
 
     ``data``: array as stored (dtype kept, ``(…, Y, X)``); ``pixel_size_nm``: lateral pixel
     size in nm or None if unknown; ``axes``: tifffile's series axes (e.g. "YX", "TZCYX", "YXS"
-    for RGB); ``metadata``: the JSON metadata written by :func:`write_image`, if any.
+    for RGB); ``metadata``: the JSON metadata written by :func:`write_image`, if any;
+    ``stack_steps``: an ImageJ file's Z step in nm and frame interval in s (``{"spacing",
+    "finterval"}``), carried over to outputs written as ImageJ hyperstacks.
     """
 
     data: np.ndarray
     pixel_size_nm: float | None = None
     axes: str = ""
     metadata: dict = field(default_factory=dict)
+    stack_steps: dict = field(default_factory=dict)
 
 
 def _unit_nm(unit: str | None) -> float | None:
     if unit is None:
         return None
     return _UNIT_NM.get(str(unit).strip().lower().replace("\\u00b5", "µ"))
+
+
+def _imagej_stack_steps(tif: tifffile.TiffFile) -> dict:
+    """An ImageJ file's Z step (converted to nm; dropped when its unit is unknown) and frame
+    interval (s)."""
+    imagej = (tif.imagej_metadata or {}) if tif.is_imagej else {}
+    steps = {"finterval": float(imagej["finterval"])} if "finterval" in imagej else {}
+    unit_nm = _unit_nm(imagej.get("unit"))
+    if "spacing" in imagej and unit_nm is not None:
+        steps["spacing"] = float(imagej["spacing"]) * unit_nm
+    return steps
 
 
 def _our_description(page) -> str | None:
@@ -187,6 +201,7 @@ def read_image(path: str | os.PathLike, *, mmap: bool = False) -> ImageData:
                 )
             description = _json_description(_our_description(tif.pages.first))
             pixel_size_nm = _pixel_size_nm(tif, description)
+            stack_steps = _imagej_stack_steps(tif)
     except (tifffile.TiffFileError, ValueError, IndexError, KeyError, OSError) as exc:
         raise ValueError(f"not a readable TIFF: {path} ({exc})") from exc
     if description is None:
@@ -195,7 +210,7 @@ def read_image(path: str | os.PathLike, *, mmap: bool = False) -> ImageData:
         metadata = description.get("metadata") or {}
     else:  # someone else's JSON description (e.g. tifffile's "shaped"): keep it, minus shape
         metadata = {k: v for k, v in description.items() if k != "shape"}
-    return ImageData(data=data, pixel_size_nm=pixel_size_nm, axes=axes, metadata=metadata)
+    return ImageData(data, pixel_size_nm, axes, metadata, stack_steps)
 
 
 def _lazy_data(path: Path) -> Any:
@@ -250,6 +265,8 @@ _OUR_TAG = 65117
 #: ImageJ hyperstacks: the axes order Fiji expects, and the dtypes it reads.
 _IMAGEJ_AXES = "TZCYX"
 _IMAGEJ_DTYPES = (np.uint8, np.uint16, np.float32)
+#: ImageJ's Z step (nm, in our files) and frame interval (s), kept from input to output.
+_STACK_STEPS = ("spacing", "finterval")
 
 
 def _imagej_axes(axes: str | None, dtype, nbytes: int) -> bool:
@@ -263,11 +280,17 @@ def _imagej_axes(axes: str | None, dtype, nbytes: int) -> bool:
 
 
 def _tiff_options(
-    shape, dtype, pixel_size_nm: float | None, metadata: dict | None, axes: str | None
+    shape,
+    dtype,
+    pixel_size_nm: float | None,
+    metadata: dict | None,
+    axes: str | None,
+    stack_steps: dict | None = None,
 ) -> dict[str, Any]:
     """The ``tifffile`` keyword arguments of our TIFFs: our JSON description (in the
     ImageDescription; for stacks that can be ImageJ hyperstacks, ImageJ's header there and
-    our JSON in the private tag :data:`_OUR_TAG`), the resolution tags, BigTIFF when large."""
+    our JSON in the private tag :data:`_OUR_TAG`, and ``stack_steps``: ImageJ's Z step and
+    frame interval), the resolution tags, BigTIFF when large."""
     if pixel_size_nm is not None and not float(pixel_size_nm) > 0:
         raise ValueError(f"pixel_size_nm must be > 0, got {pixel_size_nm}")
     description: dict[str, Any] = {
@@ -286,7 +309,11 @@ def _tiff_options(
     if _imagej_axes(axes, dtype, nbytes):
         options.update(
             imagej=True,
-            metadata={"axes": axes, **({"unit": "nm"} if pixel_size_nm is not None else {})},
+            metadata={
+                "axes": axes,
+                "unit": "nm",  # of the pixel size and the Z step ("spacing")
+                **{k: v for k, v in (stack_steps or {}).items() if k in _STACK_STEPS},
+            },
             extratags=[(_OUR_TAG, "s", 0, text, True)],
         )
         if pixel_size_nm is not None:  # ImageJ: pixels per unit (nm)
@@ -307,18 +334,21 @@ def write_image(
     metadata: dict | None = None,
     overwrite: bool = False,
     axes: str | None = None,
+    stack_steps: dict | None = None,
 ) -> Path:
     """Write ``data`` (…, Y, X) to a TIFF with pixel size (nm) and JSON metadata; returns path.
 
     The ImageDescription is JSON: ``{"format": "napari-deepblur", "shape", "pixel_size_nm",
     "metadata", ["axes"]}``; the resolution tags hold ``1e7 / pixel_size_nm`` pixels per
-    centimetre (ResolutionUnit CENTIMETER) so Fiji and others see the pixel size. Atomic; refuses
-    to overwrite an existing file unless ``overwrite=True``; BigTIFF above ~2 GB.
+    centimetre (ResolutionUnit CENTIMETER) so Fiji and others see the pixel size. Stacks that
+    ImageJ can hold are ImageJ hyperstacks instead (:func:`_tiff_options`; ``stack_steps``:
+    their Z step in nm and frame interval in s). Atomic; refuses to overwrite an existing
+    file unless ``overwrite=True``; BigTIFF above ~2 GB.
     """
     path = Path(path)
     data = np.asarray(data)
     _check_target(path, overwrite)
-    options = _tiff_options(data.shape, data.dtype, pixel_size_nm, metadata, axes)
+    options = _tiff_options(data.shape, data.dtype, pixel_size_nm, metadata, axes, stack_steps)
 
     def write(tmp: Path) -> None:
         tifffile.imwrite(tmp, data, **options)
@@ -337,6 +367,7 @@ def create_image(
     metadata: dict | None = None,
     overwrite: bool = False,
     axes: str | None = None,
+    stack_steps: dict | None = None,
 ) -> Iterator[np.memmap]:
     """A new TIFF to fill piece by piece: yields a writable ``numpy.memmap`` of ``shape``.
 
@@ -352,7 +383,7 @@ def create_image(
     path = Path(path)
     shape = tuple(int(n) for n in shape)
     _check_target(path, overwrite)
-    options = _tiff_options(shape, dtype, pixel_size_nm, metadata, axes)
+    options = _tiff_options(shape, dtype, pixel_size_nm, metadata, axes, stack_steps)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.partial"
     try:
         array = tifffile.memmap(tmp, shape=shape, dtype=dtype, **options)
