@@ -30,6 +30,7 @@ import enum
 import math
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -246,16 +247,22 @@ def _number(value) -> float | None:
 
 
 def optics_from_layer(
-    metadata: Mapping | None, scale: Sequence[float] = (), units: Sequence[Any] | None = None
+    metadata: Mapping | None,
+    scale: Sequence[float] = (),
+    units: Sequence[Any] | None = None,
+    source_path: str | None = None,
 ) -> Optics:
     """Optics known for a layer: ``metadata['optics']`` (our samples and files), the
-    estimate of a PSF layer, flat keys (``na``, ``wavelength_nm``, ``pixel_size_nm``), and the
-    pixel size from the layer's scale when its units are lengths. Unknown values are None."""
+    estimate of a PSF layer, flat keys (``na``, ``wavelength_nm``, ``pixel_size_nm``), then
+    what the TIFF the layer was opened from says (``source_path``: napari's own reader keeps
+    neither the optics deepblur stores nor the pixel size), and the pixel size from the
+    layer's scale when its units are lengths. Unknown values are None."""
     metadata = metadata or {}
     sources = [
         metadata.get("optics"),
         (metadata.get("estimate") or {}).get("optics"),
         metadata,
+        *_file_optics(source_path),
     ]
     found: dict[str, float | None] = dict.fromkeys(
         ("na", "wavelength_nm", "pixel_size_nm", "refractive_index")
@@ -272,6 +279,20 @@ def optics_from_layer(
         if per_unit is not None and pixel is not None:
             found["pixel_size_nm"] = pixel * per_unit
     return Optics(**found)
+
+
+def _file_optics(path: str | None) -> list[Mapping]:
+    """The optics a TIFF file carries (ours, and its pixel size); none for other files."""
+    if not path or Path(str(path)).suffix.lower() not in (".tif", ".tiff"):
+        return []
+    from .io import read_header
+
+    try:
+        pixel_size_nm, metadata = read_header(path)
+    except (ValueError, OSError):
+        return []
+    optics = metadata.get("optics")
+    return [optics if isinstance(optics, Mapping) else {}, {"pixel_size_nm": pixel_size_nm}]
 
 
 def fc_text(optics: Optics, model_fc: float) -> str:

@@ -27,6 +27,7 @@ __all__ = [
     "PSF_FORMAT",
     "ImageData",
     "create_image",
+    "read_header",
     "read_image",
     "read_psf",
     "to_jsonable",
@@ -199,18 +200,34 @@ def read_image(path: str | os.PathLike, *, mmap: bool = False) -> ImageData:
                     f"thumbnails); only the first, {tuple(series.shape)} {series.axes}, is "
                     "read: save each series as a file of its own to process the others"
                 )
-            description = _json_description(_our_description(tif.pages.first))
-            pixel_size_nm = _pixel_size_nm(tif, description)
+            pixel_size_nm, metadata = _header(tif)
             stack_steps = _imagej_stack_steps(tif)
     except (tifffile.TiffFileError, ValueError, IndexError, KeyError, OSError) as exc:
         raise ValueError(f"not a readable TIFF: {path} ({exc})") from exc
+    return ImageData(data, pixel_size_nm, axes, metadata, stack_steps)
+
+
+def read_header(path: str | os.PathLike) -> tuple[float | None, dict]:
+    """The pixel size (nm, or None) and our JSON metadata of a TIFF, as :func:`read_image`
+    gives them, without reading its pixels (milliseconds: e.g. for the optics of a napari
+    layer opened by another reader). ValueError when it is not a readable TIFF."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return _header(tif)
+    except (tifffile.TiffFileError, ValueError, IndexError, KeyError, OSError) as exc:
+        raise ValueError(f"not a readable TIFF: {path} ({exc})") from exc
+
+
+def _header(tif: tifffile.TiffFile) -> tuple[float | None, dict]:
+    description = _json_description(_our_description(tif.pages.first))
+    pixel_size_nm = _pixel_size_nm(tif, description)
     if description is None:
         metadata = {}
     elif description.get("format") == _OUR_FORMAT:
         metadata = description.get("metadata") or {}
     else:  # someone else's JSON description (e.g. tifffile's "shaped"): keep it, minus shape
         metadata = {k: v for k, v in description.items() if k != "shape"}
-    return ImageData(data, pixel_size_nm, axes, metadata, stack_steps)
+    return pixel_size_nm, metadata
 
 
 def _lazy_data(path: Path) -> Any:

@@ -529,3 +529,24 @@ def test_export_psf_and_read_back(viewer_with_sample, qtbot, notes, tmp_path):
     _run(qtbot, deblur)
     assert notes["error"][1:] == []
     assert f"{layer.name} deblurred" in viewer.layers
+
+
+def test_the_optics_of_our_tiff_opened_by_naparis_reader_are_prefilled(
+    make_napari_viewer, small_sample, tmp_path
+):
+    from napari_deepblur import io
+    from napari_deepblur._qt import IdentifyWidget
+
+    data, _ = small_sample
+    optics = {"na": 1.2, "wavelength_nm": 600.0, "pixel_size_nm": 90.0}
+    path = io.write_image(
+        tmp_path / "raw.tif", data, pixel_size_nm=90.0, metadata={"optics": optics}
+    )
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(path), plugin="napari")  # napari's reader: no optics, scale 1
+    assert not layer.metadata.get("optics")
+    widget = IdentifyWidget(viewer)
+    assert widget._image_layer.value is layer
+    assert widget._use_optics.value
+    assert (widget._na.value, widget._wavelength.value) == (pytest.approx(1.2), pytest.approx(600))
+    assert widget._pixel_size.value == pytest.approx(90)

@@ -27,7 +27,7 @@ from magicgui.widgets import (
 from .. import _calibrate_logic as calib
 from .. import _widget_logic as logic
 from . import _job
-from ._job import JobWidget
+from ._job import JobWidget, layer_optics
 
 if TYPE_CHECKING:
     import napari
@@ -142,9 +142,7 @@ class CalibrateWidget(JobWidget):
         self._planes.visible = len(shape) > 2
         if layer is None:
             return
-        optics = logic.optics_from_layer(
-            layer.metadata, tuple(layer.scale), tuple(getattr(layer, "units", ()) or ())
-        )
+        optics = layer_optics(layer)
         self._na.value = optics.na or self._na.value
         self._wavelength.value = optics.wavelength_nm or self._wavelength.value
         self._pixel_size.value = optics.pixel_size_nm or self._pixel_size.value

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, PushButton
 
 from .. import _widget_logic as logic
-from ._job import JobWidget, device_choices, layer_geometry, notify_error
+from ._job import JobWidget, device_choices, layer_geometry, layer_optics, notify_error
 
 if TYPE_CHECKING:
     import napari
@@ -171,9 +171,7 @@ class DeblurWidget(JobWidget):
         estimate = None
         if psf_layer is not None:
             estimate = logic.estimate_from_psf_layer(psf_layer.data, psf_layer.metadata)
-        optics = logic.optics_from_layer(
-            layer.metadata, tuple(layer.scale), tuple(getattr(layer, "units", ()) or ())
-        )
+        optics = layer_optics(layer)
         if psf_layer is not None and logic.is_psf_of(psf_layer.metadata, layer.name):
             optics = logic.Optics()  # the estimate knows this image's sampling
         noise = None

@@ -24,7 +24,14 @@ from magicgui.widgets import (
 )
 
 from .. import _widget_logic as logic
-from ._job import JobWidget, device_choices, layer_geometry, notify_error, notify_info
+from ._job import (
+    JobWidget,
+    device_choices,
+    layer_geometry,
+    layer_optics,
+    notify_error,
+    notify_info,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -183,9 +190,7 @@ class IdentifyWidget(JobWidget):
         if layer is None:
             self._update_fc()
             return
-        optics = logic.optics_from_layer(
-            layer.metadata, tuple(layer.scale), tuple(getattr(layer, "units", ()) or ())
-        )
+        optics = layer_optics(layer)
         self._use_optics.value = optics.complete
         guess = DEFAULT_OPTICS
         self._na.value = optics.na or self._na.value or guess.na

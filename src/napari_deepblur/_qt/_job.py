@@ -268,6 +268,19 @@ class JobWidget(Container):
         return plane_index(shape, position)
 
 
+def layer_optics(layer):
+    """The optics known for ``layer`` (:func:`napari_deepblur._widget_logic.optics_from_layer`):
+    its metadata, the TIFF it was opened from, its scale and units."""
+    from .._widget_logic import optics_from_layer
+
+    return optics_from_layer(
+        layer.metadata,
+        tuple(layer.scale),
+        tuple(getattr(layer, "units", ()) or ()),
+        getattr(getattr(layer, "source", None), "path", None),
+    )
+
+
 def layer_geometry(layer, axes: int = 2) -> dict:
     """Where the layers made from ``layer`` go: its scale, translate and units of the last
     ``axes`` axes, and its rotation, shear and affine transform as one ``affine``
