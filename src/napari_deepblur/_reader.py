@@ -41,18 +41,13 @@ def is_psf_file(path: str | os.PathLike) -> bool:
     sidecar = path.with_suffix(".json")
     if sidecar.is_file():
         return _json_format(sidecar) == PSF_FORMAT
+    from .io import read_header
+
     try:
-        import tifffile
-
-        from .io import _our_description
-
-        with tifffile.TiffFile(path) as tif:
-            description = json.loads(_our_description(tif.pages.first) or "null")
+        _, metadata = read_header(path)
     except Exception:  # noqa: BLE001 - not ours
         return False
-    return isinstance(description, dict) and (
-        (description.get("metadata") or {}).get("format") == PSF_FORMAT
-    )
+    return metadata.get("format") == PSF_FORMAT
 
 
 def _json_format(path: Path) -> str | None:

@@ -536,6 +536,7 @@ def _estimate_from_psf(path, args):
     from . import io
     from .pipeline import BlurEstimate
 
+    foreign = None
     try:
         psf, meta = io.read_psf(path)
     except ValueError as exc:
@@ -543,10 +544,6 @@ def _estimate_from_psf(path, args):
             raise
         foreign = io.read_image(path)
         psf = np.asarray(foreign.data, np.float32)
-        meta = {"optics": {"pixel_size_nm": foreign.pixel_size_nm}} if foreign.pixel_size_nm else {}
-        if psf.ndim == 2 and np.isfinite(psf).all() and psf.sum() > 0:
-            estimate = BlurEstimate.from_psf(psf, float("nan"), optics=meta.get("optics"))
-            return dataclasses.replace(estimate, model=f"psf:{path}")
     if psf.ndim != 2:
         hint = " (a PSF stack per plane: pass its estimate JSON with --estimate)" * (psf.ndim == 3)
         raise ValueError(f"the PSF {path} has shape {psf.shape}: a 2D (Y, X) PSF is needed{hint}")
@@ -554,6 +551,10 @@ def _estimate_from_psf(path, args):
         raise ValueError(f"the PSF {path} has NaN or infinite values")
     if not psf.sum() > 0:
         raise ValueError(f"the PSF {path} has no positive sum")
+    if foreign is not None:  # cleaned (background, centre); its pixel size kept for later
+        optics = {"pixel_size_nm": foreign.pixel_size_nm} if foreign.pixel_size_nm else None
+        estimate = BlurEstimate.from_psf(psf, float("nan"), optics=optics)
+        return dataclasses.replace(estimate, model=f"psf:{path}")
     psf = psf / psf.sum()
     if isinstance(meta.get("estimate"), dict) and meta["estimate"].get("field"):
         return BlurEstimate.from_dict(meta["estimate"], psf=psf.astype(np.float32))

@@ -899,7 +899,7 @@ def check_finite(stack, rows_per_block: int = 1024) -> None:
     if not bad_planes:
         return
     where = ""
-    if any(bad_planes):  # a stack: name the planes
+    if len(stack.shape) > 2:  # a stack: name the planes
         shown = ", ".join(f"{index}: {n}" for index, n in list(bad_planes.items())[:5])
         more = " …" if len(bad_planes) > 5 else ""
         where = f" in {len(bad_planes)} plane(s) ({shown}{more})"
