@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from . import fused
 from .blocks import resnet_stages
 
 
@@ -113,9 +114,10 @@ class IdentificationNetwork(nn.Module):
                 f"{tuple(y.shape[-2:])}"
             )
         y = y[..., b : y.shape[-2] - b, b : y.shape[-1] - b]
-        image_features = self.image_stages(self.stem(y - 0.5)).mean(dim=(-2, -1))
+        stem = fused.sequential(self.stem, y - 0.5)
+        image_features = self.image_stages(stem).mean(dim=(-2, -1))
         spectrum = welch_log_spectrum(y.float(), self.config.spectrum_window).to(y.dtype)
-        spectrum_features = self.spectrum_stages(self.spectrum_stem(spectrum / 4))
+        spectrum_features = self.spectrum_stages(fused.sequential(self.spectrum_stem, spectrum / 4))
         features = torch.cat([image_features, spectrum_features.mean(dim=(-2, -1))], dim=1)
         with torch.autocast(features.device.type, enabled=False):  # full-precision outputs
             return self.head(features.float())

@@ -1,0 +1,86 @@
+"""The fused CPU inference kernels give what the plain modules give (float32 to rounding,
+bfloat16 within its precision), follow changed weights, and stay out of training."""
+
+import pytest
+import torch
+from torch import nn
+
+from napari_deepblur.nets import fused
+from napari_deepblur.nets.blocks import BasicBlock, ResidualBlock, ResidualUNet
+from napari_deepblur.nets.identification import IdentificationConfig, IdentificationNetwork
+
+pytestmark = pytest.mark.skipif(not fused.available(), reason="no oneDNN fused kernels here")
+
+
+def _trained_looking(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights, biases and batch-norm statistics (fresh ones are 0/1: folding them
+    would change nothing), in eval mode."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
+            if tensor.is_floating_point():
+                values = torch.rand(tensor.shape, generator=generator)
+                tensor.copy_(values + 0.5 if "var" in name else values * 0.4 - 0.2)
+    return module.eval()
+
+
+def _plain(module, *inputs):
+    """The module's plain path: with gradients on, nothing is fused."""
+    with torch.enable_grad():
+        return module(*inputs).detach()
+
+
+def _fused(module, *inputs):
+    with torch.no_grad():
+        assert fused.applies(module, inputs[0])
+        return module(*inputs)
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        lambda: ResidualBlock(8),
+        lambda: BasicBlock(8, 8),
+        lambda: BasicBlock(8, 16, stride=2),  # its skip is a strided 1×1 convolution + norm
+    ],
+)
+def test_fused_blocks_equal_the_plain_blocks_in_float32(block):
+    module = _trained_looking(block())
+    x = torch.randn(2, 8, 20, 20, generator=torch.Generator().manual_seed(1))
+    expected, got = _plain(module, x), _fused(module, x)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_networks_fused_in_float32_and_bfloat16():
+    """A whole U-Net and identification network: float32 equal to rounding; under bfloat16
+    autocast, as close to float32 as the plain bfloat16 path is."""
+    unet = _trained_looking(ResidualUNet((8, 16)))
+    config = IdentificationConfig(widths=(8, 16), blocks=(1, 1), spectrum_widths=(8, 16))
+    identification = _trained_looking(IdentificationNetwork(config), seed=2)
+    generator = torch.Generator().manual_seed(3)
+    z, sigma = torch.rand(1, 1, 64, 64, generator=generator), torch.full((1, 1, 64, 64), 0.05)
+    windows = torch.rand(3, 1, 128, 128, generator=generator)
+    for network, inputs in ((unet, (z, sigma)), (identification, (windows,))):
+        reference = _plain(network, *inputs)
+        torch.testing.assert_close(_fused(network, *inputs), reference, rtol=1e-4, atol=1e-4)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            plain_error = (_plain(network, *inputs).float() - reference).abs().max()
+            fused_error = (_fused(network, *inputs).float() - reference).abs().max()
+        assert 0 < fused_error <= 2 * plain_error + 1e-3
+
+
+def test_changed_weights_are_picked_up_and_training_is_not_fused():
+    module = _trained_looking(BasicBlock(8, 8))
+    x = torch.randn(2, 8, 12, 12)
+    before = _fused(module, x)
+    module.load_state_dict(_trained_looking(BasicBlock(8, 8), seed=5).state_dict())
+    after = _fused(module, x)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, _plain(module, x), rtol=1e-5, atol=1e-5)
+
+    module.train()
+    with torch.no_grad():
+        assert not fused.applies(module, x)
+    module.eval()
+    assert not fused.applies(module, x)  # gradients on: training a frozen copy, or a probe
