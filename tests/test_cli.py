@@ -357,6 +357,11 @@ def test_usage_errors_and_bad_estimates_are_one_line(sample_tif, tmp_path, capsy
     assert err.count("\n") == 1 and err.startswith("deepblur: error: the following arguments")
     assert cli.main(["deblur", str(sample_tif), "-o", "x.tif", "--tile-px", "128.5"]) == 2
     assert capsys.readouterr().err.startswith("deepblur: error: argument --tile-px")
+    # an unknown option points to the help of the subcommand it was given to
+    assert cli.main(["deblur", str(sample_tif), "-o", "x.tif", "--tile", "128"]) == 2
+    assert capsys.readouterr().err.endswith("--tile 128 (see: deepblur deblur --help)\n")
+    assert cli.main(["bench", "psf", "--bogus"]) == 2
+    assert "(see: deepblur bench psf --help)" in capsys.readouterr().err
     # a subcommand's option is never taken for an abbreviation of its parent's
     assert cli.main(["bench", "psf", "--batch", "8", "--seconds", "0.1", "--device", "cpu"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["batch"] == 8

@@ -62,6 +62,35 @@ def test_ome_pixel_size_in_um(tmp_path):
     assert img.metadata == {}
 
 
+def test_ome_tif_names_get_ome_xml_with_pixel_size_z_step_and_frame_interval(tmp_path):
+    """A user who names the output ….ome.tif gets an OME-TIFF (Bio-Formats, QuPath, OMERO
+    read its sizes), written whole or piece by piece, and our metadata back."""
+    data = np.arange(2 * 3 * 8 * 9, dtype=np.uint16).reshape(2, 3, 8, 9)
+    steps = {"spacing": 300.0, "finterval": 2.5}
+    path = io.write_image(
+        tmp_path / "out.ome.tif", data, pixel_size_nm=74.0, metadata={"k": 1}, axes="TZYX",
+        stack_steps=steps,
+    )  # fmt: skip
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_ome and not tif.is_imagej and tif.series[0].axes == "TZYX"
+        for attribute in ('PhysicalSizeX="74.0"', 'PhysicalSizeXUnit="nm"',
+                          'PhysicalSizeZ="300.0"', 'TimeIncrement="2.5"'):  # fmt: skip
+            assert attribute in tif.ome_metadata
+    back = io.read_image(path, mmap=True)
+    assert back.axes == "TZYX" and back.pixel_size_nm == 74.0 and back.metadata == {"k": 1}
+    assert back.stack_steps == steps
+    np.testing.assert_array_equal(back.data, data)
+    with io.create_image(tmp_path / "big.OME.TIFF", (3, 8, 9), np.float32, axes="ZYX") as out:
+        out[:] = 5
+    with tifffile.TiffFile(tmp_path / "big.OME.TIFF") as tif:
+        assert tif.is_ome and tif.series[0].axes == "ZYX" and tif.asarray().min() == 5
+    # someone else's OME-TIFF: its Z step in µm and its interval in ms
+    meta = {"axes": "TZYX", "PhysicalSizeZ": 0.5, "TimeIncrement": 40, "TimeIncrementUnit": "ms"}
+    tifffile.imwrite(tmp_path / "theirs.ome.tif", data, ome=True, metadata=meta)
+    read = io.read_image(tmp_path / "theirs.ome.tif").stack_steps
+    assert read == pytest.approx({"spacing": 500.0, "finterval": 0.04})
+
+
 def test_imagej_hyperstack(tmp_path):
     path = tmp_path / "ij.tif"
     data = np.zeros((2, 3, 2, 8, 9), np.uint16)  # T Z C Y X

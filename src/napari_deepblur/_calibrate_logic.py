@@ -131,6 +131,10 @@ def points_layer_data(
             if key in geometry:
                 geometry[key] = (lead, *geometry[key])
         geometry.pop("units", None)
+        if "affine" in geometry:  # the image's rotation/affine, on the last two axes
+            affine = np.eye(4)
+            affine[1:, 1:] = geometry["affine"]
+            geometry["affine"] = affine
     kwargs = {
         "name": f"{source} beads",
         "features": {

@@ -1044,6 +1044,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"deepblur: error: {message} (see: {self.prog} --help)\n")
 
 
+def _chosen_parser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
+    """The innermost (sub)parser that ``args`` went through: ``deepblur bench psf`` → psf's."""
+    chosen = True
+    while chosen:
+        chosen = False
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                name = getattr(args, action.dest, None)
+                if name in action.choices:
+                    parser, chosen = action.choices[name], True
+                    break
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="deepblur",
@@ -1082,7 +1096,9 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
 def _main(argv: Sequence[str] | None) -> int:
     try:
         parser = build_parser()  # imports torch: seconds, and a Ctrl-C may come meanwhile
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # named by the subcommand's parser, so the hint is its own --help
+            _chosen_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
         args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in model cards
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2

@@ -58,6 +58,8 @@ _UNIT_NM = {
     "å": 0.1,
     "angstrom": 0.1,
 }
+# OME time unit → seconds.
+_UNIT_S = {"s": 1.0, "ms": 1e-3, "µs": 1e-6, "μs": 1e-6, "us": 1e-6, "min": 60.0, "h": 3600.0}
 # TIFF ResolutionUnit → nanometres per unit (1 = none: no physical size).
 _RESUNIT_NM = {2: 2.54e7, 3: 1e7, 4: 1e6, 5: 1e3}
 
@@ -133,17 +135,37 @@ def _json_description(description: str | None) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def _ome_pixel_size_nm(ome_xml: str) -> float | None:
+def _ome_pixels(tif: tifffile.TiffFile) -> dict:
+    """The attributes of the first OME ``Pixels`` element (sizes, physical sizes), or {}."""
+    if not (tif.is_ome and tif.ome_metadata):
+        return {}
     try:
-        root = ET.fromstring(ome_xml)
+        root = ET.fromstring(tif.ome_metadata)
     except ET.ParseError:
+        return {}
+    pixels = next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    return {} if pixels is None else dict(pixels.attrib)
+
+
+def _ome_length_nm(pixels: dict, name: str) -> float | None:
+    """An OME physical size (``PhysicalSizeX``, ``PhysicalSizeZ``) in nm (OME's default unit
+    is µm), or None when absent or in an unknown unit."""
+    scale = _unit_nm(pixels.get(f"{name}Unit", "µm"))
+    if name not in pixels or scale is None:
         return None
-    for el in root.iter():
-        if el.tag.rsplit("}", 1)[-1] == "Pixels" and "PhysicalSizeX" in el.attrib:
-            scale = _unit_nm(el.attrib.get("PhysicalSizeXUnit", "µm"))
-            if scale is not None:
-                return float(el.attrib["PhysicalSizeX"]) * scale
-    return None
+    return float(pixels[name]) * scale
+
+
+def _ome_stack_steps(pixels: dict) -> dict:
+    """An OME-TIFF's Z step (nm) and frame interval (s), as :func:`_imagej_stack_steps`."""
+    steps = {}
+    spacing = _ome_length_nm(pixels, "PhysicalSizeZ")
+    if spacing is not None:
+        steps["spacing"] = spacing
+    seconds = _UNIT_S.get(pixels.get("TimeIncrementUnit", "s"))
+    if "TimeIncrement" in pixels and seconds is not None:
+        steps["finterval"] = float(pixels["TimeIncrement"]) * seconds
+    return steps
 
 
 def _x_resolution(page: Any) -> float | None:
@@ -159,10 +181,9 @@ def _pixel_size_nm(tif: tifffile.TiffFile, description: dict | None) -> float | 
     """Pixel size (nm): our JSON > OME PhysicalSizeX > ImageJ unit + XResolution > TIFF tags."""
     if description and description.get("pixel_size_nm") is not None:
         return float(description["pixel_size_nm"])
-    if tif.is_ome and tif.ome_metadata:
-        px = _ome_pixel_size_nm(tif.ome_metadata)
-        if px is not None:
-            return px
+    px = _ome_length_nm(_ome_pixels(tif), "PhysicalSizeX")
+    if px is not None:
+        return px
     page = tif.pages.first
     xres = _x_resolution(page)
     if tif.is_imagej:
@@ -201,7 +222,7 @@ def read_image(path: str | os.PathLike, *, mmap: bool = False) -> ImageData:
                     "read: save each series as a file of its own to process the others"
                 )
             pixel_size_nm, metadata = _header(tif)
-            stack_steps = _imagej_stack_steps(tif)
+            stack_steps = _imagej_stack_steps(tif) or _ome_stack_steps(_ome_pixels(tif))
     except (tifffile.TiffFileError, ValueError, IndexError, KeyError, OSError) as exc:
         raise ValueError(f"not a readable TIFF: {path} ({exc})") from exc
     return ImageData(data, pixel_size_nm, axes, metadata, stack_steps)
@@ -296,6 +317,11 @@ def _imagej_axes(axes: str | None, dtype, nbytes: int) -> bool:
     return in_order and np.dtype(dtype) in [np.dtype(d) for d in _IMAGEJ_DTYPES]
 
 
+def is_ome_name(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names an OME-TIFF (``….ome.tif``/``….ome.tiff``): written with OME-XML."""
+    return Path(path).name.lower().endswith((".ome.tif", ".ome.tiff"))
+
+
 def _tiff_options(
     shape,
     dtype,
@@ -303,11 +329,13 @@ def _tiff_options(
     metadata: dict | None,
     axes: str | None,
     stack_steps: dict | None = None,
+    ome: bool = False,
 ) -> dict[str, Any]:
     """The ``tifffile`` keyword arguments of our TIFFs: our JSON description (in the
-    ImageDescription; for stacks that can be ImageJ hyperstacks, ImageJ's header there and
-    our JSON in the private tag :data:`_OUR_TAG`, and ``stack_steps``: ImageJ's Z step and
-    frame interval), the resolution tags, BigTIFF when large."""
+    ImageDescription; for OME-TIFFs (``ome``) OME-XML there, for stacks that can be ImageJ
+    hyperstacks ImageJ's header there, and then our JSON in the private tag
+    :data:`_OUR_TAG`; ``stack_steps``: the Z step (nm) and frame interval (s) of either),
+    the resolution tags, BigTIFF when large."""
     if pixel_size_nm is not None and not float(pixel_size_nm) > 0:
         raise ValueError(f"pixel_size_nm must be > 0, got {pixel_size_nm}")
     description: dict[str, Any] = {
@@ -323,13 +351,26 @@ def _tiff_options(
     text = json.dumps(description)
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
     options: dict[str, Any] = {"photometric": "minisblack", "bigtiff": nbytes > _BIGTIFF_BYTES}
+    steps = {k: v for k, v in (stack_steps or {}).items() if k in _STACK_STEPS}
+    if ome:
+        ome_pixels: dict[str, Any] = {} if axes is None else {"axes": axes}
+        if pixel_size_nm is not None:
+            for name in ("PhysicalSizeX", "PhysicalSizeY"):
+                ome_pixels.update({name: float(pixel_size_nm), f"{name}Unit": "nm"})
+        if "spacing" in steps:
+            ome_pixels.update(PhysicalSizeZ=float(steps["spacing"]), PhysicalSizeZUnit="nm")
+        if "finterval" in steps:
+            ome_pixels.update(TimeIncrement=float(steps["finterval"]), TimeIncrementUnit="s")
+        return dict(
+            options, ome=True, metadata=ome_pixels, extratags=[(_OUR_TAG, "s", 0, text, True)]
+        )
     if _imagej_axes(axes, dtype, nbytes):
         options.update(
             imagej=True,
             metadata={
                 "axes": axes,
                 "unit": "nm",  # of the pixel size and the Z step ("spacing")
-                **{k: v for k, v in (stack_steps or {}).items() if k in _STACK_STEPS},
+                **steps,
             },
             extratags=[(_OUR_TAG, "s", 0, text, True)],
         )
@@ -357,15 +398,19 @@ def write_image(
 
     The ImageDescription is JSON: ``{"format": "napari-deepblur", "shape", "pixel_size_nm",
     "metadata", ["axes"]}``; the resolution tags hold ``1e7 / pixel_size_nm`` pixels per
-    centimetre (ResolutionUnit CENTIMETER) so Fiji and others see the pixel size. Stacks that
-    ImageJ can hold are ImageJ hyperstacks instead (:func:`_tiff_options`; ``stack_steps``:
-    their Z step in nm and frame interval in s). Atomic; refuses to overwrite an existing
-    file unless ``overwrite=True``; BigTIFF above ~2 GB.
+    centimetre (ResolutionUnit CENTIMETER) so Fiji and others see the pixel size. A path
+    ending in ``.ome.tif``/``.ome.tiff`` gets an OME-TIFF (OME-XML with the axes, pixel size,
+    Z step and frame interval); other stacks that ImageJ can hold are ImageJ hyperstacks
+    (:func:`_tiff_options`; ``stack_steps``: their Z step in nm and frame interval in s).
+    Atomic; refuses to overwrite an existing file unless ``overwrite=True``; BigTIFF above
+    ~2 GB.
     """
     path = Path(path)
     data = np.asarray(data)
     _check_target(path, overwrite)
-    options = _tiff_options(data.shape, data.dtype, pixel_size_nm, metadata, axes, stack_steps)
+    options = _tiff_options(
+        data.shape, data.dtype, pixel_size_nm, metadata, axes, stack_steps, is_ome_name(path)
+    )
 
     def write(tmp: Path) -> None:
         tifffile.imwrite(tmp, data, **options)
@@ -400,7 +445,9 @@ def create_image(
     path = Path(path)
     shape = tuple(int(n) for n in shape)
     _check_target(path, overwrite)
-    options = _tiff_options(shape, dtype, pixel_size_nm, metadata, axes, stack_steps)
+    options = _tiff_options(
+        shape, dtype, pixel_size_nm, metadata, axes, stack_steps, is_ome_name(path)
+    )
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.partial"
     try:
         array = tifffile.memmap(tmp, shape=shape, dtype=dtype, **options)

@@ -31,7 +31,7 @@ def _run(qtbot, widget):
 
 
 def test_calibrate_adds_beads_and_eigen_psfs(
-    make_napari_viewer, qtbot, notes, bead_image, tmp_path
+    make_napari_viewer, qtbot, notes, bead_image, tmp_path, monkeypatch
 ):
     from napari.layers import Image, Points
 
@@ -69,7 +69,8 @@ def test_calibrate_adds_beads_and_eigen_psfs(
     # the input is untouched
     np.testing.assert_array_equal(layer.data, data)
 
-    path = widget.save_family(tmp_path / "beads-family")  # .safetensors is added
+    monkeypatch.setenv("HOME", str(tmp_path))  # "~" is the home folder; .safetensors added
+    path = widget.save_family("~/beads-family")
     assert path == tmp_path / "beads-family.safetensors" and path.exists()
     family, fc, card = load_family(path)
     assert fc == pytest.approx(0.2) and family.num_parameters == 12
@@ -85,7 +86,9 @@ def test_calibrate_stack_planes_as_states(make_napari_viewer, qtbot, notes, bead
 
     viewer = make_napari_viewer()
     stack = np.stack([bead_image[0], bead_image[0][:, ::-1]])
-    viewer.add_image(stack, name="stack")
+    c, s = np.cos(np.radians(20)), np.sin(np.radians(20))
+    rotated = np.array([[1.0, 0, 0], [0, c, -s], [0, s, c]])  # in the YX plane
+    layer = viewer.add_image(stack, name="stack", scale=(300.0, 74.0, 74.0), rotate=rotated)
     widget = CalibrateWidget(viewer)
     widget._use_fc.value, widget._fc.value, widget._map_degree.value = True, 0.2, 1
     assert not widget._planes.native.isHidden()
@@ -95,6 +98,8 @@ def test_calibrate_stack_planes_as_states(make_napari_viewer, qtbot, notes, bead
     assert widget.result.num_images == 2 and widget.result.gamma.shape == (2, 12)
     points = viewer.layers["stack beads"]
     assert points.data.shape[1] == 3 and set(points.data[:, 0]) == {0.0, 1.0}
+    for bead in points.data[:3]:  # the markers sit on their beads in the rotated image
+        np.testing.assert_allclose(points.data_to_world(bead), layer.data_to_world(bead))
 
 
 def test_calibrate_errors_become_notifications(make_napari_viewer, qtbot, notes):

@@ -449,10 +449,10 @@ def test_errors_in_the_worker_notify(viewer_with_sample, qtbot, notes, monkeypat
 
 
 def test_export_path_follows_the_latest_psf(
-    make_napari_viewer, small_sample, qtbot, notes, tmp_path
+    make_napari_viewer, small_sample, qtbot, notes, tmp_path, monkeypatch
 ):
-    """Identify A, then B: the export path names B's PSF, in the folder chosen for A's; a
-    folder that does not exist is said so (nothing written)."""
+    """Identify A, then B: the export path names B's PSF, in the folder chosen for A's; "~"
+    is the home folder; a folder that does not exist is said so (nothing written)."""
     import json
     from pathlib import Path
 
@@ -475,6 +475,12 @@ def test_export_path_follows_the_latest_psf(
     assert Path(widget._export_path.value) == tmp_path / "B_PSF.psf.tif"
     widget._export_button.native.click()
     assert json.loads((tmp_path / "B_PSF.psf.json").read_text())["source"] == "B"
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # a typed "~/…" is the home folder
+    assert widget.export_psf("~/home.psf.tif") == [
+        str(tmp_path / "home.psf.tif"),
+        str(tmp_path / "home.psf.json"),
+    ]
 
     missing = tmp_path / "missing"
     assert widget.export_psf(missing / "B.psf.tif") == []

@@ -173,9 +173,7 @@ class CalibrateWidget(JobWidget):
                 kernel_size=int(self._kernel_size.value),
                 num_psfs=int(self._num_psfs.value),
                 map_degree=int(self._map_degree.value),
-                geometry=logic.layer_geometry(
-                    layer.scale, layer.translate, getattr(layer, "units", None)
-                ),
+                geometry=_job.layer_geometry(layer),
             )
         )
 
@@ -251,7 +249,7 @@ class CalibrateWidget(JobWidget):
         if self._result is None:
             _job.notify_error("Save family failed: run the calibration first.")
             return None
-        path = Path(path)
+        path = Path(str(path)).expanduser()
         if path.suffix != ".safetensors":
             path = path.with_name(path.name + ".safetensors")
         card = {

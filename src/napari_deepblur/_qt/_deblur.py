@@ -8,6 +8,7 @@ thread worker. The input layer is never modified.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, PushButton
@@ -265,7 +266,7 @@ class DeblurWidget(JobWidget):
         from .._reader import read_psf_layers
 
         try:
-            [ldt] = read_psf_layers(str(path))
+            [ldt] = read_psf_layers(str(Path(str(path)).expanduser()))
         except Exception as exc:  # noqa: BLE001
             notify_error(
                 logic.user_message(exc, "Opening the PSF file")

@@ -318,7 +318,8 @@ class IdentifyWidget(JobWidget):
         if layer is None or layer not in self._viewer.layers:
             notify_error("Export PSF failed: identify the blur first (no PSF layer to export).")
             return []
-        folder = Path(str(path)).parent
+        path = Path(str(path)).expanduser()  # a typed "~/psfs/cell.psf.tif"
+        folder = path.parent
         if not folder.is_dir():
             notify_error(
                 f"Export PSF failed: the folder {folder} does not exist: choose an existing folder."

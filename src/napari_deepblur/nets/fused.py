@@ -4,9 +4,10 @@ the kernels PyTorch's own compiler emits), instead of one pass over memory per o
 
 On a 2-core Xeon with AMX (bfloat16), where a ReLU or an addition over one 4 MB activation
 costs half as much as the convolution before it, one deblurring U-Net at 512² takes 13–17 ms
-fused against 23–29 ms (docs/benchmarks.md). Only for inference: a module in training mode, or with gradients on,
-takes the plain path; so does any device but the CPU, and any PyTorch build whose oneDNN
-kernels are missing or disagree with the plain path on a probe (checked once).
+fused against 23–29 ms (docs/benchmarks.md). Only for inference: a module in training mode,
+or with gradients on, takes the plain path; so does any device but the CPU, and any PyTorch
+build whose oneDNN kernels are missing or disagree with the plain path on a probe (checked
+once).
 
 The batch norm is folded into the convolution's weights and bias (exact up to rounding);
 weights are kept, per convolution, in the precision and layout the kernel reads, and redone
