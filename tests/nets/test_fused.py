@@ -84,3 +84,16 @@ def test_changed_weights_are_picked_up_and_training_is_not_fused():
         assert not fused.applies(module, x)
     module.eval()
     assert not fused.applies(module, x)  # gradients on: training a frozen copy, or a probe
+
+
+def test_fused_under_inference_mode_even_when_probed_there():
+    """``torch.inference_mode`` (whose tensors keep no version count) is inference too."""
+    x = torch.randn(2, 8, 12, 12)
+    expected = _plain(_trained_looking(BasicBlock(8, 8)), x)
+    fused.available.cache_clear()
+    with torch.inference_mode():
+        assert fused.available()
+        module = _trained_looking(BasicBlock(8, 8))  # the same weights, as inference tensors
+        assert fused.applies(module, x)
+        got = module(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

@@ -35,16 +35,17 @@ def applies(module: nn.Module, x: torch.Tensor) -> bool:
 @functools.cache
 def available() -> bool:
     """Whether this PyTorch has the fused kernels and they agree with the plain path."""
-    try:
-        generator = torch.Generator().manual_seed(0)
-        x, skip = torch.randn(2, 2, 4, 9, 9, generator=generator)
-        conv = nn.Conv2d(4, 4, 3, 1, 1)
-        with torch.no_grad(), torch.autocast("cpu", enabled=False):  # probed in float32
+    # in float32 and with ordinary tensors, whatever the caller's mode
+    with torch.inference_mode(False), torch.no_grad(), torch.autocast("cpu", enabled=False):
+        try:
+            generator = torch.Generator().manual_seed(0)
+            x, skip = torch.randn(2, 2, 4, 9, 9, generator=generator)
+            conv = nn.Conv2d(4, 4, 3, 1, 1)
             expected = torch.relu(conv(x) + skip)
             got = _pointwise(x, *_weights(conv, None, torch.float32), conv, relu=True, add=skip)
-        return bool(torch.allclose(got, expected, atol=1e-4))
-    except (AttributeError, RuntimeError, NotImplementedError):
-        return False
+            return bool(torch.allclose(got, expected, atol=1e-4))
+        except (AttributeError, RuntimeError, NotImplementedError):
+            return False
 
 
 def conv(
@@ -124,7 +125,7 @@ def _weights(convolution: nn.Conv2d, norm: nn.BatchNorm2d | None, dtype: torch.d
 def _cached(module: nn.Module, sources: list, dtype: torch.dtype, build):
     """``build()``'s (weight, bias) in ``dtype``, the weight channels-last, kept on ``module``
     until one of the ``sources`` tensors changes (in place, or for another tensor)."""
-    key = (dtype,) + tuple(None if t is None else (t.data_ptr(), t._version) for t in sources)
+    key = (dtype,) + tuple(None if t is None else (t.data_ptr(), _version(t)) for t in sources)
     cached = getattr(module, "_fused_weights", None)
     if cached is not None and cached[0] == key:
         return cached[1]
@@ -135,6 +136,12 @@ def _cached(module: nn.Module, sources: list, dtype: torch.dtype, build):
     )
     module._fused_weights = (key, weights)
     return weights
+
+
+def _version(tensor: torch.Tensor) -> int | None:
+    """How often ``tensor`` was changed in place; None for the tensors of a model built under
+    ``torch.inference_mode``, which keep no count (changing those in place is not seen)."""
+    return None if tensor.is_inference() else tensor._version
 
 
 __all__ = ["applies", "available", "conv", "sequential"]
