@@ -236,6 +236,16 @@ def test_bench_pipeline_tiny(capsys):
     assert row["rl_s"] > 0 and row["rl_over_deepblur"] > 0 and row["peak_rss_mb"] > 0
     assert row["rl_dtype"] == "float32"  # scikit-image on the float32 image, as users run it
     assert result["device"] in ("cpu", "cuda", "mps")
+    # what the speed depends on is recorded: the CPU's vector instructions, fused kernels
+    import torch
+
+    from napari_deepblur.devices import native_bfloat16
+    from napari_deepblur.nets import fused
+
+    features = result["cpu_features"].split(", ")  # e.g. AVX512, AVX512-BF16, AMX
+    assert features[0] == torch.backends.cpu.get_cpu_capability()
+    assert native_bfloat16(torch.device("cpu")) == bool({"AVX512-BF16", "AMX"} & set(features))
+    assert result["fused_cpu_kernels"] == (result["device"] == "cpu" and fused.available())
 
 
 def test_outputs_never_replace_the_input_or_each_other(sample_tif, tmp_path, capsys):

@@ -842,8 +842,10 @@ def _run_bench(args: argparse.Namespace) -> int:
     )
     r["date"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     r["command"] = "deepblur " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else ""
+    where = r["device_name"] + (f"; {r['cpu_features']}" if r["device"] == "cpu" else "")
+    kernels = ", fused CPU kernels" if r["fused_cpu_kernels"] else ""
     print(
-        f"device: {r['device']} ({r['device_name']}), {r['precision']} networks, "
+        f"device: {r['device']} ({where}), {r['precision']} networks{kernels}, "
         f"{r['torch_threads']} torch threads, model {r['model']}; times: the median of "
         f"{args.repeats} runs per size (one above 4096²)"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 
 import torch
@@ -81,15 +82,30 @@ def convolution_layout(device: torch.device) -> torch.memory_format:
 PRECISIONS = ("auto", "float32", "bfloat16")
 
 
+#: CPU instructions for bfloat16 matrix products, by the name of PyTorch's probe for them.
+_BFLOAT16_CPU_PROBES = {"_is_avx512_bf16_supported": "AVX512-BF16", "_is_amx_tile_supported": "AMX"}
+
+
+def _bfloat16_cpu_features() -> list[str]:
+    return [name for probe, name in _BFLOAT16_CPU_PROBES.items()
+            if getattr(torch.cpu, probe, lambda: False)()]  # fmt: skip
+
+
+def cpu_features() -> str:
+    """What sets the networks' speed on this CPU (a benchmark records it): the widest vector
+    instructions PyTorch's kernels use ("AVX2", "AVX512", …) and the bfloat16 ones, e.g.
+    "AVX512, AVX512-BF16, AMX" (a 2-core CPU runs the networks 5× faster with AMX than
+    with AVX2 alone, docs/benchmarks.md)."""
+    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "unknown")()
+    return ", ".join([capability, *_bfloat16_cpu_features()])
+
+
 def native_bfloat16(device: torch.device) -> bool:
     """Whether ``device`` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU
     with AVX-512 BF16 or AMX instructions (elsewhere bfloat16 is emulated and slower)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
-    return False
+    return device.type == "cpu" and bool(_bfloat16_cpu_features())
 
 
 def resolve_precision(device: torch.device, precision: str = "auto") -> str:
@@ -111,3 +127,17 @@ def inference_autocast(device: torch.device, precision: str = "auto"):
     if resolve_precision(device, precision) == "bfloat16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def machine_info(device: torch.device) -> dict:
+    """Where a benchmark ran: device, CPU instructions, CPU count, threads, versions."""
+    return {
+        "device": str(device),
+        "device_name": device_name(device),
+        "cpu_features": cpu_features(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }

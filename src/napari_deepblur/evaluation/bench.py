@@ -7,7 +7,8 @@ import time
 
 import torch
 
-from ..devices import device_name, resolve_device, resolve_precision, synchronize
+from ..devices import machine_info, resolve_device, resolve_precision, synchronize
+from ..nets import fused
 from ..optics.psf import default_pupil_samples, zernike_psf
 from ..optics.zernike import DEFAULT_NOLL_INDICES
 
@@ -31,8 +32,8 @@ def bench_psf(batch: int = 256, device: str = "cpu", seconds: float = 3.0, seed:
     the batch of ``‖h − h_ref‖₂ / ‖h_ref‖₂``.
 
     Returns a JSON-serialisable dict: ``psf_per_second``, ``max_relative_l2_error``,
-    ``batch``, ``size``, ``fc``, ``seconds`` (measured), ``batches``, ``device``,
-    ``device_name``, ``torch_threads``, ``torch_version``.
+    ``batch``, ``size``, ``fc``, ``seconds`` (measured), ``batches`` and where it ran
+    (:func:`~napari_deepblur.devices.machine_info`).
     """
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
@@ -73,10 +74,7 @@ def bench_psf(batch: int = 256, device: str = "cpu", seconds: float = 3.0, seed:
         "fc": BENCH_FC,
         "seconds": elapsed,
         "batches": n_batches,
-        "device": str(dev),
-        "device_name": device_name(dev),
-        "torch_threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
+        **machine_info(dev),
     }
 
 
@@ -246,11 +244,9 @@ def bench_pipeline(
     result = {
         "benchmark": "pipeline",
         "model": net.name,
-        "device": str(dev),
-        "device_name": device_name(dev),
+        **machine_info(dev),
+        "fused_cpu_kernels": dev.type == "cpu" and fused.available(),
         "precision": resolve_precision(dev, precision),
-        "torch_threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
         "rl_iterations": rl_iterations,
         "sizes": rows,
     }

@@ -29,6 +29,7 @@ from collections.abc import Generator, Sequence
 import numpy as np
 import torch
 
+from ..devices import machine_info
 from ..fieldmap import FieldEstimate, cell_centres
 from ..optics import ProductConvolution, add_poisson_gaussian
 from ..optics.field import FieldAberrations, grid_positions
@@ -39,7 +40,6 @@ from .table1 import (
     _as_images,
     _generator,
     add_scores,
-    machine_info,
     model_info,
     now_utc,
     summarise,

@@ -22,7 +22,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import time
 import warnings
 import zlib
@@ -32,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..devices import device_name, resolve_precision
+from ..devices import machine_info, resolve_precision
 from ..models import DeepBlurModel, sha256
 from ..optics import DEFAULT_NOLL_INDICES, ZernikeConvolution, add_poisson_gaussian
 from ..pipeline import BlurEstimate, Progress, _model, deblur, identify, run
@@ -263,19 +262,6 @@ def iter_table1(
         "results": results,
         "pairs": drawn,
         "values": values,
-    }
-
-
-def machine_info(dev) -> dict:
-    """Where a benchmark ran: device, CPU count, threads, versions."""
-    return {
-        "device": str(dev),
-        "device_name": device_name(dev),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
     }
 
 
