@@ -87,8 +87,17 @@ def _compute_dtype() -> torch.dtype:
     return torch.bfloat16 if autocast == (True, torch.bfloat16) else torch.float32
 
 
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the channels-last layout, also when it has one channel: such a tensor counts
+    as channels-last with either strides, and oneDNN answers the standard ones with a
+    standard-layout output, which every later kernel would then copy."""
+    if x.shape[1] == 1 and x.stride(1) != 1:
+        return torch.empty_like(x, memory_format=torch.channels_last).copy_(x)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
 def _pointwise(x, weight, bias, convolution: nn.Conv2d, *, relu: bool, add=None):
-    x = x.contiguous(memory_format=torch.channels_last)
+    x = _channels_last(x)
     geometry = (
         list(convolution.padding),
         list(convolution.stride),
@@ -98,7 +107,7 @@ def _pointwise(x, weight, bias, convolution: nn.Conv2d, *, relu: bool, add=None)
     kernels = torch.ops.mkldnn._convolution_pointwise
     if add is None:
         return kernels(x, weight, bias, *geometry, "relu" if relu else "none", [], "")
-    add = add.to(x.dtype).contiguous(memory_format=torch.channels_last)
+    add = _channels_last(add.to(x.dtype))
     return kernels.binary(
         x, add, weight, bias, *geometry, "add", None, "relu" if relu else None, [], None
     )
