@@ -372,6 +372,8 @@ def test_usage_errors_and_bad_estimates_are_one_line(sample_tif, tmp_path, capsy
     assert capsys.readouterr().err.endswith("--tile 128 (see: deepblur deblur --help)\n")
     assert cli.main(["bench", "psf", "--bogus"]) == 2
     assert "(see: deepblur bench psf --help)" in capsys.readouterr().err
+    assert cli.main(["--bogus", "bench"]) == 2
+    assert capsys.readouterr().err.endswith("--bogus (see: deepblur --help)\n")
     # a subcommand's option is never taken for an abbreviation of its parent's
     assert cli.main(["bench", "psf", "--batch", "8", "--seconds", "0.1", "--device", "cpu"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["batch"] == 8

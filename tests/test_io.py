@@ -84,6 +84,17 @@ def test_ome_tif_names_get_ome_xml_with_pixel_size_z_step_and_frame_interval(tmp
         out[:] = 5
     with tifffile.TiffFile(tmp_path / "big.OME.TIFF") as tif:
         assert tif.is_ome and tif.series[0].axes == "ZYX" and tif.asarray().min() == 5
+    # axes OME has no name for: a plain multi-page TIFF's pages (I), tifffile's QQYX, RGB
+    for axes, shape in (("IYX", (2, 8, 9)), ("QQYX", (2, 2, 8, 9)), (None, (2, 2, 8, 9)),
+                        ("YXS", (8, 9, 3))):  # fmt: skip
+        out = io.write_image(
+            tmp_path / "any.ome.tif", np.ones(shape, np.uint8), axes=axes, stack_steps=steps,
+            overwrite=True,
+        )  # fmt: skip
+        with tifffile.TiffFile(out) as tif:
+            assert tif.is_ome and tif.series[0].shape == shape
+            assert "PhysicalSizeZ" not in tif.ome_metadata  # no Z axis: no Z step
+        np.testing.assert_array_equal(io.read_image(out).data, 1)
     # someone else's OME-TIFF: its Z step in µm and its interval in ms
     meta = {"axes": "TZYX", "PhysicalSizeZ": 0.5, "TimeIncrement": 40, "TimeIncrementUnit": "ms"}
     tifffile.imwrite(tmp_path / "theirs.ome.tif", data, ome=True, metadata=meta)

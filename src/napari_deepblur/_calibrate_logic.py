@@ -31,7 +31,9 @@ class CalibrateRequest:
     ``data``: the bead layer's array ``(…, Y, X)`` (never modified); ``plane``: indices of
     the leading axes of the plane to use, or None for all planes (each a state of the
     microscope); ``optics`` (NA, λ nm, pixel nm) or ``fc`` (cycles/pixel) when given
-    directly; ``geometry``: scale/translate of the last two axes for the added layers.
+    directly; ``geometry``: scale/translate (and affine) of the last two axes for the added
+    layers; ``stack_geometry``: those of all three axes of a 3D layer, for the beads' markers
+    when every plane is used (else they get ``geometry`` with plane scale 1).
     """
 
     data: Any
@@ -45,6 +47,7 @@ class CalibrateRequest:
     holdout_fraction: float = 0.2
     seed: int = 0
     geometry: dict = field(default_factory=dict)
+    stack_geometry: dict = field(default_factory=dict)
 
     def resolved_fc(self) -> float:
         """The cutoff in cycles/pixel: ``fc`` if given, else from the optics (checked)."""
@@ -98,7 +101,12 @@ def iter_calibrate_layers(request: CalibrateRequest) -> Generator[Any, None, Cal
     return CalibrateLayers(
         result,
         [
-            points_layer_data(result, request.source, request.geometry, stack),
+            points_layer_data(
+                result,
+                request.source,
+                (stack and request.stack_geometry) or request.geometry,
+                stack,
+            ),
             eigen_psf_layer_data(result, request.source, request.geometry),
         ],
     )
@@ -126,7 +134,7 @@ def points_layer_data(
         "rejected" if not b.accepted else "held out" if b.held_out else "accepted" for b in beads
     ]
     colors = {"accepted": ACCEPTED_COLOR, "held out": HELD_OUT_COLOR, "rejected": REJECTED_COLOR}
-    if stack:
+    if stack and len(geometry.get("scale", ())) != 3:  # the planes' geometry only
         for key, lead in (("scale", 1.0), ("translate", 0.0)):
             if key in geometry:
                 geometry[key] = (lead, *geometry[key])

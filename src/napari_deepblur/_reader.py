@@ -67,7 +67,7 @@ def read_psf_layers(path: str | list[str]) -> list[tuple]:
         path = path[0]
     psf, metadata = read_psf(path)
     name = Path(path).name
-    for suffix in (".json", ".tiff", ".tif", ".psf"):
+    for suffix in (".json", ".tiff", ".tif", ".ome", ".psf"):
         name = name[: -len(suffix)] if name.lower().endswith(suffix) else name
     kwargs: dict = {
         "name": name or "PSF",

@@ -1099,8 +1099,11 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         parser = build_parser()  # imports torch: seconds, and a Ctrl-C may come meanwhile
         args, unknown = parser.parse_known_args(argv)
-        if unknown:  # named by the subcommand's parser, so the hint is its own --help
-            _chosen_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
+        if unknown:  # named by the parser it was given to, so the hint is its own --help
+            given = list(sys.argv[1:] if argv is None else argv)
+            before_command = given.index(unknown[0]) < given.index(args.command)
+            chosen = parser if before_command else _chosen_parser(parser, args)
+            chosen.error(f"unrecognized arguments: {' '.join(unknown)}")
         args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in model cards
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2

@@ -322,6 +322,22 @@ def is_ome_name(path: str | os.PathLike) -> bool:
     return Path(path).name.lower().endswith((".ome.tif", ".ome.tiff"))
 
 
+def _ome_axes(axes: str) -> str:
+    """``axes`` as OME-XML can name them (each of T, Z, C, Y, X, S and tifffile's Q at most
+    once): the others (I: the pages of a plain multi-page TIFF, L, V, M…, a second Q) become
+    unused ones of Q, T, Z, C. Our JSON keeps the real axes."""
+    spare = [a for a in "QTZC" if a not in axes]
+    named: list[str] = []
+    for axis in axes:
+        if axis in "TZCYXSQ" and axis not in named:
+            named.append(axis)
+        elif spare:
+            named.append(spare.pop(0))
+        else:
+            raise ValueError(f"an OME-TIFF cannot hold axes {axes!r}: name the output .tif")
+    return "".join(named)
+
+
 def _tiff_options(
     shape,
     dtype,
@@ -353,14 +369,17 @@ def _tiff_options(
     options: dict[str, Any] = {"photometric": "minisblack", "bigtiff": nbytes > _BIGTIFF_BYTES}
     steps = {k: v for k, v in (stack_steps or {}).items() if k in _STACK_STEPS}
     if ome:
-        ome_pixels: dict[str, Any] = {} if axes is None else {"axes": axes}
+        ome_axes = _ome_axes(axes or "Q" * (len(shape) - 2) + "YX"[-len(shape) :])
+        ome_pixels: dict[str, Any] = {"axes": ome_axes}
         if pixel_size_nm is not None:
             for name in ("PhysicalSizeX", "PhysicalSizeY"):
                 ome_pixels.update({name: float(pixel_size_nm), f"{name}Unit": "nm"})
-        if "spacing" in steps:
+        if "spacing" in steps and "Z" in (axes or ""):
             ome_pixels.update(PhysicalSizeZ=float(steps["spacing"]), PhysicalSizeZUnit="nm")
-        if "finterval" in steps:
+        if "finterval" in steps and "T" in (axes or ""):
             ome_pixels.update(TimeIncrement=float(steps["finterval"]), TimeIncrementUnit="s")
+        if ome_axes.endswith("S"):
+            options["photometric"] = "rgb"
         return dict(
             options, ome=True, metadata=ome_pixels, extratags=[(_OUR_TAG, "s", 0, text, True)]
         )

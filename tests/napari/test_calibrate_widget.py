@@ -88,7 +88,9 @@ def test_calibrate_stack_planes_as_states(make_napari_viewer, qtbot, notes, bead
     stack = np.stack([bead_image[0], bead_image[0][:, ::-1]])
     c, s = np.cos(np.radians(20)), np.sin(np.radians(20))
     rotated = np.array([[1.0, 0, 0], [0, c, -s], [0, s, c]])  # in the YX plane
-    layer = viewer.add_image(stack, name="stack", scale=(300.0, 74.0, 74.0), rotate=rotated)
+    layer = viewer.add_image(
+        stack, name="stack", scale=(300.0, 74.0, 74.0), translate=(5.0, 0, 0), rotate=rotated
+    )
     widget = CalibrateWidget(viewer)
     widget._use_fc.value, widget._fc.value, widget._map_degree.value = True, 0.2, 1
     assert not widget._planes.native.isHidden()
@@ -98,8 +100,9 @@ def test_calibrate_stack_planes_as_states(make_napari_viewer, qtbot, notes, bead
     assert widget.result.num_images == 2 and widget.result.gamma.shape == (2, 12)
     points = viewer.layers["stack beads"]
     assert points.data.shape[1] == 3 and set(points.data[:, 0]) == {0.0, 1.0}
-    for bead in points.data[:3]:  # the markers sit on their beads in the rotated image
-        np.testing.assert_allclose(points.data_to_world(bead), layer.data_to_world(bead))
+    for plane in (0, 1):  # the markers sit on their beads in the rotated, scaled stack
+        for bead in points.data[points.data[:, 0] == plane][:2]:
+            np.testing.assert_allclose(points.data_to_world(bead), layer.data_to_world(bead))
 
 
 def test_calibrate_errors_become_notifications(make_napari_viewer, qtbot, notes):

@@ -143,7 +143,7 @@ def test_no_field_layers_for_zernike(small_sample):
 
 # -- in napari -----------------------------------------------------------------------------
 def test_identify_and_deblur_space_varying(make_napari_viewer, small_sample, tiny_field_model,
-                                           qtbot, notes):  # fmt: skip
+                                           qtbot, notes, monkeypatch):  # fmt: skip
     from napari_deepblur._qt import DeblurWidget, IdentifyWidget
 
     viewer = make_napari_viewer()
@@ -154,7 +154,8 @@ def test_identify_and_deblur_space_varying(make_napari_viewer, small_sample, tin
 
     widget = IdentifyWidget(viewer)
     assert widget._kernel_grid.native.isHidden()  # the shipped Zernike model
-    _use_model_file(widget, tiny_field_model.path)
+    monkeypatch.setenv("HOME", str(tiny_field_model.path.parent))  # a typed "~/…" path
+    _use_model_file(widget, f"~/{tiny_field_model.path.name}")
     assert not widget._kernel_grid.native.isHidden()
     widget._kernel_grid.value = 3
     widget._device.value = "cpu"

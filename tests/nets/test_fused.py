@@ -1,6 +1,8 @@
 """The fused CPU inference kernels give what the plain modules give (float32 to rounding,
 bfloat16 within its precision), follow changed weights, and stay out of training."""
 
+import pickle
+
 import pytest
 import torch
 from torch import nn
@@ -82,8 +84,23 @@ def test_changed_weights_are_picked_up_and_training_is_not_fused():
     module.train()
     with torch.no_grad():
         assert not fused.applies(module, x)
+        module(x * 3 + 1)  # re-estimating the batch-norm statistics, without a step
     module.eval()
     assert not fused.applies(module, x)  # gradients on: training a frozen copy, or a probe
+    torch.testing.assert_close(_fused(module, x), _plain(module, x), rtol=1e-5, atol=1e-5)
+
+
+def test_what_is_not_fused_and_what_a_model_carries():
+    module = _trained_looking(ResidualBlock(8))
+    x = torch.randn(1, 8, 12, 12)
+    size = len(pickle.dumps(module))
+    _fused(module, x)
+    assert len(pickle.dumps(module)) == size  # the prepared weights stay out of the model
+    with torch.no_grad():
+        with torch.backends.mkldnn.flags(enabled=False):
+            assert not fused.applies(module, x)  # the user switched oneDNN off
+        assert not fused.applies(module.double(), x.double())  # only float32 weights
+        torch.testing.assert_close(module(x.double()), _plain(module, x.double()))
 
 
 def test_fused_under_inference_mode_even_when_probed_there():

@@ -174,6 +174,7 @@ class CalibrateWidget(JobWidget):
                 num_psfs=int(self._num_psfs.value),
                 map_degree=int(self._map_degree.value),
                 geometry=_job.layer_geometry(layer),
+                stack_geometry=_job.layer_geometry(layer, axes=3) if layer.ndim == 3 else {},
             )
         )
 

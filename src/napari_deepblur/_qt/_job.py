@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Generator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
@@ -237,7 +238,7 @@ class JobWidget(Container):
             path = self._model_file.value
             if not str(path) or str(path) == ".":
                 raise UserError("choose a model file (.safetensors), or pick a shipped model")
-            return str(path)
+            return str(Path(str(path)).expanduser())
         return self._model.value
 
     def _connect_layer_events(self) -> None:

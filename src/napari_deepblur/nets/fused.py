@@ -17,17 +17,26 @@ when the weights change (a new file loaded, a training step, a move to another d
 from __future__ import annotations
 
 import functools
+import weakref
 
 import torch
 from torch import nn
 
+#: Per convolution: (key of the tensors they come from, (weight, bias) as the kernel reads them).
+#: Outside the modules, so that copies and pickles of a model do not carry them.
+_PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
 
 def applies(module: nn.Module, x: torch.Tensor) -> bool:
-    """Whether ``module`` runs on ``x`` through the fused kernels: inference on the CPU."""
+    """Whether ``module`` runs on ``x`` through the fused kernels: inference on the CPU with
+    float32 weights (as the pipeline holds them), unless oneDNN is switched off
+    (``torch.backends.mkldnn.flags(enabled=False)``)."""
     return (
         x.device.type == "cpu"
         and not module.training
         and not torch.is_grad_enabled()
+        and torch.backends.mkldnn.enabled
+        and next(module.parameters(), torch.empty(0)).dtype == torch.float32
         and available()
     )
 
@@ -116,8 +125,9 @@ def _pointwise(x, weight, bias, convolution: nn.Conv2d, *, relu: bool, add=None)
 def _weights(convolution: nn.Conv2d, norm: nn.BatchNorm2d | None, dtype: torch.dtype):
     """The convolution's weight and bias with ``norm`` folded in (see :func:`_cached`)."""
     sources = [convolution.weight, convolution.bias]
-    if norm is not None:
+    if norm is not None:  # a forward in training mode counts batches, whatever it changes
         sources += [norm.weight, norm.bias, norm.running_mean, norm.running_var]
+        sources.append(norm.num_batches_tracked)
 
     def fold():
         weight = convolution.weight.detach().float()
@@ -132,10 +142,13 @@ def _weights(convolution: nn.Conv2d, norm: nn.BatchNorm2d | None, dtype: torch.d
 
 
 def _cached(module: nn.Module, sources: list, dtype: torch.dtype, build):
-    """``build()``'s (weight, bias) in ``dtype``, the weight channels-last, kept on ``module``
-    until one of the ``sources`` tensors changes (in place, or for another tensor)."""
+    """``build()``'s (weight, bias) in ``dtype``, the weight channels-last, kept for ``module``
+    until one of the ``sources`` tensors changes: in place (an optimiser step,
+    ``load_state_dict``) or for another tensor (``.to``). Changes that PyTorch does not count
+    are not seen: writes through ``.data``, and to the tensors of a model built under
+    ``torch.inference_mode``."""
     key = (dtype,) + tuple(None if t is None else (t.data_ptr(), _version(t)) for t in sources)
-    cached = getattr(module, "_fused_weights", None)
+    cached = _PREPARED.get(module)
     if cached is not None and cached[0] == key:
         return cached[1]
     weight, bias = build()
@@ -143,7 +156,7 @@ def _cached(module: nn.Module, sources: list, dtype: torch.dtype, build):
         weight.to(dtype).contiguous(memory_format=torch.channels_last),
         None if bias is None else bias.to(dtype),
     )
-    module._fused_weights = (key, weights)
+    _PREPARED[module] = (key, weights)
     return weights
 
 
