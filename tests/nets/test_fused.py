@@ -90,6 +90,18 @@ def test_changed_weights_are_picked_up_and_training_is_not_fused():
     torch.testing.assert_close(_fused(module, x), _plain(module, x), rtol=1e-5, atol=1e-5)
 
 
+def test_other_processors_keep_the_plain_path(monkeypatch):
+    """Only measured on x86-64: elsewhere (Apple silicon, ARM servers) nothing changes."""
+    monkeypatch.setattr("platform.machine", lambda: "arm64")
+    fused.available.cache_clear()
+    try:
+        assert not fused.available()
+    finally:
+        fused.available.cache_clear()
+    monkeypatch.undo()
+    assert fused.available()
+
+
 def test_what_is_not_fused_and_what_a_model_carries():
     module = _trained_looking(ResidualBlock(8))
     x = torch.randn(1, 8, 12, 12)

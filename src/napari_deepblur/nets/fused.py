@@ -5,9 +5,9 @@ the kernels PyTorch's own compiler emits), instead of one pass over memory per o
 On a 2-core Xeon with AMX (bfloat16), where a ReLU or an addition over one 4 MB activation
 costs half as much as the convolution before it, one deblurring U-Net at 512² takes 13–17 ms
 fused against 23–29 ms (docs/benchmarks.md). Only for inference: a module in training mode,
-or with gradients on, takes the plain path; so does any device but the CPU, and any PyTorch
-build whose oneDNN kernels are missing or disagree with the plain path on a probe (checked
-once).
+or with gradients on, takes the plain path; so does any device but the CPU, a CPU other
+than x86-64 (not measured), and any PyTorch build whose oneDNN kernels are missing or
+disagree with the plain path on a probe (checked once).
 
 The batch norm is folded into the convolution's weights and bias (exact up to rounding);
 weights are kept, per convolution, in the precision and layout the kernel reads, and redone
@@ -17,6 +17,7 @@ when the weights change (a new file loaded, a training step, a move to another d
 from __future__ import annotations
 
 import functools
+import platform
 import weakref
 
 import torch
@@ -43,7 +44,11 @@ def applies(module: nn.Module, x: torch.Tensor) -> bool:
 
 @functools.cache
 def available() -> bool:
-    """Whether this PyTorch has the fused kernels and they agree with the plain path."""
+    """Whether this is an x86-64 CPU (where the gain was measured; on ARM PyTorch's plain
+    path may use other libraries) and this PyTorch has the fused kernels and they agree
+    with the plain path."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
     # in float32 and with ordinary tensors, whatever the caller's mode
     with torch.inference_mode(False), torch.no_grad(), torch.autocast("cpu", enabled=False):
         try:
