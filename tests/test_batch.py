@@ -3,6 +3,7 @@ fast), skipping finished outputs, recording failures, and the same through a sch
 address from the command line."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -187,3 +188,36 @@ def test_ctrl_c_stops_a_batch_on_worker_processes_cleanly(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [f"{s}.tif" for s in finished] + [f"{s}.json" for s in finished]
     )
+
+
+def test_two_batches_on_one_scheduler_and_a_run_killed_before_its_tiff(cluster, inputs, tmp_path):
+    """Same file names in two batches sharing a scheduler: each writes its own outputs. A
+    run killed between the estimate and the TIFF (SIGKILL, a cluster's time limit) leaves the
+    estimate: the next run redoes that file instead of refusing it; another file's JSON
+    of that name is still never replaced."""
+    from distributed import Client
+
+    others = tmp_path / "others"
+    others.mkdir()
+    for k in range(3):
+        image = make_blurred_sample(10 + k, 96)["image"]
+        io.write_image(others / f"img{k}.tif", image, pixel_size_nm=74.0)
+    options = batch.DeblurOptions(device="cpu")
+    with Client(cluster) as client:
+        first = batch.iter_batch([inputs], tmp_path / "a", options, client=client)
+        next(first)  # submitted, one file done, the others still held by this batch
+        second = _drain(batch.iter_batch([others], tmp_path / "b", options, client=client))
+        _drain(first)
+        assert len(second.done) == 3
+        for k in range(3):
+            mine = io.read_image(tmp_path / "b" / f"img{k}.tif").metadata["deblurred_from"]
+            assert mine == f"img{k}.tif"
+        restored = io.read_image(tmp_path / "b" / "img0.tif").data
+        assert not np.allclose(restored, io.read_image(tmp_path / "a" / "img0.tif").data)
+
+        (tmp_path / "b" / "img1.tif").unlink()  # killed before the rename: the estimate stays
+        (tmp_path / "b" / "img2.tif").unlink()
+        (tmp_path / "b" / "img2.json").write_text(json.dumps({"input": "someone else's"}))
+        again = _drain(batch.iter_batch([others], tmp_path / "b", options, client=client))
+    assert [Path(d["output"]).name for d in again.done] == ["img1.tif"]
+    assert len(again.failed) == 1 and "img2.json already exists" in again.failed[0][1]

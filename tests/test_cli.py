@@ -426,3 +426,24 @@ def test_an_imagej_stack_comes_back_as_an_imagej_hyperstack(sample_tif, tmp_path
     back = io.read_image(out)
     assert back.pixel_size_nm == pytest.approx(74.0) and back.stack_steps["spacing"] == 300.0
     assert back.metadata["deblurred_from"] == "zstack.tif"
+
+
+def test_a_damaged_tile_of_a_compressed_tiff_is_one_line(tmp_path, capsys):
+    """Compressed tiled TIFFs are read lazily (chunk by chunk): a damaged tile in the middle
+    fails mid-run, and says so in one line, not with a traceback."""
+    from napari_deepblur._sample_data import make_blurred_sample
+
+    image = make_blurred_sample(0, 256)["image"]
+    path = tmp_path / "tiled.tif"
+    tifffile.imwrite(path, image, tile=(64, 64), compression="zlib")
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages.first
+        offset, count = page.dataoffsets[5], page.databytecounts[5]  # an inner tile
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\xff" * count)
+    out = tmp_path / "out.tif"
+    assert cli.main(["deblur", str(path), "-o", str(out), "--fc", "0.2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("deepblur: error: part of the image could not be decompressed")
+    assert not out.exists() and not list(tmp_path.glob(".*partial"))

@@ -134,13 +134,15 @@ def test_stacks_are_written_as_imagej_hyperstacks_when_imagej_can_read_them(tmp_
     with io.create_image(tmp_path / "z.tif", (3, 8, 9), np.uint16, axes="ZYX") as out:
         out[:] = 5
     assert tifffile.TiffFile(tmp_path / "z.tif").is_imagej
+    steps = {"spacing": 250.0, "finterval": 2.5}
     for dtype, axes in ((np.float64, "ZYX"), (np.float32, "QYX"), (np.float32, "CZYX")):
         path = io.write_image(
             tmp_path / "o.tif", np.zeros((2,) * (len(axes) - 2) + (8, 9), dtype), axes=axes,
-            pixel_size_nm=50.0, overwrite=True,
+            pixel_size_nm=50.0, overwrite=True, stack_steps=steps,
         )  # fmt: skip
         assert not tifffile.TiffFile(path).is_imagej  # ImageJ cannot hold these
-        assert io.read_image(path).pixel_size_nm == 50.0
+        back = io.read_image(path)
+        assert back.pixel_size_nm == 50.0 and back.stack_steps == steps  # from our JSON
 
 
 def test_plain_resolution_tags(tmp_path):

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,6 +151,17 @@ def estimate_from_json(data: dict):
     return BlurEstimate.from_dict(data)
 
 
+def _unfinished(sidecar: Path, input_path: Path) -> bool:
+    """Whether ``sidecar`` is the estimate of an unfinished run on ``input_path`` (written
+    before the TIFF, whose rename marks the file finished: a run killed in between, or a
+    deleted output to redo), which a new run may replace."""
+    try:
+        written_for = json.loads(sidecar.read_text(encoding="utf-8")).get("input")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return written_for is not None and Path(written_for).resolve() == input_path.resolve()
+
+
 def iter_deblur_file(
     input_path, output_path, options: DeblurOptions | None = None
 ) -> Generator[Progress, None, dict]:
@@ -178,7 +190,7 @@ def iter_deblur_file(
     if sidecar is not None:
         if sidecar.resolve() == input_path.resolve():
             raise ValueError(f"the estimate {sidecar} would replace the input; choose another path")
-        if sidecar.exists() and not options.overwrite:
+        if sidecar.exists() and not options.overwrite and not _unfinished(sidecar, input_path):
             raise FileExistsError(f"{sidecar} already exists; pass --overwrite to replace it")
     check_options(options)
     if options.torch_threads:
@@ -312,12 +324,18 @@ class BatchResult:
     scheduler: str = ""
 
 
-def _prepare_worker(model, device, precision, torch_threads) -> None:
-    """Run once on each dask worker before the files: threads, then the model (cached)."""
+def _prepare_worker(model, device, precision, torch_threads, dask_worker=None) -> None:
+    """Run once on each dask worker before the files: threads, then the model (cached).
+    Without ``torch_threads`` (a worker of someone else's cluster), its CPUs are shared
+    between its task threads, each running one file (torch's default, every CPU for each,
+    would oversubscribe them)."""
     import torch
 
     from .models import load_model
 
+    if not torch_threads and dask_worker is not None:
+        tasks = getattr(getattr(dask_worker, "state", dask_worker), "nthreads", 1) or 1
+        torch_threads = max(1, (os.cpu_count() or 1) // tasks)
     if torch_threads:
         torch.set_num_threads(torch_threads)
     load_model(model, device=device, precision=precision)
@@ -381,7 +399,7 @@ def iter_batch(
                     n_workers=workers,
                     threads_per_worker=1,
                     processes=processes,
-                    dashboard_address=None,
+                    dashboard_address=":0",  # any free port: no warning when 8787 is taken
                     silence_logs=logging.CRITICAL,  # failures are reported per file below
                     preload=["napari_deepblur._dask_worker"] if processes else [],
                 )
@@ -399,12 +417,14 @@ def iter_batch(
         result.scheduler = str(client.scheduler.address)
         out_dir.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
+        batch_id = uuid.uuid4().hex[:8]  # two batches on one scheduler must not share tasks
         futures = {
             client.submit(
-                deblur_file, src, dst, options, pure=False, key=f"deblur-{i}-{src.name}"
+                deblur_file, src.absolute(), dst.absolute(), options,  # for remote workers too
+                pure=False, key=f"deblur-{batch_id}-{i}-{src.name}",
             ): (src, dst)
             for i, (src, dst) in enumerate(todo)
-        }
+        }  # fmt: skip
         try:
             for k, future in enumerate(as_completed(futures), 1):
                 src, dst = futures[future]
@@ -434,16 +454,12 @@ def _remove_unfinished(todo, result: BatchResult) -> None:
     temporary files of outputs not done, and the estimates they wrote beside them."""
     from . import io
 
-    finished = {d["output"] for d in result.done}
+    finished = {Path(d["output"]).resolve() for d in result.done}
     for src, dst in todo:
-        if str(dst) in finished or dst.exists():
+        if dst.resolve() in finished or dst.exists():
             continue
         io.remove_partial_files(dst)
         sidecar = dst.with_suffix(".json")
         io.remove_partial_files(sidecar)
-        try:
-            ours = json.loads(sidecar.read_text(encoding="utf-8")).get("input") == str(src)
-        except (OSError, ValueError, AttributeError):
-            ours = False  # absent, or not an estimate this batch wrote
-        if ours:
+        if _unfinished(sidecar, src):  # absent, or not an estimate this batch wrote: kept
             sidecar.unlink(missing_ok=True)

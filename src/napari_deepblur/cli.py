@@ -16,6 +16,7 @@ import shlex
 import sys
 import threading
 import warnings
+import zlib
 from collections.abc import Callable, Sequence
 
 from . import __version__
@@ -1114,6 +1115,10 @@ def _main(argv: Sequence[str] | None) -> int:
         return int(args.func(args) or 0)
     except USER_ERRORS as exc:
         print(f"deepblur: error: {exc}", file=sys.stderr)
+        return 2
+    except zlib.error as exc:  # a damaged tile of a compressed TIFF, read lazily mid-run
+        print(f"deepblur: error: part of the image could not be decompressed (a damaged "
+              f"file?): {exc}", file=sys.stderr)  # fmt: skip
         return 2
     except KeyboardInterrupt:
         print("deepblur: interrupted (unfinished outputs were not written)", file=sys.stderr)

@@ -119,6 +119,14 @@ def _imagej_stack_steps(tif: tifffile.TiffFile) -> dict:
     return steps
 
 
+def _our_stack_steps(tif: tifffile.TiffFile) -> dict:
+    """The Z step (nm) and frame interval (s) our JSON holds for a stack written neither as
+    an ImageJ hyperstack nor as an OME-TIFF (e.g. CZYX, which ImageJ cannot order)."""
+    description = _json_description(_our_description(tif.pages.first)) or {}
+    steps = description.get("stack_steps") if description.get("format") == _OUR_FORMAT else None
+    return {k: float(v) for k, v in (steps or {}).items() if k in _STACK_STEPS}
+
+
 def _our_description(page) -> str | None:
     """Our JSON: in the private tag of an ImageJ hyperstack, else the ImageDescription."""
     tag = page.tags.get(_OUR_TAG)
@@ -222,7 +230,11 @@ def read_image(path: str | os.PathLike, *, mmap: bool = False) -> ImageData:
                     "read: save each series as a file of its own to process the others"
                 )
             pixel_size_nm, metadata = _header(tif)
-            stack_steps = _imagej_stack_steps(tif) or _ome_stack_steps(_ome_pixels(tif))
+            stack_steps = (
+                _imagej_stack_steps(tif)
+                or _ome_stack_steps(_ome_pixels(tif))
+                or _our_stack_steps(tif)
+            )
     except (tifffile.TiffFileError, ValueError, IndexError, KeyError, OSError) as exc:
         raise ValueError(f"not a readable TIFF: {path} ({exc})") from exc
     return ImageData(data, pixel_size_nm, axes, metadata, stack_steps)
@@ -350,8 +362,8 @@ def _tiff_options(
     """The ``tifffile`` keyword arguments of our TIFFs: our JSON description (in the
     ImageDescription; for OME-TIFFs (``ome``) OME-XML there, for stacks that can be ImageJ
     hyperstacks ImageJ's header there, and then our JSON in the private tag
-    :data:`_OUR_TAG`; ``stack_steps``: the Z step (nm) and frame interval (s) of either),
-    the resolution tags, BigTIFF when large."""
+    :data:`_OUR_TAG`; ``stack_steps``: the Z step (nm) and frame interval (s), in their
+    header and in our JSON), the resolution tags, BigTIFF when large."""
     if pixel_size_nm is not None and not float(pixel_size_nm) > 0:
         raise ValueError(f"pixel_size_nm must be > 0, got {pixel_size_nm}")
     description: dict[str, Any] = {
@@ -364,10 +376,12 @@ def _tiff_options(
         if len(axes) != len(shape):
             raise ValueError(f"axes {axes!r} do not match data of shape {tuple(shape)}")
         description["axes"] = axes
+    steps = {k: float(v) for k, v in (stack_steps or {}).items() if k in _STACK_STEPS}
+    if steps and len(shape) > 2:
+        description["stack_steps"] = steps
     text = json.dumps(description)
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
     options: dict[str, Any] = {"photometric": "minisblack", "bigtiff": nbytes > _BIGTIFF_BYTES}
-    steps = {k: v for k, v in (stack_steps or {}).items() if k in _STACK_STEPS}
     if ome:
         ome_axes = _ome_axes(axes or "Q" * (len(shape) - 2) + "YX"[-len(shape) :])
         ome_pixels: dict[str, Any] = {"axes": ome_axes}
@@ -416,8 +430,9 @@ def write_image(
     """Write ``data`` (…, Y, X) to a TIFF with pixel size (nm) and JSON metadata; returns path.
 
     The ImageDescription is JSON: ``{"format": "napari-deepblur", "shape", "pixel_size_nm",
-    "metadata", ["axes"]}``; the resolution tags hold ``1e7 / pixel_size_nm`` pixels per
-    centimetre (ResolutionUnit CENTIMETER) so Fiji and others see the pixel size. A path
+    "metadata", ["axes"], ["stack_steps"]}``; the resolution tags hold ``1e7 /
+    pixel_size_nm`` pixels per centimetre (ResolutionUnit CENTIMETER) so Fiji and others see
+    the pixel size. A path
     ending in ``.ome.tif``/``.ome.tiff`` gets an OME-TIFF (OME-XML with the axes, pixel size,
     Z step and frame interval); other stacks that ImageJ can hold are ImageJ hyperstacks
     (:func:`_tiff_options`; ``stack_steps``: their Z step in nm and frame interval in s).
