@@ -426,6 +426,7 @@ def test_an_imagej_stack_comes_back_as_an_imagej_hyperstack(sample_tif, tmp_path
     back = io.read_image(out)
     assert back.pixel_size_nm == pytest.approx(74.0) and back.stack_steps["spacing"] == 300.0
     assert back.metadata["deblurred_from"] == "zstack.tif"
+    assert back.metadata["precision"] in ("float32", "bfloat16")  # what the networks ran in
 
 
 def test_a_damaged_tile_of_a_compressed_tiff_is_one_line(tmp_path, capsys):

@@ -155,6 +155,17 @@ def test_identify_stack_modes(model, sample):
         pipeline.run(pipeline.iter_identify_stack(stack, model, mode="best"))
 
 
+def test_identify_progress_counts_tiles_of_one_image_and_planes_of_a_stack(model, sample):
+    """A progress bar that moves: an image's tiles are the steps, a stack's planes are."""
+    image = np.tile(sample, (2, 2))  # 256² in 4 tiles of 128 px
+    steps = list(pipeline.iter_identify_stack(image, model, tile_px=128, augment=False))
+    assert {p.total for p in steps} == {4} and steps[-1].done == 4
+    assert [p.done for p in steps] == sorted(p.done for p in steps)
+    stack = np.stack([sample, sample[::-1], sample.T])
+    steps = list(pipeline.iter_identify_stack(stack, model, mode="median", augment=False))
+    assert {p.total for p in steps} == {3} and [p.done for p in steps][-1] == 3
+
+
 def test_constant_planes_of_a_stack_are_copied_and_left_out_of_the_estimate(model, sample):
     blank = np.full_like(sample, 7.0)  # e.g. an empty time point
     stack = np.stack([sample, blank, sample[::-1]])
@@ -241,8 +252,15 @@ def test_device_helpers():
     assert devices.is_out_of_memory(RuntimeError("MPS backend out of memory"))
     assert not devices.is_out_of_memory(ValueError("out of range"))
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="no CUDA"):
-            devices.resolve_device("cuda")
+        with pytest.raises(ValueError, match="device 'cuda:1' was asked for but no CUDA"):
+            devices.resolve_device("cuda:1")
+
+
+def test_a_gpu_index_beyond_the_machines_gpus_is_named(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError, match=r"'cuda:2' .* has 2 CUDA GPU\(s\): use cuda:0 … cuda:1"):
+        devices.resolve_device("cuda:2")
 
 
 def test_precision_helpers():

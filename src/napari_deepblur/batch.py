@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .devices import resolve_precision
 from .pipeline import DEFAULT_TILE_PX, BlurEstimate, Progress
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -222,6 +223,7 @@ def iter_deblur_file(
     metadata = {
         "deblurred_from": input_path.name,
         "model": model.name,
+        "precision": resolve_precision(model.device, model.precision),  # of the networks
         "strength": options.strength,
         "estimate": summary,
     }

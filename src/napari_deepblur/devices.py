@@ -25,7 +25,14 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         ) from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
-            "device 'cuda' was asked for but no CUDA GPU is available; use device='cpu' or 'auto'"
+            f"device '{device}' was asked for but no CUDA GPU is available; use device='cpu' "
+            "or 'auto'"
+        )
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ValueError(
+            f"device '{device}' was asked for but this machine has {count} CUDA GPU(s): "
+            f"use cuda:0 … cuda:{count - 1}"
         )
     if device.type == "mps" and not (
         getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()

@@ -1261,9 +1261,11 @@ def iter_identify_stack(
     else:
         chosen = indices
     estimates: dict[tuple[int, ...], BlurEstimate] = {}
+    tiles = len(chosen) == 1  # one plane: its tiles are the steps; else the planes are
     for k, index in enumerate(chosen):
         label = f"plane {index}" if index else "image"
         inner = iter_identify(np.asarray(stack[index]), model, device=device, **kwargs)
+        p = Progress(0, 1)
         while True:
             try:
                 p = next(inner)
@@ -1274,8 +1276,10 @@ def iter_identify_stack(
                 if mode == "plane":
                     raise
                 break
-            yield Progress(k, len(chosen), f"identifying {label}: {p.message}")
-        yield Progress(k + 1, len(chosen), f"identified {label}")
+            done, total = (p.done, p.total) if tiles else (k, len(chosen))
+            yield Progress(done, total, f"identifying {label}: {p.message}")
+        done, total = (p.total, p.total) if tiles else (k + 1, len(chosen))
+        yield Progress(done, total, f"identified {label}")
     return _stack_estimate(mode, chosen, estimates, model)
 
 
