@@ -448,3 +448,14 @@ def test_a_damaged_tile_of_a_compressed_tiff_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("deepblur: error: part of the image could not be decompressed")
     assert not out.exists() and not list(tmp_path.glob(".*partial"))
+
+
+def test_identify_json_to_stdout_for_pipes(sample_tif, tmp_path, capsys, monkeypatch):
+    """``--json -``: stdout is the estimate JSON alone (``| jq``), the report goes to stderr."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["identify", str(sample_tif), "--json", "-", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    estimate = json.loads(captured.out)
+    assert len(estimate["coefficients"]) == len(estimate["noll_indices"]) == 7
+    assert "Zernike coefficients (Noll):" in captured.err
+    assert not (tmp_path / "-").exists()

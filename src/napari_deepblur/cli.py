@@ -11,6 +11,7 @@ No Qt or napari here; heavy modules are imported inside the subcommands.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shlex
 import sys
@@ -334,7 +335,9 @@ def _add_identify(sub) -> None:
     )
     p.add_argument("image", help="input TIFF: (Y, X) or a stack (…, Y, X)")
     p.add_argument("--psf-out", help="write the estimated PSF here (.tif, + .json sidecar)")
-    p.add_argument("--json", help="write the estimate here (JSON)")
+    p.add_argument(
+        "--json", help="write the estimate here (JSON; - for stdout, the report then on stderr)"
+    )
     p.add_argument(
         "--no-augment",
         action="store_true",
@@ -384,8 +387,14 @@ def _run_identify(args: argparse.Namespace) -> int:
     psf_out = Path(args.psf_out) if args.psf_out else None
     if psf_out is not None and psf_out.suffix.lower() not in (".tif", ".tiff"):
         raise ValueError(f"--psf-out must end with .tif or .tiff: {psf_out}")
+    to_stdout = args.json == "-"  # the JSON on stdout (for a pipe), the report on stderr
+    report = functools.partial(print, file=sys.stderr if to_stdout else sys.stdout)
     _check_new(
-        [psf_out, psf_out.with_suffix(".json") if psf_out else None, args.json],
+        [
+            psf_out,
+            psf_out.with_suffix(".json") if psf_out else None,
+            None if to_stdout else args.json,
+        ],
         args.overwrite,
         inputs=[args.image],
     )
@@ -411,23 +420,26 @@ def _run_identify(args: argparse.Namespace) -> int:
     )
     estimates = estimate if isinstance(estimate, list) else [estimate]
     first = estimates[0]
-    print(f"image: {args.image} {tuple(image.data.shape)} {image.data.dtype}")
-    print(f"sampling: {optics_text}; fc {first.fc:.4f} cycles/pixel")
-    print(f"model: {first.model} on {model.device}")
+    report(f"image: {args.image} {tuple(image.data.shape)} {image.data.dtype}")
+    report(f"sampling: {optics_text}; fc {first.fc:.4f} cycles/pixel")
+    report(f"model: {first.model} on {model.device}")
     if isinstance(estimate, list):
         for index, est in zip(pipeline.plane_indices(image.data.shape), estimates, strict=True):
-            print(f"plane {index}:")
-            print("\n".join(_format_estimate(est, "    ")))
+            report(f"plane {index}:")
+            report("\n".join(_format_estimate(est, "    ")))
     else:
         if image.data.ndim > 2:
-            print(f"stack: {mode} estimate shared by all planes")
-        print("Zernike coefficients (Noll):")
-        print("\n".join(_format_estimate(estimate)))
+            report(f"stack: {mode} estimate shared by all planes")
+        report("Zernike coefficients (Noll):")
+        report("\n".join(_format_estimate(estimate)))
     if args.json:
         data = {"image": str(args.image), "mode": mode, **estimate_json(estimate)}
         text = json.dumps(io.to_jsonable(data), indent=2)
-        io._atomic_write(Path(args.json), lambda tmp: tmp.write_text(text, encoding="utf-8"))
-        print(f"wrote {args.json}")
+        if to_stdout:
+            print(text)
+        else:
+            io._atomic_write(Path(args.json), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+            report(f"wrote {args.json}")
     if psf_out is not None:
         psf = np.stack([e.psf for e in estimates]) if len(estimates) > 1 else first.psf
         metadata = {
@@ -448,7 +460,7 @@ def _run_identify(args: argparse.Namespace) -> int:
         else:
             metadata[key] = [e.coefficients for e in estimates]
         tif, sidecar = io.write_psf(psf_out, psf, metadata=metadata, overwrite=args.overwrite)
-        print(f"wrote {tif} and {sidecar}")
+        report(f"wrote {tif} and {sidecar}")
     return 0
 
 
