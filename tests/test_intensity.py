@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_deepblur.intensity import ConstantImageError, check_contrast, robust_range
+from napari_deepblur.intensity import ConstantImageError, _percentile, check_contrast, robust_range
 
 
 def test_robust_range_is_the_linear_percentiles_of_each_image():
@@ -30,3 +30,11 @@ def test_a_constant_image_is_refused():
     low, scale = robust_range(torch.full((1, 32, 32), 7.0))
     with pytest.raises(ConstantImageError, match="constant"):
         check_contrast(scale, low)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 100, 1001, 16384])
+def test_percentiles_from_one_tail_are_numpys(n):
+    values = torch.rand(4, n, generator=torch.Generator().manual_seed(n)) ** 2
+    for q in (0.0, 1.0, 37.5, 50.0, 62.5, 99.9, 100.0):
+        expected = np.percentile(values.numpy(), q, axis=-1)
+        np.testing.assert_allclose(_percentile(values, q).numpy(), expected, rtol=0, atol=1e-7)
