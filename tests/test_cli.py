@@ -367,6 +367,9 @@ def test_usage_errors_and_bad_estimates_are_one_line(sample_tif, tmp_path, capsy
     assert err.count("\n") == 1 and err.startswith("deepblur: error: the following arguments")
     assert cli.main(["deblur", str(sample_tif), "-o", "x.tif", "--tile-px", "128.5"]) == 2
     assert capsys.readouterr().err.startswith("deepblur: error: argument --tile-px")
+    with pytest.warns(UserWarning, match=r"--tile-px 130: .* about 3\.9× the work"):
+        args = cli.build_parser().parse_args(["deblur", "x.tif", "-o", "y.tif", "--tile-px", "130"])
+    assert args.tile_px == 130  # slow, not refused
     # an unknown option points to the help of the subcommand it was given to
     assert cli.main(["deblur", str(sample_tif), "-o", "x.tif", "--tile", "128"]) == 2
     assert capsys.readouterr().err.endswith("--tile 128 (see: deepblur deblur --help)\n")

@@ -207,6 +207,26 @@ def _add_precision_argument(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _tile_px(text: str) -> int:
+    """``--tile-px``: whole pixels; tiles so small that they are mostly the overlap their
+    neighbours compute again get a warning (they still run, slowly)."""
+    from .pipeline import TILE_OVERLAP_PX
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number of pixels, got {text!r}") from None
+    if TILE_OVERLAP_PX < value < 4 * TILE_OVERLAP_PX:
+        work = (value / (value - TILE_OVERLAP_PX)) ** 2
+        warnings.warn(
+            f"--tile-px {value}: each tile overlaps its neighbours by {TILE_OVERLAP_PX} px, so "
+            f"about {work:.1f}× the work of one pass; the default 1024 px is fastest unless "
+            "memory is short",
+            stacklevel=2,
+        )
+    return value
+
+
 def _add_run_arguments(p: argparse.ArgumentParser, tile: bool = True) -> None:
     p.add_argument(
         "--model",
@@ -217,7 +237,7 @@ def _add_run_arguments(p: argparse.ArgumentParser, tile: bool = True) -> None:
     if tile:
         p.add_argument(
             "--tile-px",
-            type=int,
+            type=_tile_px,
             default=1024,
             help="tile size in the model's pixels for large images (default 1024)",
         )
