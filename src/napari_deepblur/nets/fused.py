@@ -28,16 +28,20 @@ from torch import nn
 _PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+#: The inputs the fused kernels take, by the precision they compute in: float32 networks (as
+#: the pipeline holds them), under a bfloat16 autocast too; not a float64 or half network.
+_INPUT_DTYPES = {torch.float32: (torch.float32,), torch.bfloat16: (torch.float32, torch.bfloat16)}
+
+
 def applies(module: nn.Module, x: torch.Tensor) -> bool:
-    """Whether ``module`` runs on ``x`` through the fused kernels: inference on the CPU with
-    float32 weights (as the pipeline holds them), unless oneDNN is switched off
-    (``torch.backends.mkldnn.flags(enabled=False)``)."""
+    """Whether ``module`` runs on ``x`` through the fused kernels: inference on the CPU of a
+    float32 network, unless oneDNN is switched off (``torch.backends.mkldnn.flags``)."""
     return (
         x.device.type == "cpu"
         and not module.training
         and not torch.is_grad_enabled()
         and torch.backends.mkldnn.enabled
-        and next(module.parameters(), torch.empty(0)).dtype == torch.float32
+        and x.dtype in _INPUT_DTYPES[_compute_dtype()]
         and available()
     )
 
