@@ -132,40 +132,32 @@ def _pointwise(x, weight, bias, convolution: nn.Conv2d, *, relu: bool, add=None)
 
 
 def _weights(convolution: nn.Conv2d, norm: nn.BatchNorm2d | None, dtype: torch.dtype):
-    """The convolution's weight and bias with ``norm`` folded in (see :func:`_cached`)."""
-    sources = [convolution.weight, convolution.bias]
-    if norm is not None:  # a forward in training mode counts batches, whatever it changes
-        sources += [norm.weight, norm.bias, norm.running_mean, norm.running_var]
-        sources.append(norm.num_batches_tracked)
-
-    def fold():
-        weight = convolution.weight.detach().float()
-        bias = None if convolution.bias is None else convolution.bias.detach().float()
-        if norm is None:
-            return weight, bias
-        scale = norm.weight.detach().float() / torch.sqrt(norm.running_var.float() + norm.eps)
-        shift = norm.bias.detach().float() - norm.running_mean.float() * scale
-        return weight * scale[:, None, None, None], shift if bias is None else bias * scale + shift
-
-    return _cached(convolution, sources, dtype, fold)
-
-
-def _cached(module: nn.Module, sources: list, dtype: torch.dtype, build):
-    """``build()``'s (weight, bias) in ``dtype``, the weight channels-last, kept for ``module``
-    until one of the ``sources`` tensors changes: in place (an optimiser step,
-    ``load_state_dict``) or for another tensor (``.to``). Changes that PyTorch does not count
+    """The convolution's weight and bias with ``norm`` folded in, in ``dtype``, the weight
+    channels-last; kept for ``convolution`` until one of the tensors they come from changes:
+    in place (an optimiser step, ``load_state_dict``, a forward in training mode, which
+    counts its batches) or for another tensor (``.to``). Changes that PyTorch does not count
     are not seen: writes through ``.data``, and to the tensors of a model built under
     ``torch.inference_mode``."""
+    sources = [convolution.weight, convolution.bias]
+    if norm is not None:
+        sources += [norm.weight, norm.bias, norm.running_mean, norm.running_var]
+        sources.append(norm.num_batches_tracked)
     key = (dtype,) + tuple(None if t is None else (t.data_ptr(), _version(t)) for t in sources)
-    cached = _PREPARED.get(module)
+    cached = _PREPARED.get(convolution)
     if cached is not None and cached[0] == key:
         return cached[1]
-    weight, bias = build()
+    weight = convolution.weight.detach().float()
+    bias = None if convolution.bias is None else convolution.bias.detach().float()
+    if norm is not None:
+        scale = norm.weight.detach().float() / torch.sqrt(norm.running_var.float() + norm.eps)
+        shift = norm.bias.detach().float() - norm.running_mean.float() * scale
+        weight = weight * scale[:, None, None, None]
+        bias = shift if bias is None else bias * scale + shift
     weights = (
         weight.to(dtype).contiguous(memory_format=torch.channels_last),
         None if bias is None else bias.to(dtype),
     )
-    _PREPARED[module] = (key, weights)
+    _PREPARED[convolution] = (key, weights)
     return weights
 
 
