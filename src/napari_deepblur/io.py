@@ -432,12 +432,11 @@ def write_image(
     The ImageDescription is JSON: ``{"format": "napari-deepblur", "shape", "pixel_size_nm",
     "metadata", ["axes"], ["stack_steps"]}``; the resolution tags hold ``1e7 /
     pixel_size_nm`` pixels per centimetre (ResolutionUnit CENTIMETER) so Fiji and others see
-    the pixel size. A path
-    ending in ``.ome.tif``/``.ome.tiff`` gets an OME-TIFF (OME-XML with the axes, pixel size,
-    Z step and frame interval); other stacks that ImageJ can hold are ImageJ hyperstacks
-    (:func:`_tiff_options`; ``stack_steps``: their Z step in nm and frame interval in s).
-    Atomic; refuses to overwrite an existing file unless ``overwrite=True``; BigTIFF above
-    ~2 GB.
+    the pixel size. A path ending in ``.ome.tif``/``.ome.tiff`` gets an OME-TIFF (OME-XML
+    with the axes, pixel size, Z step and frame interval); other stacks that ImageJ can hold
+    are ImageJ hyperstacks (:func:`_tiff_options`; ``stack_steps``: their Z step in nm and
+    frame interval in s). Atomic; refuses to overwrite an existing file unless
+    ``overwrite=True``; BigTIFF above ~2 GB.
     """
     path = Path(path)
     data = np.asarray(data)
