@@ -8,9 +8,9 @@ import warnings
 import numpy as np
 import pytest
 import tifffile
+import torch
 
-from napari_deepblur import __version__, cli, io
-from napari_deepblur.models import load_model
+from napari_deepblur import __version__, cli, devices, io
 from napari_deepblur.optics import airy_pattern
 
 
@@ -123,6 +123,10 @@ def test_identify_prints_and_writes(sample_tif, tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(
+    not devices.bfloat16_available(torch.device("cpu")),
+    reason=str(devices.bfloat16_missing(torch.device("cpu"))),
+)
 def test_identify_in_both_precisions(sample_tif, tmp_path, capsys):
     coefficients = {}
     for precision in ("float32", "bfloat16"):
@@ -131,9 +135,21 @@ def test_identify_in_both_precisions(sample_tif, tmp_path, capsys):
         assert cli.main([*argv, "--precision", precision]) == 0
         coefficients[precision] = np.array(json.loads(est.read_text())["coefficients"])
     np.testing.assert_allclose(coefficients["bfloat16"], coefficients["float32"], atol=0.01)
+
+
+def test_precision_a_cpu_cannot_compute_is_one_line(sample_tif, tmp_path, capsys, monkeypatch):
+    """bfloat16 on a CPU without it (AVX2 only; faked here): one line, exit 2, no output."""
+    monkeypatch.setattr(devices, "_cpu_bfloat16_convolutions", lambda: False)
+    out = tmp_path / "out.tif"
+    for argv in (["identify", str(sample_tif), "--json", str(tmp_path / "e.json")],
+                 ["deblur", str(sample_tif), "-o", str(out)]):  # fmt: skip
+        assert cli.main([*argv, "--precision", "bfloat16", "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("deepblur: error: bfloat16 is not available: this CPU")
+        assert err.count("\n") == 1 and "Traceback" not in err
+    assert not any(tmp_path.iterdir())
     assert cli.main(["identify", str(sample_tif), "--precision", "half"]) == 2
     assert "invalid choice: 'half'" in capsys.readouterr().err
-    load_model(precision="auto")  # the cached shipped model back to its default
 
 
 def test_deblur_with_estimate_and_psf(sample_tif, tmp_path, capsys):

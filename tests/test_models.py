@@ -1,6 +1,7 @@
 """Model files: save/load round trip, the shipped registry, clear errors on bad files."""
 
 import copy
+import dataclasses
 import json
 import shutil
 
@@ -13,6 +14,7 @@ from napari_deepblur.models import (
     list_models,
     load_model,
     save_model,
+    trainable_copy,
 )
 from napari_deepblur.nets import (
     DeblurringConfig,
@@ -47,44 +49,61 @@ def test_save_load_round_trip(tmp_path):
     )
 
 
-def test_on_the_cpu_the_networks_run_channels_last_with_the_same_results(tmp_path):
-    model = _tiny_model()
-    reference_identification = copy.deepcopy(model.identification)
-    reference_deblurring = copy.deepcopy(model.deblurring)
-    model.to("cpu")
+def test_on_the_cpu_loaded_networks_run_channels_last_with_the_same_results(tmp_path):
+    model = load_model(save_model(_tiny_model(), tmp_path / "tiny.safetensors"))
     convolutions = [m for m in model.deblurring.modules() if isinstance(m, torch.nn.Conv2d)]
     assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convolutions)
+    standard = [copy.deepcopy(n).to(memory_format=torch.contiguous_format)
+                for n in (model.identification, model.deblurring)]  # fmt: skip
     x = torch.rand(2, 1, 96, 96)
     with torch.no_grad():
-        torch.testing.assert_close(
-            model.identification(x), reference_identification(x), atol=1e-5, rtol=1e-4
-        )
+        torch.testing.assert_close(model.identification(x), standard[0](x), atol=1e-5, rtol=1e-4)
         sigma = torch.full_like(x, 0.01)
         operator = model.family.operator(torch.zeros(2, 1, 7), x.shape[-2:])
         torch.testing.assert_close(
             model.deblurring(x, operator, sigma),
-            reference_deblurring(x, operator, sigma),
+            standard[1](x, operator, sigma),
             atol=1e-5,
             rtol=1e-4,
         )
-    # and the file written from channels-last weights loads back to the same networks
+
+
+def test_a_model_is_moved_as_a_copy_and_never_in_place(tmp_path):
+    """``to`` returns the model itself where it already is, else a model with copies of the
+    networks there; the caller's model does not move (a "meta" device stands in for a GPU)."""
+    model = _tiny_model()
+    assert model.to("cpu") is model
+    moved = model.to("meta")
+    assert moved.device.type == "meta" and model.device.type == "cpu"
+    assert moved.identification is not model.identification
     loaded = load_model(save_model(model, tmp_path / "tiny.safetensors"))
-    torch.testing.assert_close(
-        loaded.identification(x), model.identification(x), atol=2e-2, rtol=2e-2
-    )
+    first, second = loaded.to("meta"), loaded.to("meta")
+    assert first.identification is second.identification  # loaded models: one copy per device
+    assert first.to("cpu").identification is loaded.identification
+    assert loaded.device.type == "cpu"
 
 
-def test_moving_a_model_where_it_already_is_keeps_its_weights_and_a_changed_layout_is_redone():
-    model = _tiny_model().to("cpu")
-    weights = [p.data_ptr() for p in model.deblurring.parameters()]
-    model.to("cpu").eval()
-    assert [p.data_ptr() for p in model.deblurring.parameters()] == weights
-    model.deblurring.to(memory_format=torch.contiguous_format)  # someone moved one network
-    model.identification.train()
-    model.to("cpu").eval()
-    convolutions = [m for m in model.deblurring.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convolutions)
-    assert not any(m.training for m in model.identification.modules())
+def test_load_model_hands_out_models_no_other_caller_can_change(tmp_path):
+    """The four ways a shared model was changed behind its holder's back: another call's
+    precision or device, an out-of-memory fallback's move to the CPU, training from it."""
+    path = save_model(_tiny_model(), tmp_path / "tiny.safetensors")
+    held = load_model(path, precision="float32")
+    load_model(path, precision="auto")
+    load_model(path, device="cpu", precision="auto").to("meta")  # e.g. the Identify widget
+    assert held.precision == "float32" and held.device.type == "cpu"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        held.precision = "bfloat16"
+    assert not any(p.requires_grad for p in held.identification.parameters())
+    before = {k: v.clone() for k, v in held.identification.state_dict().items()}
+    trainable = trainable_copy(held.identification)
+    assert trainable.training and all(p.requires_grad for p in trainable.parameters())
+    torch.optim.SGD(trainable.parameters(), lr=1.0).zero_grad()
+    with torch.no_grad():
+        for p in trainable.parameters():
+            p.add_(1.0)
+    after = held.identification.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert load_model(path).card is not held.card  # cards are the holder's own too
 
 
 def test_shipped_default_model_is_listed_with_a_card():

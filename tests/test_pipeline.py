@@ -217,12 +217,9 @@ def test_wrong_arguments_to_deblur_say_what_to_pass(model, sample, estimate):
     for strength in (0.1, 10, float("nan"), "2"):
         with pytest.raises(ValueError, match="strength must be a number from 0.25"):
             pipeline.deblur(image, estimate, model, strength=strength)
-    previous, model.precision = model.precision, "float32"  # bfloat16 rounds the two apart
-    try:
-        tiny = pipeline.deblur(image * 1e-6, estimate, model)  # contrast is relative to the level
-        normal = pipeline.deblur(image, estimate, model)
-    finally:
-        model.precision = previous
+    exact = model.with_precision("float32")  # bfloat16 rounds the two apart
+    tiny = pipeline.deblur(image * 1e-6, estimate, exact)  # contrast is relative to the level
+    normal = pipeline.deblur(image, estimate, exact)
     np.testing.assert_allclose(tiny * 1e6, normal, atol=1e-4)
     with pytest.raises(ValueError, match="beyond float32's range"):
         pipeline.deblur(image.astype(np.float64) * 1e300, estimate, model)

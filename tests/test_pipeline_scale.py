@@ -3,7 +3,9 @@ cancellation and the out-of-memory fallback. Behaviour, not accuracy (the shippe
 replaced by better ones under the same name)."""
 
 import warnings
+import weakref
 
+import dask.array
 import numpy as np
 import pytest
 import torch
@@ -17,9 +19,7 @@ from napari_deepblur.models import load_model
 @pytest.fixture(scope="module")
 def model():
     # float32: these tests compare tilings, not precisions (see the bfloat16 test below)
-    model = load_model(device="cpu", precision="float32")
-    yield model
-    model.precision = "auto"  # the cached shipped model back to its default
+    return load_model(device="cpu", precision="float32")
 
 
 @pytest.fixture(scope="module")
@@ -220,29 +220,114 @@ def test_plane_index_and_bad_stacks():
         pipeline.run(pipeline.iter_identify_stack(np.zeros((64, 64, 3), np.float32)))
 
 
-def test_out_of_memory_falls_back_to_smaller_tiles(model, sample, estimate, monkeypatch):
+class _FakeGpu:
+    """A GPU's memory, on a CPU-only machine. The modules given to :meth:`hold` allocate
+    activations the size of their input while they run (a real tensor: when they raise, the
+    error's traceback keeps it alive, as a real GPU's caching allocator keeps a failed
+    forward's tensors) and raise CUDA's out-of-memory error, from inside the network as a
+    real one does, when the live activations exceed ``budget_px``. With ``cpu_fallback`` the
+    pipeline is told the model is not on the CPU, so that its CPU fallback applies; after
+    it, the budget is unlimited (the CPU's memory)."""
+
+    def __init__(self, monkeypatch, budget_px: int, cpu_fallback: bool = False):
+        self.monkeypatch, self.budget_px = monkeypatch, budget_px
+        self.live_px = self.fallbacks = 0
+        if cpu_fallback:
+            monkeypatch.setattr(devices, "can_fall_back_to_cpu", self._can_fall_back)
+
+    def _can_fall_back(self, device) -> bool:
+        if self.budget_px is None:  # already fallen back: this is the CPU
+            return False
+        self.budget_px, self.fallbacks = None, self.fallbacks + 1
+        return True
+
+    def _free(self, pixels: int) -> None:
+        self.live_px -= pixels
+
+    def hold(self, module) -> None:
+        original = module.forward
+
+        def forward(x, *args, **kwargs):
+            activations = torch.empty(x.numel(), dtype=torch.uint8)
+            self.live_px += x.numel()
+            weakref.finalize(activations, self._free, x.numel())
+            if self.budget_px is not None and self.live_px > self.budget_px:
+                mib = x.numel() * 4 / 2**20
+                raise torch.cuda.OutOfMemoryError(
+                    f"CUDA out of memory. Tried to allocate {mib:.2f} MiB (simulated)"
+                )
+            return original(x, *args, **kwargs)
+
+        self.monkeypatch.setattr(module, "forward", forward)
+
+
+def test_out_of_memory_in_the_deblurring_network_retries_in_smaller_tiles(
+    model, sample, estimate, monkeypatch
+):
+    """Raised where a real one comes from (a denoiser, inside the network), with the failed
+    attempt's memory held until its error is let go: smaller tiles, for plain, stack and
+    dask deblurring, and the same result (to blending)."""
     image = _mosaic(sample, (300, 300))
     expected = pipeline.deblur(image, estimate, model, device="cpu", tile_px=256)
-    original = pipeline._deblur_tile
-
-    def small_tiles_only(tile, *args):
-        if max(tile.shape) > 260:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return original(tile, *args)
-
-    monkeypatch.setattr(pipeline, "_deblur_tile", small_tiles_only)
+    _FakeGpu(monkeypatch, budget_px=270 * 270).hold(model.deblurring.prox[0])
     with pytest.warns(RuntimeWarning, match="retrying with 256 px tiles"):
-        result = pipeline.deblur(image, estimate, model, device="cpu", tile_px=512)
-    assert _relative_error(result, expected) < 0.01
-
-    def always(tile, *args):
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-
-    monkeypatch.setattr(pipeline, "_deblur_tile", always)
+        plain = pipeline.deblur(image, estimate, model, device="cpu", tile_px=512)
+    assert _relative_error(plain, expected) < 0.01
+    with pytest.warns(RuntimeWarning, match="retrying with 256 px tiles"):
+        stack = pipeline.run(pipeline.iter_deblur_stack(
+            np.stack([image, image]), estimate, model, device="cpu", tile_px=512))  # fmt: skip
+    assert _relative_error(stack[1], expected) < 0.01
+    with pytest.warns(RuntimeWarning, match="retrying with 256 px tiles"):
+        lazy = pipeline.deblur_dask(
+            dask.array.from_array(image, chunks=300), estimate, model, device="cpu",
+            tile_px=512,
+        ).compute(scheduler="synchronous")  # fmt: skip
+    assert _relative_error(lazy, expected) < 0.01
+    _FakeGpu(monkeypatch, budget_px=0).hold(model.deblurring.prox[0])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(torch.cuda.OutOfMemoryError):  # already on the CPU: nowhere to go
+        with pytest.raises(torch.cuda.OutOfMemoryError):  # on the CPU: nowhere to go
             pipeline.deblur(image, estimate, model, device="cpu", tile_px=128)
+
+
+def test_out_of_memory_in_the_networks_goes_on_on_the_cpu(model, sample, estimate, monkeypatch):
+    """When even the smallest tile or one window does not fit, the work goes on on the
+    model's CPU copy, with a warning, and the result is the same."""
+    image = _mosaic(sample, (300, 300))
+    expected = pipeline.deblur(image, estimate, model, device="cpu", tile_px=256)
+    gpu = _FakeGpu(monkeypatch, budget_px=0, cpu_fallback=True)
+    gpu.hold(model.deblurring.prox[0])
+    with pytest.warns(RuntimeWarning, match="even with 256 px tiles: continuing on the CPU"):
+        restored = pipeline.deblur(image, estimate, model, device="cpu", tile_px=512)
+    np.testing.assert_allclose(restored, expected, rtol=0, atol=1e-4 * np.ptp(expected))
+    assert gpu.fallbacks == 1  # the later tiles went on with the CPU copy
+
+    expected_estimate = pipeline.identify(image, model, device="cpu", tile_px=160)
+    gpu = _FakeGpu(monkeypatch, budget_px=0, cpu_fallback=True)
+    gpu.hold(model.identification)
+    with pytest.warns(RuntimeWarning) as caught:
+        found = pipeline.identify(image, model, device="cpu", tile_px=160)  # 2×2 tiles
+    messages = [str(w.message) for w in caught]
+    assert any("retrying 1 windows at a time" in m for m in messages)
+    assert any("identifying: continuing on the CPU" in m for m in messages)
+    np.testing.assert_allclose(found.coefficients, expected_estimate.coefficients, atol=1e-5)
+    _FakeGpu(monkeypatch, budget_px=0, cpu_fallback=True).hold(model.identification)
+    with pytest.warns(RuntimeWarning, match="identifying: continuing on the CPU"):
+        planes = pipeline.run(
+            pipeline.iter_identify_stack(
+                np.stack([image, image]), model, mode="per-plane", device="cpu", tile_px=160
+            )
+        )
+    np.testing.assert_allclose(planes[0].coefficients, expected_estimate.coefficients, atol=1e-5)
+
+
+def test_out_of_memory_while_identifying_a_field_goes_on_on_the_cpu(tiny_field_model, monkeypatch):
+    image = make_blurred_sample(1, 192)["image"]
+    expected = pipeline.identify(image, tiny_field_model, device="cpu")
+    _FakeGpu(monkeypatch, budget_px=0, cpu_fallback=True).hold(tiny_field_model.identification)
+    with pytest.warns(RuntimeWarning, match="identifying: continuing on the CPU"):
+        found = pipeline.identify(image, tiny_field_model, device="cpu")
+    np.testing.assert_allclose(found.coefficients, expected.coefficients, atol=1e-5)
 
 
 def test_device_helpers():
@@ -278,25 +363,46 @@ def test_precision_helpers():
         assert not torch.is_autocast_enabled("cpu")
 
 
+@pytest.mark.skipif(
+    not devices.bfloat16_available(torch.device("cpu")),
+    reason=str(devices.bfloat16_missing(torch.device("cpu"))),
+)
 def test_bfloat16_networks_agree_with_float32(model, sample):
     """The same image through both precisions: the same PSF (within 30 dB) and restoration
     (within 2 %), float32 results either way."""
-    results, previous = {}, model.precision
-    try:
-        for precision in ("float32", "bfloat16"):
-            model.precision = precision
-            estimate = pipeline.identify(sample, model, device="cpu", augment=False)
-            restored = pipeline.deblur(sample, estimate, model, device="cpu")
-            results[precision] = estimate, restored
-    finally:
-        model.precision = previous
+    results = {}
+    for precision in ("float32", "bfloat16"):
+        at = model.with_precision(precision)
+        estimate = pipeline.identify(sample, at, device="cpu", augment=False)
+        results[precision] = estimate, pipeline.deblur(sample, estimate, at, device="cpu")
     (e32, r32), (e16, r16) = results["float32"], results["bfloat16"]
     assert e16.coefficients.dtype == np.float32 and r16.dtype == np.float32
     assert psf_snr_db(e16.psf, e32.psf) > 30
     assert _relative_error(r16, r32) < 0.02
+    assert model.precision == "float32"  # the fixture's model is not changed by either
+
+
+def test_bfloat16_on_a_cpu_without_it_is_a_sentence(model, sample, monkeypatch):
+    """On a CPU without bfloat16 convolutions (AVX2 only: faked here on every CPU), asking
+    for bfloat16 is one clear error before any work; "auto" runs in float32."""
+    monkeypatch.setattr(devices, "_cpu_bfloat16_convolutions", lambda: False)
+    cpu = torch.device("cpu")
+    assert not devices.native_bfloat16(cpu)
+    assert devices.resolve_precision(cpu, "auto") == "float32"
+    for ask in (lambda: load_model(device="cpu", precision="bfloat16"),
+                lambda: model.with_precision("bfloat16")):  # fmt: skip
+        with pytest.raises(
+            devices.PrecisionError,
+            match=r"bfloat16 is not available: this CPU"
+            r" \(.*\) lacks the AVX-512 .* use precision 'auto' or 'float32'",
+        ):
+            ask()
+    auto = load_model(device="cpu", precision="auto")
+    with auto.inference():
+        assert not torch.is_autocast_enabled("cpu")
+    assert pipeline.identify(sample, auto, device="cpu", augment=False).coefficients.shape == (7,)
     with pytest.raises(ValueError, match="precision must be one of"):
         load_model(device="cpu", precision="half")
-    assert model.precision == previous  # a refused precision changes nothing
 
 
 def test_zarr_in_and_out_match_deblur(model, sample, estimate, tmp_path):

@@ -2,9 +2,10 @@
 
 Identifies and deblurs ``deepblur bench``'s 2048² scene on the GPU without a cap, then
 again with the caching allocator capped (``torch.cuda.set_per_process_memory_fraction``) at
-each CAP_MB, smallest last. Prints, per cap, the warnings the pipeline gave, where the model
-ended up, the time and the largest difference from the uncapped result (relative to its
-range: tiles of another size blend differently, so expect ~1e-3, not 0).
+each CAP_MB, smallest last. Prints, per cap, the warnings the pipeline gave (fewer windows,
+smaller tiles, a CPU copy), the time, the largest difference from the uncapped result
+(relative to its range: tiles of another size blend differently, so expect ~1e-3, not 0),
+and that the caller's model stayed on the GPU.
 Run on a CUDA machine: ``python docs/experiments/gpu_oom.py [CAP_MB,CAP_MB,…]``
 (default 1500,400,150,60)."""
 
@@ -49,6 +50,6 @@ for cap_mb in caps_mb:
         except Exception as exc:  # what a user would see: report it, go on with the next cap
             outcome = f"FAILED: {type(exc).__name__}: {str(exc)[:200]}"
         seconds = time.perf_counter() - start
-    print(f"cap {cap_mb:.0f} MB: {seconds:.2f} s, model on {model.device}, {outcome}")
+    print(f"cap {cap_mb:.0f} MB: {seconds:.2f} s, caller's model on {model.device}, {outcome}")
     for w in caught:
         print(f"  warning: {w.message}")

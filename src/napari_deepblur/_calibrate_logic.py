@@ -58,9 +58,7 @@ class CalibrateRequest:
         if not self.optics.complete:
             raise UserError("give NA, wavelength and pixel size, or the cutoff fc")
         o = self.optics
-        return Microscope(
-            o.na, o.wavelength_nm, o.pixel_size_nm, o.refractive_index or max(1.518, o.na)
-        ).fc
+        return Microscope(o.na, o.wavelength_nm, o.pixel_size_nm, o.refractive_index).fc
 
 
 @dataclass

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .devices import resolve_precision
+from .optics import Microscope
 from .pipeline import DEFAULT_TILE_PX, BlurEstimate, Progress
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -109,9 +110,11 @@ def image_optics(image, optics: dict | None = None) -> tuple[dict, str]:
         if index is not None:
             merged["refractive_index"] = index
         source = "given" if explicit else "from the file"
+        scope = Microscope(merged["na"], merged["wavelength_nm"], merged["pixel_size_nm"],
+                           merged.get("refractive_index"))  # fmt: skip
         text = (
             f"NA {merged['na']}, {merged['wavelength_nm']} nm, "
-            f"{merged['pixel_size_nm']:.4g} nm pixels ({source})"
+            f"{merged['pixel_size_nm']:.4g} nm pixels, {scope.immersion} immersion ({source})"
         )
         return merged, text
     if image.pixel_size_nm:

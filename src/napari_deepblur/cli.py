@@ -69,8 +69,8 @@ def _add_optics_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--refractive-index",
         type=float,
-        default=1.518,
-        help="refractive index of the immersion medium (default 1.518, oil)",
+        help="refractive index of the immersion medium (default: the one the NA implies: "
+        "air up to NA 1, water up to 1.27, oil 1.518 above)",
     )
     g.add_argument(
         "--fc",
@@ -257,7 +257,8 @@ def _add_image_optics_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--refractive-index",
         type=float,
-        help="immersion medium (default: 1.518 when NA > 1, else 1.0)",
+        help="refractive index of the immersion medium (default: the one the NA implies: "
+        "air up to NA 1, water up to 1.27, oil 1.518 above)",
     )
     g.add_argument("--fc", type=float, help="pupil cutoff NA·pixel/λ in cycles/pixel")
 

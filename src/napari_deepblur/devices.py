@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import platform
 
@@ -68,6 +69,12 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
+def can_fall_back_to_cpu(device: torch.device) -> bool:
+    """Whether work that ran ``device`` out of memory can go on on the CPU (a GPU's memory
+    is not the CPU's; on the CPU itself there is nowhere to go)."""
+    return device.type != "cpu"
+
+
 def empty_cache(device: torch.device) -> None:
     """Give cached GPU memory back (after an out-of-memory error)."""
     if device.type == "cuda":
@@ -107,22 +114,68 @@ def cpu_features() -> str:
     return ", ".join([capability, *_bfloat16_cpu_features()])
 
 
+class PrecisionError(ValueError):
+    """A precision the device cannot compute (bfloat16 asked for on a CPU without the
+    instructions PyTorch's bfloat16 convolutions need)."""
+
+
+@functools.cache
+def _cpu_bfloat16_convolutions() -> bool:
+    """Whether this CPU runs a bfloat16 convolution at all: PyTorch's oneDNN path needs
+    AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT and raises elsewhere (e.g. on AVX2-only CPUs).
+    Probed once with a tiny convolution, in the mode the pipeline uses."""
+    with torch.inference_mode(False), torch.no_grad():
+        try:
+            x, weight = torch.ones(1, 2, 5, 5), torch.ones(2, 2, 3, 3)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                torch.nn.functional.conv2d(x, weight, padding=1)
+            return True
+        except RuntimeError:
+            return False
+
+
+def bfloat16_available(device: torch.device) -> bool:
+    """Whether ``device`` can run the networks in bfloat16 at all (natively or emulated)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and _cpu_bfloat16_convolutions()
+
+
+def bfloat16_missing(device: torch.device) -> str | None:
+    """Why ``device`` cannot run the networks in bfloat16, in a sentence; None if it can."""
+    if bfloat16_available(device):
+        return None
+    if device.type == "cuda":
+        return "bfloat16 is not available: this GPU does not support it"
+    if device.type != "cpu":
+        return f"bfloat16 inference needs a CPU or CUDA device, not {device.type}"
+    return (
+        f"bfloat16 is not available: this CPU ({cpu_features()}) lacks the AVX-512 (BW, VL, "
+        "DQ) or AVX-NE-CONVERT instructions PyTorch's bfloat16 convolutions need"
+    )
+
+
 def native_bfloat16(device: torch.device) -> bool:
     """Whether ``device`` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU
     with AVX-512 BF16 or AMX instructions (elsewhere bfloat16 is emulated and slower)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and bool(_bfloat16_cpu_features())
+    return device.type == "cpu" and bool(_bfloat16_cpu_features()) and bfloat16_available(device)
 
 
 def resolve_precision(device: torch.device, precision: str = "auto") -> str:
-    """ "float32" or "bfloat16" for the networks on ``device`` (see :data:`PRECISIONS`)."""
+    """ "float32" or "bfloat16" for the networks on ``device`` (see :data:`PRECISIONS`);
+    :class:`PrecisionError` for bfloat16 on a device that cannot compute it.
+
+    >>> resolve_precision(torch.device("cpu"), "float32")
+    'float32'
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "auto":
         return "bfloat16" if native_bfloat16(device) else "float32"
-    if precision == "bfloat16" and device.type not in ("cpu", "cuda"):
-        raise ValueError(f"bfloat16 inference needs a CPU or CUDA device, not {device.type}")
+    if precision == "bfloat16" and not bfloat16_available(device):
+        raise PrecisionError(f"{bfloat16_missing(device)}; use precision 'auto' or 'float32'")
     return precision
 
 

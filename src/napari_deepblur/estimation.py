@@ -21,8 +21,9 @@ import math
 import numpy as np
 import torch
 
-from . import notices
+from . import devices, notices
 from .devices import empty_cache, is_out_of_memory
+from .models import fall_back_to_cpu
 from .optics import EigenPSFConvolution, ZernikeConvolution
 from .training.train import identification_inputs
 
@@ -99,41 +100,28 @@ def robust_combine(gammas: torch.Tensor, family) -> tuple[torch.Tensor, torch.Te
 
 
 def predict(model, windows: torch.Tensor) -> torch.Tensor:
-    """The identification network on ``windows (N, 1, h, w)`` → ``(N, K)`` float32, on the
-    windows' device. On a GPU out-of-memory error the windows go through in smaller batches,
-    and when even one does not fit, on the CPU (with a warning each time)."""
-    device = windows.device
-    windows = windows.to(model.device)  # the model may have moved to the CPU already
+    """The identification network on ``windows (N, 1, h, w)`` (on the model's device) →
+    ``(N, K)`` float32. On a GPU out-of-memory error the windows go through in smaller
+    batches (with a warning); when even one does not fit, the error is raised (see
+    :func:`window_predictions` for the CPU fallback)."""
     batch = len(windows)
     while True:
         try:
-            network = model.identification
             with model.inference():
-                parts = [network(windows[i : i + batch]) for i in range(0, len(windows), batch)]
-            return torch.cat(parts).float().to(device)
+                parts = [model.identification(windows[i : i + batch])
+                         for i in range(0, len(windows), batch)]  # fmt: skip
+            return torch.cat(parts).float()
         except Exception as exc:
-            if not is_out_of_memory(exc):
+            if not (is_out_of_memory(exc) and batch > 1):
                 raise
-            empty_cache(model.device)
-            if batch > 1:
-                batch //= 2
-                notices.warn(
-                    f"out of memory on {model.device} identifying: retrying {batch} windows "
-                    "at a time",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-            elif model.device.type != "cpu":
-                notices.warn(
-                    f"out of memory on {model.device} even for one window: continuing on the CPU",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                model.to("cpu")
-                batch = len(windows)
-                windows = windows.cpu()
-            else:
-                raise
+        # out of the except clause: the failed batch's activations are freed
+        empty_cache(model.device)
+        batch //= 2
+        notices.warn(
+            f"out of memory on {model.device} identifying: retrying {batch} windows at a time",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
 @functools.lru_cache(maxsize=8)
@@ -165,9 +153,22 @@ def window_predictions(
     augment: bool = True,
     max_evaluations: int = MAX_EVALUATIONS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The identification network's parameters ``(N, K)`` (in ``family``'s units) for the
-    windows of one image ``(H, W)`` at the model's sampling, and each window's centre
-    ``(N, 2)`` (``y, x`` in pixels of ``image``); flipped copies come after the originals."""
+    """The identification network's parameters ``(N, K)`` (in ``family``'s units, on the
+    CPU) for the windows of one image ``(H, W)`` at the model's sampling, and each window's
+    centre ``(N, 2)`` (``y, x`` in pixels of ``image``); flipped copies come after the
+    originals. Computed on the model's device; when that runs out of memory, on the CPU
+    (:func:`~napari_deepblur.models.fall_back_to_cpu`)."""
+    try:
+        return _window_predictions(model, image.to(model.device), family, augment,
+                                   max_evaluations)  # fmt: skip
+    except Exception as exc:
+        if not (is_out_of_memory(exc) and devices.can_fall_back_to_cpu(model.device)):
+            raise
+    cpu_model = fall_back_to_cpu(model, "identifying")
+    return _window_predictions(cpu_model, image.cpu(), family, augment, max_evaluations)
+
+
+def _window_predictions(model, image, family, augment, max_evaluations):
     network = model.identification
     window = max(network.config.min_size, min(network.config.training_px, *image.shape))
     window = min(window, *image.shape)
@@ -196,7 +197,7 @@ def window_predictions(
         predicted = predict(model, dihedral(y_n, k)) * family.parameter_scale  # (N, K)
         if k:  # back to the original orientation: γ = M_k⁻¹ γ'
             predicted = torch.linalg.solve(mats[k].to(predicted), predicted.T).T
-        predictions.append(predicted)
+        predictions.append(predicted.cpu())
     return torch.cat(predictions), centres.repeat(copies, 1)
 
 

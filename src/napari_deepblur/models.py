@@ -8,16 +8,26 @@ reachable by name (:func:`list_models`); nothing is ever downloaded.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+import threading
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from .devices import convolution_layout, inference_autocast, resolve_device, resolve_precision
+from . import notices
+from .devices import (
+    bfloat16_available,
+    convolution_layout,
+    empty_cache,
+    inference_autocast,
+    resolve_device,
+    resolve_precision,
+)
 from .nets import DeblurringConfig, DeblurringNetwork, IdentificationConfig, IdentificationNetwork
 from .optics import OperatorFamily, family_from_state
 
@@ -31,12 +41,18 @@ class ModelFileError(ValueError):
     """A model file that cannot be used: corrupt, truncated, or of another format."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class DeepBlurModel:
     """An operator family with its identification and deblurring networks.
 
     ``fc`` (cycles/pixel) is the sampling the networks were trained at; images with another
-    sampling are resampled to it by the pipeline.
+    sampling are resampled to it by the pipeline. ``precision``: the networks' arithmetic at
+    inference, one of :data:`~napari_deepblur.devices.PRECISIONS`.
+
+    A model is a value: nothing its holder did not ask for changes it. :meth:`to` and
+    :meth:`with_precision` return other models and leave this one as it is; the networks of
+    a model from :func:`load_model` are shared between its holders and frozen (no
+    gradients; train a :func:`trainable_copy`).
     """
 
     family: OperatorFamily
@@ -46,20 +62,40 @@ class DeepBlurModel:
     name: str = "unsaved"
     path: Path | None = None
     card: dict = field(default_factory=dict)
-    #: arithmetic of the networks at inference, one of :data:`~napari_deepblur.devices.PRECISIONS`
     precision: str = "auto"
+    #: for loaded models: their networks by device, shared by every handle of one file
+    _placements: dict | None = field(default=None, repr=False, compare=False)
 
     def to(self, device) -> DeepBlurModel:
-        """Both networks on ``device``, in its fastest convolution layout
-        (:func:`~napari_deepblur.devices.convolution_layout`)."""
+        """This model on ``device``: itself when its networks are there, else a model with
+        copies of them there, in the device's fastest convolution layout
+        (:func:`~napari_deepblur.devices.convolution_layout`); a loaded model's copies are
+        made once per device. The precision is kept where the device computes it (a
+        bfloat16 model copied to a CPU without bfloat16 runs at "auto")."""
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
-        layout = convolution_layout(device)
-        for network in (self.identification, self.deblurring):
-            if network is not None and not _placed(network, device, layout):
-                network.to(device, memory_format=layout)
-        return self
+        if self.device == device:
+            return self
+        if self._placements is None:  # a model built by its holder: a copy every time
+            networks = _copies_on(device, self.identification, self.deblurring)
+        else:
+            with _PLACEMENT_LOCK:
+                if str(device) not in self._placements:
+                    first = next(iter(self._placements.values()))
+                    self._placements[str(device)] = _copies_on(device, *first)
+                networks = self._placements[str(device)]
+        precision = self.precision
+        if precision == "bfloat16" and not bfloat16_available(device):
+            precision = "auto"
+        return replace(self, identification=networks[0], deblurring=networks[1],
+                       precision=precision)  # fmt: skip
+
+    def with_precision(self, precision: str) -> DeepBlurModel:
+        """This model with its networks to run at ``precision`` (checked now, rather than
+        mid-run: :class:`~napari_deepblur.devices.PrecisionError` where the device cannot)."""
+        resolve_precision(self.device, precision)
+        return replace(self, precision=precision)
 
     @property
     def device(self) -> torch.device:
@@ -86,15 +122,37 @@ class DeepBlurModel:
         }
 
 
-def _placed(network: torch.nn.Module, device: torch.device, layout) -> bool:
-    """Whether ``network``'s weights are already on ``device`` in ``layout``: the pipeline
-    calls :meth:`DeepBlurModel.to` on every image, and ``Module.to`` walks every parameter
-    (about 10 ms per call for the shipped networks on a 2-core CPU)."""
-    weights = [p for p in network.parameters() if p.dim() == 4]
-    return all(
-        p.device == device and p.is_contiguous(memory_format=layout)
-        for p in weights[:1] + weights[-1:]
+_PLACEMENT_LOCK = threading.Lock()
+
+
+def _copies_on(device: torch.device, *networks):
+    """Copies of ``networks`` (None stays None) on ``device`` in its convolution layout."""
+    layout = convolution_layout(device)
+    return tuple(
+        None if network is None else copy.deepcopy(network).to(device, memory_format=layout)
+        for network in networks
     )
+
+
+def fall_back_to_cpu(model: DeepBlurModel, what: str) -> DeepBlurModel:
+    """``model``'s CPU copy, to go on with after its GPU ran out of memory ``what`` (e.g.
+    "identifying"), with a warning; the caller's model stays where it is. Call it outside
+    the ``except`` clause: the failed attempt's tensors, which its traceback holds, must be
+    freed first."""
+    empty_cache(model.device)
+    cpu_model = model.to("cpu")
+    precision = resolve_precision(cpu_model.device, cpu_model.precision)
+    notices.warn(
+        f"out of memory on {model.device} {what}: continuing on the CPU ({precision})",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return cpu_model
+
+
+def trainable_copy(network: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a (possibly shared, frozen) network to train: gradients on, training mode."""
+    return copy.deepcopy(network).requires_grad_(True).train()
 
 
 def save_model(model: DeepBlurModel, path: str | Path, card: dict | None = None) -> Path:
@@ -179,21 +237,27 @@ def resolve_model_path(name_or_path: str | Path | None) -> Path:
 def load_model(
     name_or_path: str | Path | None = None,
     device: str | torch.device = "cpu",
-    precision: str | None = None,
+    precision: str = "auto",
 ) -> DeepBlurModel:
     """Load a shipped model by name (default ``zernike-default``) or a model file by path,
     on ``device`` ("cpu", "cuda", "mps" or "auto"), in eval mode, its networks to run at
-    ``precision`` ("auto", the initial setting: bfloat16 where the device computes it
-    natively; "float32"; "bfloat16"; None: as it is). Cached per file: like the device, the
-    precision is that of the last call that set it."""
+    ``precision`` ("auto": bfloat16 where the device computes it natively; "float32";
+    "bfloat16"). Files are read once; every call returns a model of its own (the networks,
+    frozen, are shared per device), which no later call changes.
+
+    >>> model = load_model(precision="float32")
+    >>> model.name, model.fc, model.device.type, model.precision
+    ('zernike-default', 0.2, 'cpu', 'float32')
+    >>> load_model(device="cpu").precision  # the first model is not changed by it
+    'auto'
+    """
     path = resolve_model_path(name_or_path).resolve()
     stat = path.stat()
-    model = _load_cached(str(path), stat.st_mtime_ns, stat.st_size)
-    model.to(resolve_device(device))
-    if precision is not None:
-        resolve_precision(model.device, precision)  # a clear error now rather than mid-run
-        model.precision = precision
-    return model
+    model = _load_cached(str(path), stat.st_mtime_ns, stat.st_size).to(resolve_device(device))
+    if precision is None:  # the former "as it is": the file's models start at "auto"
+        precision = "auto"
+    model = model.with_precision(precision)
+    return replace(model, card=copy.deepcopy(model.card))
 
 
 def _read_file(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
@@ -255,7 +319,12 @@ def _load_cached(path: str, mtime_ns: int, size: int) -> DeepBlurModel:
     if config.get("deblurring"):
         deblurring = DeblurringNetwork(DeblurringConfig.from_dict(config["deblurring"]))
         deblurring.load_state_dict(_part(tensors, "deblurring"))
-    name = path.stem
+    layout = convolution_layout(torch.device("cpu"))
+    networks = tuple(
+        None if network is None else network.to(memory_format=layout).requires_grad_(False).eval()
+        for network in (identification, deblurring)
+    )
     return DeepBlurModel(
-        family, identification, deblurring, float(config["fc"]), name, path, card
-    ).eval()
+        family, *networks, float(config["fc"]), path.stem, path, card,
+        _placements={"cpu": networks},
+    )  # fmt: skip

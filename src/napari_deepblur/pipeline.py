@@ -15,8 +15,13 @@ agree. A GPU out-of-memory error while deblurring retries with half-size tiles, 
 CPU (with a warning).
 
     >>> import napari_deepblur as ndb
-    >>> est = ndb.identify(image, pixel_size_nm=74, na=1.4, wavelength_nm=520)  # doctest: +SKIP
-    >>> restored = ndb.deblur(image, est)                                        # doctest: +SKIP
+    >>> from napari_deepblur._sample_data import make_blurred_sample
+    >>> image = make_blurred_sample(seed=0, size=128)["image"]
+    >>> est = ndb.identify(image, pixel_size_nm=74, na=1.4, wavelength_nm=520, device="cpu")
+    >>> est.noll_indices, round(est.fc, 4), est.optics["refractive_index"]
+    ((4, 5, 6, 7, 8, 9, 10), 0.1992, 1.518)
+    >>> ndb.deblur(image, est, device="cpu").shape
+    (128, 128)
 """
 
 from __future__ import annotations
@@ -28,13 +33,13 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import torch
 
-from . import notices
+from . import devices, notices
 from .devices import empty_cache, is_out_of_memory, resolve_device
 from .estimation import identify_in_windows
 from .field_estimation import fit_field, read_windows
 from .fieldmap import FieldEstimate, cell_centres
 from .intensity import ConstantImageError, check_contrast, denormalize, normalize, robust_range
-from .models import DeepBlurModel, load_model
+from .models import DeepBlurModel, fall_back_to_cpu, load_model
 from .optics import (
     Convolution,
     Microscope,
@@ -292,8 +297,7 @@ def image_fc(
     if any(optics_given):
         if not all(optics_given):
             raise ValueError("give all three of pixel_size_nm, na and wavelength_nm (or fc)")
-        n = refractive_index if refractive_index is not None else max(1.0, 1.518 if na > 1 else 1.0)
-        scope = Microscope(na, wavelength_nm, pixel_size_nm, n)
+        scope = Microscope(na, wavelength_nm, pixel_size_nm, refractive_index)
         return scope.fc, scope.to_dict()
     return model_fc, None
 
@@ -947,33 +951,30 @@ def _deblur_tile(
 
 def _deblur_tile_or_fall_back(
     tile, setup, estimate, model, tile_px: int, origin=(0, 0)
-) -> np.ndarray:
-    """:func:`_deblur_tile`; on an out-of-memory error, smaller tiles, then the CPU."""
+) -> tuple[np.ndarray, DeepBlurModel]:
+    """``(deblurred tile, the model that did it)``: :func:`_deblur_tile`; when the GPU runs
+    out of memory, in smaller tiles, then on the model's CPU copy (with a warning each
+    time; the caller goes on with the model returned)."""
     try:
-        return _deblur_tile(tile, setup, estimate, model, origin)
+        return _deblur_tile(tile, setup, estimate, model, origin), model
     except Exception as exc:
-        if not is_out_of_memory(exc):
+        smaller = tile_px // 2 >= MIN_FALLBACK_TILE_PX and max(tile.shape) > tile_px // 2
+        if not (is_out_of_memory(exc) and (smaller or devices.can_fall_back_to_cpu(model.device))):
             raise
-        empty_cache(model.device)
-        if tile_px // 2 >= MIN_FALLBACK_TILE_PX:
-            notices.warn(
-                f"out of memory on {model.device} with {tile_px} px tiles: "
-                f"retrying with {tile_px // 2} px tiles",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            out = np.empty(tile.shape, np.float32)
-            run(_iter_tiles(tile, out, setup, estimate, model, tile_px // 2, origin))
-            return out
-        if model.device.type == "cpu":
-            raise
-        notices.warn(
-            f"out of memory on {model.device} even with {tile_px} px tiles: continuing on the CPU",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        model.to("cpu")
-        return _deblur_tile(tile, setup, estimate, model, origin)
+    # out of the except clause: the failed attempt's tensors, held by its traceback, are freed
+    empty_cache(model.device)
+    if not smaller:
+        cpu_model = fall_back_to_cpu(model, f"even with {tile_px} px tiles")
+        return _deblur_tile(tile, setup, estimate, cpu_model, origin), cpu_model
+    notices.warn(
+        f"out of memory on {model.device} with {tile_px} px tiles: "
+        f"retrying with {tile_px // 2} px tiles",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    out = np.empty(tile.shape, np.float32)
+    model = run(_iter_tiles(tile, out, setup, estimate, model, tile_px // 2, origin))
+    return out, model
 
 
 def _store_rows(out, top: int, rows: np.ndarray) -> None:
@@ -985,10 +986,11 @@ def _store_rows(out, top: int, rows: np.ndarray) -> None:
 
 def _iter_tiles(
     source, out, setup: DeblurSetup, estimate, model: DeepBlurModel, tile_px: int, origin=(0, 0)
-) -> Generator[Progress, None, None]:
+) -> Generator[Progress, None, DeepBlurModel]:
     """Deblur a 2D ``source`` into ``out`` (same shape; any array-likes that slice like
     NumPy: ndarray, memmap, zarr) tile by tile, with blended overlaps. ``origin``: where
-    ``source`` starts in the image the estimate is of (pixels).
+    ``source`` starts in the image the estimate is of (pixels). Returns the model the last
+    tile ran on (``model``, or its CPU copy after an out-of-memory fallback).
 
     Memory stays bounded: only one band of tiles (``tile`` rows × the width) is accumulated;
     rows that no later tile touches are written to ``out`` as soon as their band is done.
@@ -1009,7 +1011,7 @@ def _iter_tiles(
                 new_weight[: acc_bottom - top] = weight[top - acc_top :]
             acc, weight, acc_top, acc_bottom = new_acc, new_weight, top, bottom
             for left, right in cols:
-                x = _deblur_tile_or_fall_back(
+                x, model = _deblur_tile_or_fall_back(
                     _read_tile(source, (top, bottom), (left, right)),
                     setup,
                     estimate,
@@ -1024,6 +1026,7 @@ def _iter_tiles(
                 yield Progress(done, total, f"deblurred tile {done} of {total}")
             finished = (rows[r + 1][0] if r + 1 < len(rows) else h) - top
             _store_rows(out, top, acc[:finished] / weight[:finished])
+    return model
 
 
 def iter_deblur_into(

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from napari_deepblur import devices
 from napari_deepblur.nets import fused
 from napari_deepblur.nets.blocks import BasicBlock, ResidualBlock, ResidualUNet
 from napari_deepblur.nets.identification import IdentificationConfig, IdentificationNetwork
@@ -54,18 +55,31 @@ def test_fused_blocks_equal_the_plain_blocks_in_float32(block):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_networks_fused_in_float32_and_bfloat16():
-    """A whole U-Net and identification network: float32 equal to rounding; under bfloat16
-    autocast, as close to float32 as the plain bfloat16 path is."""
+def _networks_and_inputs():
+    """A whole U-Net and identification network with inputs for them."""
     unet = _trained_looking(ResidualUNet((8, 16)))
     config = IdentificationConfig(widths=(8, 16), blocks=(1, 1), spectrum_widths=(8, 16))
     identification = _trained_looking(IdentificationNetwork(config), seed=2)
     generator = torch.Generator().manual_seed(3)
     z, sigma = torch.rand(1, 1, 64, 64, generator=generator), torch.full((1, 1, 64, 64), 0.05)
     windows = torch.rand(3, 1, 128, 128, generator=generator)
-    for network, inputs in ((unet, (z, sigma)), (identification, (windows,))):
+    return (unet, (z, sigma)), (identification, (windows,))
+
+
+def test_networks_fused_in_float32():
+    for network, inputs in _networks_and_inputs():
         reference = _plain(network, *inputs)
         torch.testing.assert_close(_fused(network, *inputs), reference, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(
+    not devices.bfloat16_available(torch.device("cpu")),
+    reason=str(devices.bfloat16_missing(torch.device("cpu"))),
+)
+def test_networks_fused_in_bfloat16():
+    """Under bfloat16 autocast, as close to float32 as the plain bfloat16 path is."""
+    for network, inputs in _networks_and_inputs():
+        reference = _plain(network, *inputs)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             plain_error = (_plain(network, *inputs).float() - reference).abs().max()
             fused_error = (_fused(network, *inputs).float() - reference).abs().max()

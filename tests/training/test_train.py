@@ -95,3 +95,32 @@ def test_the_identification_sees_the_same_normalised_image_as_the_deblurring():
     torch.testing.assert_close((low, scale), (low_full, scale_full))
     # normalised by a robust range: the bulk of the pixels lies in [0, 1]
     assert 0.9 < float(((y_n >= 0) & (y_n <= 1)).float().mean()) <= 1
+
+
+def test_training_from_a_shipped_model_leaves_it_unchanged(tmp_path):
+    """Fine-tuning starts from copies: the shipped model's shared, frozen networks (and
+    what every other holder of it runs) are the same after a training step."""
+    from napari_deepblur.models import load_model
+    from napari_deepblur.training.run import TrainOptions, train_model
+
+    shipped = load_model("zernike-default")
+    before = {k: v.clone() for k, v in shipped.identification.state_dict().items()}
+    path = train_model(
+        TrainOptions(
+            out=tmp_path,
+            stage="identification",
+            identification_from="zernike-default",
+            identification_steps=1,
+            batch_size=2,
+            lr=1.0,  # a step that would show
+            bank_size=64,
+            device="cpu",
+            quiet=True,
+        )
+    )
+    trained = load_model(path).identification.state_dict()
+    after = load_model("zernike-default").identification.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert any(not torch.allclose(before[k].float(), trained[k].float(), atol=1e-2)
+               for k in before if before[k].is_floating_point())  # fmt: skip
+    assert not any(p.requires_grad for p in shipped.identification.parameters())

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..devices import device_name, resolve_device
-from ..models import DeepBlurModel, load_family, load_model, save_model
+from ..models import DeepBlurModel, load_family, load_model, save_model, trainable_copy
 from ..nets import (
     DeblurringConfig,
     DeblurringNetwork,
@@ -171,8 +171,7 @@ def train_model(opts: TrainOptions) -> Path:
         source = load_model(opts.deblurring_from)
         if source.deblurring is None:
             raise ValueError(f"{opts.deblurring_from} has no deblurring network")
-        deblurring = DeblurringNetwork(source.deblurring.config)
-        deblurring.load_state_dict(source.deblurring.state_dict())
+        deblurring = trainable_copy(source.deblurring)
         dn_cfg = deblurring.config
         deblurring_initialised_from = {
             "file": str(opts.deblurring_from),
@@ -198,7 +197,7 @@ def train_model(opts: TrainOptions) -> Path:
         reader = isinstance(family, ProductConvolution) and opts.stage == "deblurring"
         if source.family.config() in (in_family.config(), family.config()):
             # the same family (or a model of it, whose IN reads its local weights): as it is
-            identification = source.identification.train()
+            identification = trainable_copy(source.identification)
         elif reader:  # its network reads local kernels of its own family, as it is
             if abs(source.fc - fc) > 1e-6 or source.family.kernel_size != family.kernel_size:
                 raise ValueError(
@@ -206,7 +205,7 @@ def train_model(opts: TrainOptions) -> Path:
                     f"{source.family.kernel_size} px kernels, the family at fc {fc} with "
                     f"{family.kernel_size} px: it cannot read this family's local PSFs"
                 )
-            identification = source.identification
+            identification = trainable_copy(source.identification)
             in_family = source.family
             family.local_reader = source.family.config()
         else:  # another family: start from its features, with a new output layer
