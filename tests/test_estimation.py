@@ -71,3 +71,21 @@ def test_out_of_memory_retries_in_smaller_batches(monkeypatch):
     monkeypatch.setattr(network, "forward", never)
     with pytest.warns(RuntimeWarning), pytest.raises(torch.cuda.OutOfMemoryError):
         ndb.identify(image, model=model, augment=False)  # on the CPU already: nowhere to go
+
+
+def test_all_windows_and_their_copies_go_through_the_network_in_one_pass():
+    """One forward pass per tile, whatever the number of windows and flipped copies (on a
+    GPU every extra pass costs its launches; the windows are chosen on the CPU)."""
+    import napari_deepblur as ndb
+    from napari_deepblur._sample_data import make_blurred_sample
+
+    model = ndb.load_model()
+    batches = []
+    hook = model.identification.register_forward_hook(
+        lambda module, args, output: batches.append(len(args[0]))
+    )
+    try:
+        ndb.identify(make_blurred_sample(seed=1, size=256)["image"], model=model)
+    finally:
+        hook.remove()
+    assert len(batches) == 1 and batches[0] > 9  # 3 × 3 windows, each in several copies

@@ -81,10 +81,10 @@ def window_starts(length: int, window: int) -> list[int]:
 
 
 def align_signs(gammas: torch.Tensor, family, reference: torch.Tensor) -> torch.Tensor:
-    """Each row of ``gammas (N, K)`` replaced by its equivalent closest to ``reference``."""
-    variants = torch.stack(
-        [torch.stack(family.equivalent_parameters(g)) for g in gammas]
-    )  # (N, E, K)
+    """Each row of ``gammas (N, K)`` replaced by its equivalent closest to ``reference``
+    (``(K,)``, or one row per row of ``gammas``)."""
+    variants = torch.stack(family.equivalent_parameters(gammas), dim=1)  # (N, E, K)
+    reference = reference[:, None] if reference.dim() == 2 else reference
     best = ((variants - reference) ** 2).sum(-1).argmin(-1)
     return variants[torch.arange(len(gammas)), best]
 
@@ -156,21 +156,32 @@ def window_predictions(
     """The identification network's parameters ``(N, K)`` (in ``family``'s units, on the
     CPU) for the windows of one image ``(H, W)`` at the model's sampling, and each window's
     centre ``(N, 2)`` (``y, x`` in pixels of ``image``); flipped copies come after the
-    originals. Computed on the model's device; when that runs out of memory, on the CPU
+    originals.
+
+    The windows are cut, normalised and chosen on the CPU and go to the model's device as
+    one batch, through one forward pass, and back in one copy: on a GPU the pass is not held
+    up by small kernels and reads back. When the device runs out of memory (even for one
+    window at a time), the network runs on the model's CPU copy
     (:func:`~napari_deepblur.models.fall_back_to_cpu`)."""
+    windows, centres, copies = _chosen_windows(
+        model.identification.config, image.cpu(), family, augment, max_evaluations
+    )
     try:
-        return _window_predictions(model, image.to(model.device), family, augment,
-                                   max_evaluations)  # fmt: skip
+        predicted = predict(model, windows.to(model.device)).cpu()
     except Exception as exc:
         if not (is_out_of_memory(exc) and devices.can_fall_back_to_cpu(model.device)):
             raise
-    cpu_model = fall_back_to_cpu(model, "identifying")
-    return _window_predictions(cpu_model, image.cpu(), family, augment, max_evaluations)
+        predicted = None  # out of the except clause: the failed pass's memory is freed
+    if predicted is None:
+        predicted = predict(fall_back_to_cpu(model, "identifying"), windows)
+    return _to_original_orientation(predicted, family, copies), centres.repeat(copies, 1)
 
 
-def _window_predictions(model, image, family, augment, max_evaluations):
-    network = model.identification
-    window = max(network.config.min_size, min(network.config.training_px, *image.shape))
+def _chosen_windows(config, image: torch.Tensor, family, augment: bool, max_evaluations: int):
+    """``(windows (copies·N, 1, w, w), centres (N, 2), copies)``: the normalised windows
+    of ``image`` with enough contrast, at most ``max_evaluations`` with their dihedral
+    copies, the originals first. ``config``: the identification network's."""
+    window = max(config.min_size, min(config.training_px, *image.shape))
     window = min(window, *image.shape)
     positions = [
         (t, l)
@@ -181,24 +192,27 @@ def _window_predictions(model, image, family, augment, max_evaluations):
     centres = torch.tensor(positions, dtype=torch.float32) + (window - 1) / 2
     y_n, _, contrast = identification_inputs(crops)
     contrast = contrast.flatten()
-    keep = (contrast >= MIN_RELATIVE_CONTRAST * contrast.max()).cpu()
-    y_n, centres = y_n[keep.to(y_n.device)], centres[keep]
+    keep = contrast >= MIN_RELATIVE_CONTRAST * contrast.max()
+    y_n, centres = y_n[keep], centres[keep]
     if len(y_n) > max_evaluations:
         pick = torch.as_tensor(
             np.unique(np.linspace(0, len(y_n) - 1, max_evaluations).round().astype(int))
         )
-        y_n, centres = y_n[pick.to(y_n.device)], centres[pick]
-    mats = transform_matrices(family) if augment else None
+        y_n, centres = y_n[pick], centres[pick]
     copies = 1
-    if mats is not None:
+    if augment and transform_matrices(family) is not None:
         copies = 2 ** int(math.log2(max(1, min(8, max_evaluations // len(y_n)))))
-    predictions = []
-    for k in range(copies):
-        predicted = predict(model, dihedral(y_n, k)) * family.parameter_scale  # (N, K)
-        if k:  # back to the original orientation: γ = M_k⁻¹ γ'
-            predicted = torch.linalg.solve(mats[k].to(predicted), predicted.T).T
-        predictions.append(predicted.cpu())
-    return torch.cat(predictions), centres.repeat(copies, 1)
+    return torch.cat([dihedral(y_n, k) for k in range(copies)]), centres, copies
+
+
+def _to_original_orientation(predicted: torch.Tensor, family, copies: int) -> torch.Tensor:
+    """Network outputs ``(copies·N, K)`` for the dihedral copies of N windows → the
+    parameters of the windows themselves, in ``family``'s units (``γ = M_k⁻¹ γ'``)."""
+    predicted = (predicted * family.parameter_scale).reshape(copies, -1, predicted.shape[-1])
+    if copies > 1:
+        mats = transform_matrices(family)[:copies]  # (copies, K, K)
+        predicted = torch.linalg.solve(mats, predicted.transpose(1, 2)).transpose(1, 2)
+    return predicted.reshape(-1, predicted.shape[-1])
 
 
 def identify_in_windows(

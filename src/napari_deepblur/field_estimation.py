@@ -49,11 +49,11 @@ class WindowReadings:
 def read_windows(model, tile: torch.Tensor, reader, augment: bool, origin, shape) -> WindowReadings:
     """Readings of the windows of one tile ``(h, w)`` whose top-left pixel is ``origin`` in
     an image of ``shape`` (both at the model's sampling)."""
-    predicted, centre = window_predictions(model, tile.to(model.device), reader, augment)
+    predicted, centre = window_predictions(model, tile, reader, augment)
     windows = len(torch.unique(centre, dim=0))
     centre = centre[:windows] + torch.tensor(origin, dtype=centre.dtype)
     positions = centre / torch.tensor([max(n - 1, 1) for n in shape], dtype=centre.dtype)
-    return WindowReadings(predicted.cpu().reshape(-1, windows, predicted.shape[-1]), positions)
+    return WindowReadings(predicted.reshape(-1, windows, predicted.shape[-1]), positions)
 
 
 def fit_field(family: ProductConvolution, reader, readings: list[WindowReadings]) -> torch.Tensor:

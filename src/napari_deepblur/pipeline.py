@@ -35,7 +35,7 @@ import torch
 
 from . import devices, notices
 from .devices import empty_cache, is_out_of_memory, resolve_device
-from .estimation import identify_in_windows
+from .estimation import identify_in_windows, robust_combine
 from .field_estimation import fit_field, read_windows
 from .fieldmap import FieldEstimate, cell_centres
 from .intensity import ConstantImageError, check_contrast, denormalize, normalize, robust_range
@@ -429,11 +429,10 @@ def iter_identify(
     rows, cols = (_identify_tiles(n, tile_px) for n in y.shape)
     total = len(rows) * len(cols) + int(refine)
     estimates, tiles = [], []
-    dev = model.device
     yield Progress(0, total, f"identifying {total} tile(s)")  # a first chance to cancel
     with torch.no_grad():
         for i, ((top, bottom), (left, right)) in enumerate((r, c) for r in rows for c in cols):
-            tile = torch.from_numpy(y[top:bottom, left:right]).to(dev)
+            tile = torch.from_numpy(y[top:bottom, left:right])
             gamma, spread = identify_in_windows(model, tile, augment)
             estimates.append((gamma, spread))
             h, w = tile.shape
@@ -446,21 +445,13 @@ def iter_identify(
             )
             yield Progress(i + 1, total, f"identified tile {i + 1} of {total}")
     family = model.family
-    gammas = torch.stack([g for g, _ in estimates])
-    reference = gammas[0]
-    gammas = torch.stack(
-        [
-            min(family.equivalent_parameters(g), key=lambda v: float(((v - reference) ** 2).sum()))
-            for g in gammas
-        ]
-    )
-    gamma = gammas.median(0).values if len(gammas) > 2 else gammas.mean(0)
+    gamma, across_tiles = robust_combine(torch.stack([g for g, _ in estimates]), family)
     spreads = [s for _, s in estimates if s is not None]
     uncertainty = torch.stack(spreads).mean(0) if spreads else None
-    if len(gammas) > 1:
-        uncertainty = (
-            torch.maximum(uncertainty, gammas.std(0)) if uncertainty is not None else gammas.std(0)
-        )
+    if across_tiles is not None and uncertainty is not None:
+        uncertainty = torch.maximum(uncertainty, across_tiles)
+    elif across_tiles is not None:
+        uncertainty = across_tiles
     if isinstance(family, ZernikeConvolution):
         gamma = family.canonical(gamma)
         for t in tiles:
@@ -1187,14 +1178,7 @@ def combine_estimates(estimates: list[BlurEstimate], model=None) -> BlurEstimate
     else:  # a name or path (default: the shipped model); its family only
         family = load_model(model, device=resolve_device("auto")).family
     gammas = torch.stack([torch.as_tensor(e.coefficients, dtype=torch.float32) for e in estimates])
-    reference = gammas[0]
-    gammas = torch.stack(
-        [
-            min(family.equivalent_parameters(g), key=lambda v: float(((v - reference) ** 2).sum()))
-            for g in gammas
-        ]
-    )
-    gamma = gammas.median(0).values if len(gammas) > 2 else gammas.mean(0)
+    gamma, _ = robust_combine(gammas, family)
     if isinstance(family, ZernikeConvolution):
         gamma = family.canonical(gamma)
     spread = gammas.std(0)

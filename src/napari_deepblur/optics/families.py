@@ -145,12 +145,11 @@ class ZernikeConvolution(_KernelFamily):
         Both give the same in-focus PSF; the sign is set by the first even term (defocus in
         the default family), so reported coefficients are unique.
         """
-        even = self.even_mask.to(gamma)
-        first_even = int(torch.nonzero(even)[0]) if even.any() else None
-        if first_even is None:
+        evens = [i for i, j in enumerate(self.noll_indices) if is_even_order(j)]
+        if not evens:
             return gamma
-        flip = (gamma[..., first_even : first_even + 1] < 0).to(gamma.dtype)
-        return gamma * (1 - 2 * flip * even)
+        flip = (gamma[..., evens[0] : evens[0] + 1] < 0).to(gamma.dtype)
+        return gamma * (1 - 2 * flip * self.even_mask.to(gamma))
 
     def config(self):
         return {
