@@ -996,7 +996,25 @@ def _add_train(sub) -> None:
     )
     p.add_argument("--crop", type=int, default=d.crop, help="training crop, px")
     p.add_argument("--bank-size", type=int, default=d.bank_size, help="sharp images kept")
-    p.add_argument("--images", help="folder of your own sharp images (TIFF/PNG) to train on")
+    p.add_argument(
+        "--images",
+        nargs="+",
+        help="folder(s) of real sharp images (TIFF/PNG/JPEG) to train on",
+    )
+    p.add_argument(
+        "--real-fraction",
+        type=float,
+        default=d.real_fraction,
+        help="with --images: the share of the image bank cut from them, the rest synthetic "
+        "(default 1: all)",
+    )
+    p.add_argument(
+        "--train-layers",
+        type=lambda text: tuple(t for t in text.split(",") if t),
+        default=d.train_layers,
+        help="train only these identification layers (name prefixes, e.g. "
+        "image_stages.3,spectrum_stages.2,head: a fine-tune that fits a CPU); default all",
+    )
     p.add_argument("--kind", choices=("mixed", "dead_leaves", "fluorescence"), default=d.kind)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
@@ -1027,7 +1045,9 @@ def _run_train(args: argparse.Namespace) -> int:
             deblurring_widths=tuple(args.deblurring_widths) if args.deblurring_widths else None,
             crop=args.crop,
             bank_size=args.bank_size,
-            images=Path(args.images) if args.images else None,
+            images=tuple(Path(f) for f in args.images) if args.images else None,
+            real_fraction=args.real_fraction,
+            train_layers=args.train_layers,
             kind=args.kind,
             seed=args.seed,
             device=args.device,

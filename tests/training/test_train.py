@@ -124,3 +124,54 @@ def test_training_from_a_shipped_model_leaves_it_unchanged(tmp_path):
     assert any(not torch.allclose(before[k].float(), trained[k].float(), atol=1e-2)
                for k in before if before[k].is_floating_point())  # fmt: skip
     assert not any(p.requires_grad for p in shipped.identification.parameters())
+
+
+def test_fine_tuning_the_last_layers_on_real_and_synthetic_images(tmp_path):
+    """``--train-layers`` trains only those layers (frozen batch norms keep their
+    statistics) and ``--images … --real-fraction`` mixes real crops with synthetic scenes."""
+    import numpy as np
+    import pytest
+    import tifffile
+
+    from napari_deepblur.models import load_model
+    from napari_deepblur.training.run import TrainOptions, train_model
+    from napari_deepblur.training.train import freeze_all_but
+
+    folders = [tmp_path / "natural", tmp_path / "microscopy"]
+    rng = np.random.default_rng(0)
+    for folder in folders:
+        folder.mkdir()
+        tifffile.imwrite(folder / "a.tif", rng.random((150, 170)).astype(np.float32))
+    bank = make_image_bank(8, 64, seed=0, folder=folders, real_fraction=0.5, workers=1)
+    real, synthetic = bank[:4].float(), bank[4:].float()
+    assert real.std() > 0.2 and bank.shape == (8, 64, 64)  # uniform noise crops
+    assert not torch.equal(synthetic, make_image_bank(4, 64, seed=1, workers=1).float())
+    with pytest.raises(ValueError, match="no layer named nope"):
+        freeze_all_but(IdentificationNetwork(), ["nope"])
+
+    path = train_model(
+        TrainOptions(
+            out=tmp_path / "run",
+            stage="identification",
+            identification_from="zernike-default",
+            identification_steps=2,
+            batch_size=4,
+            lr=1.0,
+            bank_size=64,
+            images=tuple(folders),
+            real_fraction=0.5,
+            train_layers=("image_stages.3", "head"),
+            device="cpu",
+            quiet=True,
+        )
+    )
+    trained = load_model(path)
+    shipped = load_model("zernike-default").identification.state_dict()
+    changed = {
+        ".".join(name.split(".")[:2])
+        for name, value in trained.identification.state_dict().items()
+        if value.is_floating_point() and not torch.equal(value, shipped[name])
+    }
+    assert changed == {"image_stages.3", "head.0", "head.2"}  # statistics of the rest kept
+    data = trained.card["training"]["data"]["images"]
+    assert data.startswith("50% crops of") and "synthetic:mixed" in data

@@ -10,6 +10,7 @@ never waits on Python.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,23 +56,28 @@ def make_image_bank(
     size: int,
     seed: int,
     kind: str = "mixed",
-    folder: str | Path | None = None,
+    folder: str | Path | Sequence[str | Path] | None = None,
     workers: int | None = None,
+    real_fraction: float = 1.0,
 ) -> torch.Tensor:
     """``count`` sharp images ``(count, size, size)`` float16 in [0, 1], deterministic in
-    ``seed``: synthetic (``kind`` mixed / dead_leaves / fluorescence) or, with ``folder``,
-    random crops of the user's images."""
-    if folder is not None:
+    ``seed``: synthetic (``kind`` mixed / dead_leaves / fluorescence) or, with ``folder``
+    (one or several), random crops of real images for ``real_fraction`` of them and
+    synthetic images for the rest (real ones first)."""
+    if not 0 <= real_fraction <= 1:
+        raise ValueError(f"real_fraction must be in [0, 1], got {real_fraction}")
+    real = 0 if folder is None else round(count * real_fraction)
+    images = []
+    if real:
         crops = FolderCrops(folder, size=size, rng=seed)
-        images = [crops.sample() for _ in range(count)]
+        images = [crops.sample() for _ in range(real)]
+    jobs = [(size, seed, i, kind) for i in range(real, count)]
+    workers = workers or min(os.cpu_count() or 1, 16)
+    if workers > 1 and len(jobs) >= 64:
+        with ProcessPoolExecutor(workers) as pool:
+            images += list(pool.map(_bank_image, jobs, chunksize=32))
     else:
-        jobs = [(size, seed, i, kind) for i in range(count)]
-        workers = workers or min(os.cpu_count() or 1, 16)
-        if workers > 1 and count >= 64:
-            with ProcessPoolExecutor(workers) as pool:
-                images = list(pool.map(_bank_image, jobs, chunksize=32))
-        else:
-            images = [_bank_image(job) for job in jobs]
+        images += [_bank_image(job) for job in jobs]
     return torch.from_numpy(np.stack(images)).to(torch.float16)
 
 

@@ -24,7 +24,7 @@ from ..nets import (
 )
 from ..optics import ProductConvolution, ZernikeConvolution
 from .data import BlurredBatches, NoiseRange, make_image_bank
-from .train import LoopConfig, train_deblurring, train_identification
+from .train import LoopConfig, freeze_all_but, train_deblurring, train_identification
 
 ARCHITECTURES = {
     "compact": (IdentificationConfig, DeblurringConfig),
@@ -55,7 +55,9 @@ class TrainOptions:
     deblurring_widths: tuple[int, ...] | None = None  # DN U-Net channels per scale (arch's)
     crop: int = 128
     bank_size: int = 4000
-    images: Path | None = None  # folder of the user's sharp images
+    images: Path | tuple[Path, ...] | None = None  # folder(s) of real sharp images
+    real_fraction: float = 1.0  # with images: the share of the bank cut from them
+    train_layers: tuple[str, ...] = ()  # IN parameters to train (name prefixes); () all
     kind: str = "mixed"
     seed: int = 0
     device: str = "auto"
@@ -180,10 +182,13 @@ def train_model(opts: TrainOptions) -> Path:
 
     bank_size = max(opts.bank_size, 64)
     bank_px = opts.crop + 32
-    bank = make_image_bank(bank_size, bank_px, opts.seed, opts.kind, opts.images)
-    held_out = make_image_bank(
-        max(bank_size // 16, 64), bank_px, opts.seed + 1, opts.kind, opts.images
+    bank = make_image_bank(
+        bank_size, bank_px, opts.seed, opts.kind, opts.images, real_fraction=opts.real_fraction
     )
+    held_out = make_image_bank(
+        max(bank_size // 16, 64), bank_px, opts.seed + 1, opts.kind, opts.images,
+        real_fraction=opts.real_fraction,
+    )  # fmt: skip
     noise = NoiseRange()
 
     def batches(seed, images, for_family=family):
@@ -227,6 +232,8 @@ def train_model(opts: TrainOptions) -> Path:
             source.card.get("training", {}).get("history", {}).get("identification", [])
         )
     if opts.stage in ("identification", "both"):
+        if opts.train_layers:
+            freeze_all_but(identification, opts.train_layers)
         cfg = LoopConfig(
             steps=opts.identification_steps,
             batch_size=opts.batch_size,
@@ -284,14 +291,14 @@ def train_model(opts: TrainOptions) -> Path:
         },
         "training": {
             "command": opts.command or _process_command(),
-            "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
+            "options": {k: _jsonable(v) for k, v in asdict(opts).items()},
             "seed": opts.seed,
             "identification_steps": history["identification"][-1]["step"]
             if history["identification"]
             else 0,
             "deblurring_steps": history.get("deblurring", [{}])[-1].get("step", 0),
             "data": {
-                "images": str(opts.images) if opts.images else f"synthetic:{opts.kind}",
+                "images": _describe_images(opts),
                 "bank_size": bank_size,
                 "crop_px": opts.crop,
                 "noise": asdict(noise),
@@ -308,6 +315,26 @@ def train_model(opts: TrainOptions) -> Path:
         },
     }
     return save_model(model, out / "model.safetensors", card)
+
+
+def _jsonable(value):
+    """An option as the card records it (paths as text, also inside tuples)."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _describe_images(opts: TrainOptions) -> str:
+    """The bank's images as the card records them."""
+    if not opts.images:
+        return f"synthetic:{opts.kind}"
+    folders = [opts.images] if isinstance(opts.images, str | Path) else list(opts.images)
+    real = ", ".join(str(f) for f in folders)
+    if opts.real_fraction >= 1:
+        return real
+    return f"{opts.real_fraction:.0%} crops of {real}; the rest synthetic:{opts.kind}"
 
 
 def _parameter_error(family, relative: float):

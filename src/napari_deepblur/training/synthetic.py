@@ -7,6 +7,7 @@ Lengths (radii, widths, sigmas) are in pixels.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -318,28 +319,36 @@ def _to_gray_2d(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 class FolderCrops:
-    """Random crops (float32 (size, size) in [0, 1]) from a folder of the user's images.
+    """Random crops (float32 (size, size) in [0, 1]) from folders of sharp images.
 
-    Files are found recursively (*.tif, *.tiff, *.png, *.jpg, *.jpeg), loaded lazily and cached.
-    RGB is converted to luminance; nD stacks give a random 2D plane; images smaller than
-    ``size`` px are reflect-padded. Each crop is rescaled by its 0.1 / 99.9 percentiles and
-    clipped to [0, 1].
+    Files are found recursively (*.tif, *.tiff, *.png, *.jpg, *.jpeg) in ``folder`` (one
+    folder or several), loaded lazily and cached. RGB is converted to luminance; nD stacks
+    give a random 2D plane; images smaller than ``size`` px are reflect-padded. Each crop is
+    rescaled by its 0.1 / 99.9 percentiles and clipped to [0, 1].
     """
 
     def __init__(
-        self, folder: str | Path, size: int = 128, rng: np.random.Generator | int | None = None
+        self,
+        folder: str | Path | Sequence[str | Path],
+        size: int = 128,
+        rng: np.random.Generator | int | None = None,
     ) -> None:
-        self.folder = Path(folder)
-        if not self.folder.is_dir():
-            raise FileNotFoundError(f"image folder not found: {self.folder}")
+        folders = [folder] if isinstance(folder, str | Path) else list(folder)
+        self.folders = [Path(f) for f in folders]
+        for f in self.folders:
+            if not f.is_dir():
+                raise FileNotFoundError(f"image folder not found: {f}")
+        self.folder = self.folders[0]
         self.files = sorted(
             p
-            for p in self.folder.rglob("*")
+            for f in self.folders
+            for p in f.rglob("*")
             if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
         )
         if not self.files:
+            where = ", ".join(str(f) for f in self.folders)
             raise ValueError(
-                f"no image in {self.folder} (accepted extensions: {', '.join(IMAGE_EXTENSIONS)})"
+                f"no image in {where} (accepted extensions: {', '.join(IMAGE_EXTENSIONS)})"
             )
         self.size = int(size)
         self.rng = _as_rng(rng)

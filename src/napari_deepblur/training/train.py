@@ -72,6 +72,36 @@ def _learning_rate(cfg: LoopConfig, step: int, elapsed: float) -> float:
     return cfg.lr * warm * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
+def freeze_all_but(network: torch.nn.Module, prefixes) -> list[str]:
+    """Train only the parameters whose names start with one of ``prefixes`` (e.g.
+    ``("image_stages.3", "head")``): fine-tuning the last layers costs a fraction of a full
+    step (on a 2-core CPU: head only 4×, the last stages 2× faster). Returns the names of
+    the parameters left trainable; an error when a prefix matches nothing."""
+    prefixes = tuple(prefixes)
+    names = [name for name, _ in network.named_parameters()]
+    unknown = [p for p in prefixes if not any(n.startswith(p) for n in names)]
+    if unknown:
+        tops = sorted({n.split(".")[0] for n in names})
+        raise ValueError(f"no layer named {', '.join(unknown)}; the network has {', '.join(tops)}")
+    kept = []
+    for name, parameter in network.named_parameters():
+        parameter.requires_grad_(name.startswith(prefixes))
+        if parameter.requires_grad:
+            kept.append(name)
+    return kept
+
+
+def _train_mode(module: torch.nn.Module) -> None:
+    """``module.train()``, but batch norms whose parameters are frozen stay in eval mode:
+    their running statistics belong to the frozen layers around them."""
+    module.train()
+    for child in module.modules():
+        if isinstance(child, torch.nn.modules.batchnorm._BatchNorm) and not any(
+            p.requires_grad for p in child.parameters()
+        ):
+            child.eval()
+
+
 class _Loop:
     """The shared mechanics: optimiser, schedule, checkpoint, progress bar, time budget."""
 
@@ -85,7 +115,8 @@ class _Loop:
     ):
         self.name, self.module, self.cfg, self.device = name, module, cfg, device
         self.checkpoint = checkpoint
-        self.optimizer = torch.optim.Adam(module.parameters(), lr=cfg.lr)
+        self.trainable = [p for p in module.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.trainable, lr=cfg.lr)
         self.step = 0
         self.elapsed = 0.0
         self.history: list[dict] = []
@@ -131,11 +162,11 @@ class _Loop:
                 break
             for group in self.optimizer.param_groups:
                 group["lr"] = _learning_rate(cfg, self.step, self.elapsed)
-            self.module.train()
+            _train_mode(self.module)
             loss = train_step()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.module.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(self.trainable, 1.0)
             self.optimizer.step()
             self.step += 1
             samples_t0 += cfg.batch_size
