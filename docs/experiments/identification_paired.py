@@ -35,6 +35,7 @@ def main() -> None:
     p.add_argument("--deblur", action="store_true", help="also SSIM of each model's restoration")
     p.add_argument("--refine", action="store_true", help="B with refine=True")
     p.add_argument("--precision", default="float32")
+    p.add_argument("--per-image", action="store_true", help="also B − A per test image")
     args = p.parse_args()
     split = _VALIDATION if args.split == "validation" else _TEST
     models = [ndb.load_model(m, device="cpu", precision=args.precision) for m in (args.a, args.b)]
@@ -43,8 +44,10 @@ def main() -> None:
     print(f"split {args.split}, n {args.n}, {args.size} px, seed {args.seed}, {args.precision}")
     for level in args.levels.split(","):
         snr, quality, seconds = np.zeros((2, args.n)), np.zeros((2, args.n)), np.zeros(2)
+        names = []
         for i in range(args.n):
             pair = draw_pair(images, i, level, args.seed, split)
+            names.append(pair["image"])
             for m, model in enumerate(models):
                 start = time.perf_counter()
                 refine = args.refine and m == 1
@@ -64,6 +67,10 @@ def main() -> None:
             line += f"; SSIM A {quality[0].mean():.3f}, B {quality[1].mean():.3f}"
         line += f"; identify {seconds[0] / args.n:.2f} / {seconds[1] / args.n:.2f} s"
         print(line, flush=True)
+        if args.per_image:
+            for name in dict.fromkeys(names):
+                mine = diff[[k for k, other in enumerate(names) if other == name]]
+                print(f"    {name}: B − A {mine.mean():+.2f} dB (n {len(mine)})")
 
 
 if __name__ == "__main__":

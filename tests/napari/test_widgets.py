@@ -362,6 +362,7 @@ def test_cancel_adds_no_layer(viewer_with_sample, qtbot, notes, monkeypatch):
     # a second Run while running starts nothing
     assert widget.run() is None and widget.worker is worker
     assert notes["info"] and "already running" in notes["info"][-1]
+    qtbot.waitUntil(lambda: widget._run_button.enabled, timeout=TIMEOUT_MS)  # after 0.6 s
     widget._run_button.native.click()  # Cancel
     assert widget.state in (RunState.CANCELLING, RunState.IDLE)
     _wait_idle(qtbot, widget)

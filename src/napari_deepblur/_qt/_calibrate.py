@@ -27,7 +27,7 @@ from magicgui.widgets import (
 from .. import _calibrate_logic as calib
 from .. import _widget_logic as logic
 from . import _job
-from ._job import JobWidget, layer_optics
+from ._job import JobWidget, layer_optics, wrap_to_dock_width
 
 if TYPE_CHECKING:
     import napari
@@ -47,8 +47,8 @@ class CalibrateWidget(JobWidget):
 
     action = "Calibrate"
 
-    def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(viewer, labels=False)
+    def __init__(self, viewer: napari.viewer.Viewer, scrollable: bool = True) -> None:
+        super().__init__(viewer, labels=False, scrollable=scrollable)
         self._image_layer = ComboBox(label="Bead image", choices=self._image_layer_choices)
         self._planes = ComboBox(
             label="Planes",
@@ -86,6 +86,7 @@ class CalibrateWidget(JobWidget):
             "1 = 3 maps, 2 = 6 maps (each needs a bead).",
         )
         self._summary = Label(label="", value="", visible=False)
+        wrap_to_dock_width(self._summary)
         self._summary.native.setWordWrap(True)
         self._save_path = FileEdit(label="Family file", mode="w", filter="*.safetensors")
         self._save_button = PushButton(text="Save family…", enabled=False)
@@ -209,7 +210,7 @@ class CalibrateWidget(JobWidget):
         if self._canvas is None:
             self._canvas = FigureCanvasQTAgg(Figure(figsize=(4, 2.2), tight_layout=True))
             self._canvas.setMinimumHeight(180)
-            self.native.layout().insertWidget(5, self._canvas)
+            self.content.layout().insertWidget(5, self._canvas)
         figure = self._canvas.figure
         figure.clear()
         left, right = figure.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})

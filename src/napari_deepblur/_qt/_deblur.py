@@ -35,8 +35,8 @@ class DeblurWidget(JobWidget):
 
     action = "Deblur"
 
-    def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(viewer, labels=False)
+    def __init__(self, viewer: napari.viewer.Viewer, scrollable: bool = True) -> None:
+        super().__init__(viewer, labels=False, scrollable=scrollable)
         self._image_layer = ComboBox(label="Image", choices=self._image_layer_choices)
         self._planes = ComboBox(
             label="Planes", choices=[CURRENT_PLANE, ALL_PLANES], value=CURRENT_PLANE

@@ -22,6 +22,7 @@ from magicgui.widgets import (
     SpinBox,
     Table,
 )
+from qtpy.QtWidgets import QHeaderView
 
 from .. import _widget_logic as logic
 from ._job import (
@@ -31,6 +32,7 @@ from ._job import (
     layer_optics,
     notify_error,
     notify_info,
+    wrap_to_dock_width,
 )
 
 if TYPE_CHECKING:
@@ -42,6 +44,10 @@ DEFAULT_OPTICS = logic.Optics(na=1.4, wavelength_nm=520.0, pixel_size_nm=74.0)
 CURRENT_PLANE = "current plane"
 ALL_PLANES_MEDIAN = "all planes (median)"
 STACK_MODES = {CURRENT_PLANE: "plane", ALL_PLANES_MEDIAN: "median"}
+
+
+#: The aberration table scrolls beyond this height (a space-varying model has 16 rows).
+TABLE_MAX_HEIGHT_PX = 270
 
 
 class IdentifyWidget(JobWidget):
@@ -57,8 +63,8 @@ class IdentifyWidget(JobWidget):
 
     action = "Identify blur"
 
-    def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(viewer, labels=False)
+    def __init__(self, viewer: napari.viewer.Viewer, scrollable: bool = True) -> None:
+        super().__init__(viewer, labels=False, scrollable=scrollable)
         self._image_layer = ComboBox(label="Image", choices=self._image_layer_choices)
         self._planes = ComboBox(
             label="Planes",
@@ -118,10 +124,14 @@ class IdentifyWidget(JobWidget):
             "of this many × this many cells over the image.",
         )
         self._table = Table(label="", value=[], visible=False)
+        self._table.native.setMaximumHeight(TABLE_MAX_HEIGHT_PX)  # scrolls beyond (16 rows)
+        header = self._table.native.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setStretchLastSection(True)
         self._table.read_only = True
         self._summary = Label(label="", value="", visible=False)
         for label in (self._summary, self._fc_label):
-            label.native.setWordWrap(True)
+            wrap_to_dock_width(label)
         self._export_path = FileEdit(label="Export PSF to", mode="w", filter="*.psf.tif")
         self._export_button = PushButton(text="Export PSF (TIFF + JSON)", enabled=False)
         settings = Container(

@@ -10,6 +10,8 @@ main thread) and :meth:`JobWidget._finish` (add the layers the job returned).
 from __future__ import annotations
 
 import contextlib
+import functools
+import weakref
 from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +20,8 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, 
 from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QEvent, QObject, QTimer
+from qtpy.QtWidgets import QSizePolicy
 
 from .._widget_logic import RunState, RunStateMachine, UserError, guarded, user_message
 
@@ -27,8 +31,11 @@ if TYPE_CHECKING:
 MODEL_FILE_CHOICE = "model file…"
 #: Docks stay narrow enough to leave the canvas most of the window.
 MAX_WIDTH_PX = 480
+#: After Run, the button (which now reads Cancel) stays disabled for this long: the second
+#: click of a double-click must not cancel the job it started.
+CANCEL_GRACE_MS = 600
 
-__all__ = ["JobWidget", "notify_error", "notify_info", "notify_warning"]
+__all__ = ["JobWidget", "ScrollableDock", "notify_error", "notify_info", "notify_warning"]
 
 
 # Module-level so that tests can capture them (monkeypatch this module's attributes).
@@ -66,7 +73,23 @@ def model_choices() -> list[str]:
     return [*names, MODEL_FILE_CHOICE]
 
 
-class JobWidget(Container):
+class ScrollableDock:
+    """For a dock widget made scrollable (``Container(scrollable=True)``): napari docks a
+    magicgui widget's ``native``, which for a scrollable container is the content *inside*
+    its scroll area; ``native`` is the scroll area instead, so that a dock taller than the
+    screen scrolls rather than growing the window off-screen."""
+
+    @property
+    def native(self):
+        return self.root_native_widget
+
+    @property
+    def content(self):
+        """The widget that holds the dock's layout (inside its scroll area, if any)."""
+        return self._widget._mgui_get_native_widget()
+
+
+class JobWidget(ScrollableDock, Container):
     """A dock widget that runs one pipeline job at a time in a napari thread worker.
 
     Run state: idle → running → done | failed, or running → cancelling → idle. While a job
@@ -90,8 +113,14 @@ class JobWidget(Container):
         self._run_button.changed.connect(self._on_run_clicked)
         self._run_state.connect(self._on_state)
         self._last_error = ""
+        self._closed = False
         self.native.setMaximumWidth(MAX_WIDTH_PX)
-        self._status.native.setWordWrap(True)
+        wrap_to_dock_width(self._status)
+        # closing the dock (or the window) cancels the job, and nothing touches the
+        # deleted widgets afterwards
+        self._removal_filter = _RemovalFilter(self._on_closed)
+        self.native.installEventFilter(self._removal_filter)
+        self.native.destroyed.connect(functools.partial(_on_destroyed, weakref.ref(self)))
 
     # -- state ----------------------------------------------------------------------
     @property
@@ -131,6 +160,33 @@ class JobWidget(Container):
         else:
             self.run()
 
+    def _enable_cancel(self) -> None:
+        if not self._closed and self.state == RunState.RUNNING:
+            self._run_button.enabled = True
+
+    def _on_closed(self) -> None:
+        """The dock was closed or removed, or the window closed: stop the job, and let no
+        signal of its worker reach the widgets again."""
+        if self._closed:
+            return
+        self._closed = True
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            for signal, slot in (
+                (worker.yielded, self._on_yielded),
+                (worker.returned, self._on_returned),
+                (worker.errored, self._on_errored),
+                (worker.aborted, self._on_aborted),
+                (worker.warned, self._on_warned),
+                (worker.finished, self._on_finished),
+            ):
+                with contextlib.suppress(TypeError, RuntimeError):
+                    signal.disconnect(slot)
+            worker.quit()
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+
     def run(self):
         """Start the job in a thread worker and return the worker (None if refused)."""
         if self.busy:
@@ -144,6 +200,8 @@ class JobWidget(Container):
             self._fail(user_message(exc, self.action))
             return None
         self._run_state.set(RunState.RUNNING)
+        self._run_button.enabled = False  # Cancel, once a double-click on Run is over
+        QTimer.singleShot(CANCEL_GRACE_MS, self._enable_cancel)
         self._status.value = f"{self.action}: starting…"
         self._progress.max, self._progress.value = 1, 0
         self._pbar = progress(total=0, desc=self.action)
@@ -166,7 +224,14 @@ class JobWidget(Container):
         self._status.value = f"{self.action}: cancelling…"
         self._worker.quit()
 
+    def _gone(self) -> bool:
+        """The dock was closed or its widgets deleted: the worker's signals must be
+        dropped (touching a deleted Qt widget raises, and PyQt5 aborts on it)."""
+        return self._closed or _is_deleted(self.content)
+
     def _on_yielded(self, step: Any) -> None:
+        if self._gone():
+            return
         done, total = int(getattr(step, "done", 0)), int(getattr(step, "total", 0))
         message = getattr(step, "message", "")
         if total > 0:
@@ -185,6 +250,8 @@ class JobWidget(Container):
             self._status.value = f"{self.action}: {message or f'{done} of {total}'}"
 
     def _on_returned(self, result: Any) -> None:
+        if self._gone():
+            return
         if self.state == RunState.CANCELLING:  # finished before the cancel took effect
             self._run_state.set(RunState.IDLE)
             self._status.value = f"{self.action}: cancelled."
@@ -197,12 +264,20 @@ class JobWidget(Container):
         self._run_state.set(RunState.DONE)
 
     def _on_errored(self, exc: Exception) -> None:
+        if self._gone():
+            return
         self._fail(str(exc) if isinstance(exc, UserError) else user_message(exc, self.action))
 
     def _on_warned(self, showwarning_args: tuple) -> None:
+        if self._gone():
+            return
         notify_warning(str(showwarning_args[0]))
 
     def _on_aborted(self) -> None:
+        if self._gone():
+            return
+        if self.state == RunState.RUNNING:  # stopped from elsewhere (napari, on closing)
+            self._run_state.set(RunState.CANCELLING)
         self._run_state.set(RunState.IDLE)
         self._status.value = f"{self.action}: cancelled."
 
@@ -297,6 +372,43 @@ def layer_geometry(layer, axes: int = 2) -> dict:
         affine=layer.affine.affine_matrix,
         axes=axes,
     )
+
+
+def _on_destroyed(widget_ref, *_: Any) -> None:
+    widget = widget_ref()
+    if widget is not None:  # (None: the widget is being garbage-collected, nothing runs)
+        widget._on_closed()
+
+
+def _is_deleted(qobject) -> bool:
+    """Whether the C++ object behind ``qobject`` was deleted (its window closed)."""
+    try:
+        qobject.objectName()
+    except RuntimeError:
+        return True
+    return False
+
+
+def wrap_to_dock_width(label: Label) -> None:
+    """Word-wrap ``label`` at the dock's width: a wrapped QLabel still asks for a minimum
+    width that grows with its text, which would make the dock scroll sideways."""
+    label.native.setWordWrap(True)
+    label.native.setMinimumWidth(1)
+    label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+
+
+class _RemovalFilter(QObject):
+    """Calls ``on_removed`` when the widget it watches loses its parent: napari takes a dock
+    widget out of its dock (then deletes the dock) when the dock is closed or removed."""
+
+    def __init__(self, on_removed) -> None:
+        super().__init__()
+        self._on_removed = on_removed
+
+    def eventFilter(self, watched, event) -> bool:  # noqa: N802 - Qt's name
+        if event.type() == QEvent.ParentChange and watched.parent() is None:
+            self._on_removed()
+        return False
 
 
 def _replace_warning_relay(worker, on_warned) -> None:
