@@ -35,10 +35,11 @@ def main() -> None:
     p.add_argument("--deblur", action="store_true", help="also SSIM of each model's restoration")
     p.add_argument("--refine", action="store_true", help="B with refine=True")
     p.add_argument("--precision", default="float32")
+    p.add_argument("--device", default="cpu")
     p.add_argument("--per-image", action="store_true", help="also B − A per test image")
     args = p.parse_args()
     split = _VALIDATION if args.split == "validation" else _TEST
-    models = [ndb.load_model(m, device="cpu", precision=args.precision) for m in (args.a, args.b)]
+    models = [ndb.load_model(m, args.device, args.precision) for m in (args.a, args.b)]
     images = load_test_images(args.images, size=args.size)
     print(f"A: {args.a}\nB: {args.b}{' (refine)' if args.refine else ''}")
     print(f"split {args.split}, n {args.n}, {args.size} px, seed {args.seed}, {args.precision}")
