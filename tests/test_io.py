@@ -281,3 +281,11 @@ def test_create_image_is_atomic(tmp_path):
             out[:10] = 1
             raise RuntimeError("boom")
     assert not other.exists() and not _partials(tmp_path)
+
+
+def test_strict_json_refuses_nan_and_names_the_entry():
+    assert json.loads(io.json_text({"a": [1.0, 2]}, "x")) == {"a": [1.0, 2]}
+    with pytest.raises(ValueError, match=r"the estimate holds a NaN .* \(noise\.beta\)"):
+        io.json_text({"noise": {"alpha": 0.0, "beta": float("nan")}}, "the estimate")
+    with pytest.raises(ValueError, match=r"\(coefficients\.1\)"):
+        io.json_text({"coefficients": np.array([0.0, np.inf])}, "the estimate")

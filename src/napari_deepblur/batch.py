@@ -220,7 +220,7 @@ def iter_deblur_file(
     dtype = np.float32 if options.dtype == "float32" else data.dtype
     summary = estimate_json(estimate)
     if sidecar is not None:
-        text = json.dumps({"input": str(input_path), "estimate": summary}, indent=2)
+        text = io.json_text({"input": str(input_path), "estimate": summary}, "the estimate")
         io._atomic_write(sidecar, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     axes = image.axes if image.axes and len(image.axes) == data.ndim else None
     metadata = {

@@ -455,7 +455,7 @@ def _run_identify(args: argparse.Namespace) -> int:
         report("\n".join(_format_estimate(estimate)))
     if args.json:
         data = {"image": str(args.image), "mode": mode, **estimate_json(estimate)}
-        text = json.dumps(io.to_jsonable(data), indent=2)
+        text = io.json_text(data, "the estimate")
         if to_stdout:
             print(text)
         else:

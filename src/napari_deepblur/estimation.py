@@ -207,4 +207,15 @@ def identify_in_windows(
     """γ̂ ``(K,)`` (waves RMS for Zernike families) and its spread for one image ``(H, W)``
     at the model's sampling, in the intensity units of the image (any range)."""
     predictions, _ = window_predictions(model, image, model.family, augment, max_evaluations)
-    return robust_combine(predictions, model.family)
+    return robust_combine(check_predictions(predictions, model), model.family)
+
+
+def check_predictions(predictions: torch.Tensor, model) -> torch.Tensor:
+    """``predictions`` of the identification network, unless some are NaN or infinite:
+    its inputs are checked before (finite, normalised), so the weights are to blame."""
+    if not bool(torch.isfinite(predictions).all()):
+        raise ValueError(
+            f"the identification network of model {model.name!r} returned NaN or infinite "
+            "values; its weights are probably damaged: reinstall the model or use another one"
+        )
+    return predictions

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .estimation import align_signs, robust_combine, window_predictions
+from .estimation import align_signs, check_predictions, robust_combine, window_predictions
 from .optics import EigenPSFConvolution, ProductConvolution, ZernikeConvolution
 from .optics.families import legendre_maps
 from .optics.field import grid_positions
@@ -50,6 +50,7 @@ def read_windows(model, tile: torch.Tensor, reader, augment: bool, origin, shape
     """Readings of the windows of one tile ``(h, w)`` whose top-left pixel is ``origin`` in
     an image of ``shape`` (both at the model's sampling)."""
     predicted, centre = window_predictions(model, tile.to(model.device), reader, augment)
+    check_predictions(predicted, model)
     windows = len(torch.unique(centre, dim=0))
     centre = centre[:windows] + torch.tensor(origin, dtype=centre.dtype)
     positions = centre / torch.tensor([max(n - 1, 1) for n in shape], dtype=centre.dtype)

@@ -84,6 +84,36 @@ def to_jsonable(obj: Any) -> Any:
     raise TypeError(f"metadata value {obj!r} of type {type(obj).__name__} is not JSON-serialisable")
 
 
+def json_text(obj: Any, what: str, indent: int | None = 2) -> str:
+    """``obj`` as strict JSON (after :func:`to_jsonable`): ValueError naming ``what`` and
+    the first offending entry when it holds NaN or infinite numbers, which JSON cannot
+    hold (Python would write ``NaN``, which other programs fail to read)."""
+    obj = to_jsonable(obj)
+    try:
+        return json.dumps(obj, indent=indent, allow_nan=False)
+    except ValueError:
+        where = _non_finite_entry(obj)
+        raise ValueError(
+            f"{what} holds a NaN or infinite number{f' ({where})' if where else ''}, which "
+            "JSON cannot hold: it was not written"
+        ) from None
+
+
+def _non_finite_entry(obj: Any, prefix: str = "") -> str | None:
+    """The dotted key of the first NaN or infinite float in ``obj`` (JSON types), or None."""
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return prefix or "the value"
+    if isinstance(obj, dict):
+        items = obj.items()
+    else:
+        items = enumerate(obj) if isinstance(obj, list) else []
+    for key, value in items:
+        found = _non_finite_entry(value, f"{prefix}.{key}" if prefix else str(key))
+        if found:
+            return found
+    return None
+
+
 @dataclass
 class ImageData:
     """An image read from disk.
@@ -527,7 +557,7 @@ def write_psf(
         sum=float(psf.sum(dtype=np.float64)),
     )
     pixel_size_nm = (meta.get("optics") or {}).get("pixel_size_nm")
-    text = json.dumps(meta, indent=2)
+    text = json_text(meta, "the PSF's metadata")
     write_image(
         path,
         psf,
