@@ -1,9 +1,11 @@
 """The `deepblur` command line: in-process through `cli.main`, plus one real entry point."""
 
+import errno
 import json
 import shutil
 import subprocess
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -478,3 +480,53 @@ def test_identify_json_to_stdout_for_pipes(sample_tif, tmp_path, capsys, monkeyp
     assert len(estimate["coefficients"]) == len(estimate["noll_indices"]) == 7
     assert "Zernike coefficients (Noll):" in captured.err
     assert not (tmp_path / "-").exists()
+
+
+# --- faults: full disks, special files, claimed outputs, crafted inputs -----------------------
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_is_one_line_naming_the_path(sample_tif, tmp_path, capsys, monkeypatch):
+    """``identify --json`` on a full disk gave an ``OSError [Errno 28]`` traceback: a disk
+    that cannot take an output (full, over quota, read-only) is the user's to fix; other
+    OSErrors keep their traceback."""
+    est = tmp_path / "est.json"
+    monkeypatch.setattr(Path, "write_text", _no_space)
+    argv = ["identify", str(sample_tif), "--json", str(est), "--no-augment", "--quiet"]
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err == f"deepblur: error: the disk is full while writing {est}\n"
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+
+    def quota(*args, **kwargs):
+        raise OSError(errno.EDQUOT, "Disk quota exceeded", str(tmp_path / "psf.tif"))
+
+    monkeypatch.setattr(io, "write_psf", quota)
+    assert cli.main(["psf", str(tmp_path / "psf.tif")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"deepblur: error: Disk quota exceeded: {tmp_path / 'psf.tif'}\n"
+
+    def broken(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(io, "write_psf", broken)
+    with pytest.raises(OSError, match="Input/output error"):
+        cli.main(["psf", str(tmp_path / "psf.tif")])
+
+
+def test_a_deblur_on_a_full_disk_stops_before_identifying(
+    sample_tif, tmp_path, capsys, monkeypatch
+):
+    from napari_deepblur import pipeline
+
+    free = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: free._replace(free=1000))
+    monkeypatch.setattr(pipeline, "iter_identify_stack", None)  # never reached
+    out = tmp_path / "out.tif"
+    assert cli.main(["deblur", str(sample_tif), "-o", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"deepblur: error: not enough space on {tmp_path}: the output out.tif")
+    assert err.endswith("needs 0.1 MB, 0.0 MB free\n") and list(tmp_path.iterdir()) == []

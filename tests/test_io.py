@@ -1,12 +1,16 @@
 """Tests for TIFF I/O with pixel size and metadata, atomic writes and the PSF format."""
 
+import errno
 import json
+import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 
-from napari_deepblur import io
+from napari_deepblur import io, outputs
 
 
 def _partials(folder):
@@ -289,3 +293,40 @@ def test_strict_json_refuses_nan_and_names_the_entry():
         io.json_text({"noise": {"alpha": 0.0, "beta": float("nan")}}, "the estimate")
     with pytest.raises(ValueError, match=r"\(coefficients\.1\)"):
         io.json_text({"coefficients": np.array([0.0, np.inf])}, "the estimate")
+
+
+# --- faults: full disks, special files, concurrent and killed writers -------------------------
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_is_one_sentence_and_leaves_no_file(tmp_path, monkeypatch):
+    """Free space is checked before writing; a disk that fills up meanwhile fails when the
+    output's blocks are reserved (posix_fallocate), not with a SIGBUS when its memory map
+    writes into a hole; small files (JSON) name their path too."""
+    free = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: free._replace(free=5_000_000))
+    big = tmp_path / "big.tif"
+    needs = r"not enough space on .*: the output big.tif needs 16\.8 MB, 5\.0 MB free"
+    with pytest.raises(outputs.OutputDiskError, match=needs):
+        with io.create_image(big, (2048, 2048), np.float32):
+            pass
+    with pytest.raises(outputs.OutputDiskError, match="needs 16.8 MB"):
+        io.write_image(big, np.zeros((2048, 2048), np.float32))
+    monkeypatch.undo()
+    if hasattr(os, "posix_fallocate"):
+        monkeypatch.setattr(os, "posix_fallocate", _no_space)
+        with pytest.raises(outputs.OutputDiskError, match=f"the disk is full while writing {big}$"):
+            with io.create_image(big, (256, 256), np.float32) as out:
+                out[:] = 1.0
+    monkeypatch.setattr(tifffile, "imwrite", _no_space)
+    with pytest.raises(outputs.OutputDiskError) as error:
+        io.write_image(big, np.zeros((8, 8), np.float32))
+    assert str(error.value) == f"the disk is full while writing {big}"
+    assert error.value.errno == errno.ENOSPC
+    monkeypatch.setattr(Path, "write_text", _no_space)
+    with pytest.raises(outputs.OutputDiskError, match=r"full while writing .*\.json"):
+        io._atomic_write(tmp_path / "e.json", lambda tmp: tmp.write_text("{}"))
+    assert list(tmp_path.iterdir()) == []

@@ -26,6 +26,7 @@ import numpy as np
 
 from .devices import resolve_precision
 from .optics import Microscope
+from .outputs import check_free_space
 from .pipeline import DEFAULT_TILE_PX, BlurEstimate, Progress
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -203,9 +204,11 @@ def iter_deblur_file(
         torch.set_num_threads(options.torch_threads)
     image = io.read_image(input_path, mmap=True)
     check_image_axes(image, input_path)
+    data = image.data
+    dtype = np.float32 if options.dtype == "float32" else data.dtype
+    check_free_space(output_path, int(np.prod(data.shape)) * np.dtype(dtype).itemsize)
     optics, _ = image_optics(image, options.optics)
     model = load_model(options.model, device=options.device, precision=options.precision)
-    data = image.data
     estimate = options.estimate
     if estimate is None:
         estimate = yield from pipeline.iter_identify_stack(
@@ -217,7 +220,6 @@ def iter_deblur_file(
             tile_px=options.tile_px,
             **optics,
         )
-    dtype = np.float32 if options.dtype == "float32" else data.dtype
     summary = estimate_json(estimate)
     if sidecar is not None:
         text = io.json_text({"input": str(input_path), "estimate": summary}, "the estimate")

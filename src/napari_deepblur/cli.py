@@ -2,8 +2,9 @@
 
 Each subcommand is one ``_add_<name>(subparsers)`` function that registers its parser and sets
 ``func`` (``args -> int | None``) as a default; :data:`SUBCOMMANDS` lists them. Expected user
-errors (missing or existing files, bad values, undersampled optics) are reported as
-``deepblur: error: <message>`` on stderr with exit code 2, without a traceback.
+errors (missing or existing files, bad values, undersampled optics, a disk that cannot take
+an output) are reported as ``deepblur: error: <message>`` on stderr with exit code 2, without
+a traceback.
 
 No Qt or napari here; heavy modules are imported inside the subcommands.
 """
@@ -24,6 +25,7 @@ from . import __version__
 from .calibration_cli import add_calibrate_parser
 from .evaluation.cli import add_evaluate_parser
 from .family_cli import add_field_family_parser
+from .outputs import DISK_ERRNOS
 
 #: Errors that are the user's to fix: reported in one line, exit code 2.
 USER_ERRORS = (
@@ -1148,6 +1150,12 @@ def _main(argv: Sequence[str] | None) -> int:
         return int(args.func(args) or 0)
     except USER_ERRORS as exc:
         print(f"deepblur: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a disk that cannot take an output is the user's to fix too;
+        if exc.errno not in DISK_ERRNOS:  # other OSErrors keep the traceback that helps
+            raise
+        where = f": {exc.filename}" if exc.filename else ""  # ours name it in the sentence
+        print(f"deepblur: error: {exc.strerror}{where}", file=sys.stderr)
         return 2
     except zlib.error as exc:  # a damaged tile of a compressed TIFF, read lazily mid-run
         print(f"deepblur: error: part of the image could not be decompressed (a damaged "

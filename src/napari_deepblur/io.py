@@ -2,7 +2,9 @@
 
 Images are ``(…, Y, X)`` as stored. Pixel sizes are in nanometres (``pixel_size_nm``).
 Writes are atomic (temporary ``.<name>.<id>.partial`` file in the same folder, then
-``os.replace``) and refuse to overwrite unless ``overwrite=True``.
+``os.replace``), refuse to overwrite unless ``overwrite=True``, and make a disk that cannot
+take them (full, over quota, read-only) an :class:`~napari_deepblur.outputs.OutputDiskError`
+naming the path (:mod:`~napari_deepblur.outputs`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 import tifffile
 
 from . import notices
+from .outputs import DISK_ERRNOS, check_free_space, disk_error, reserve_blocks
 
 __all__ = [
     "PSF_FORMAT",
@@ -328,12 +331,22 @@ def remove_partial_files(path) -> list[Path]:
     return found
 
 
+#: Room kept for a TIFF's header and tags beside its pixels, in bytes.
+_HEADER_BYTES = 1 << 16
+
+
 def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` on a hidden temporary file next to ``path``, then rename it."""
+    """Call ``write(tmp_path)`` on a hidden temporary file next to ``path``, then rename it.
+    A full or read-only disk is an :class:`~napari_deepblur.outputs.OutputDiskError` naming
+    ``path``."""
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.partial"
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        raise disk_error(exc, path) from exc
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -474,6 +487,7 @@ def write_image(
     options = _tiff_options(
         data.shape, data.dtype, pixel_size_nm, metadata, axes, stack_steps, is_ome_name(path)
     )
+    check_free_space(path, data.nbytes + _HEADER_BYTES)
 
     def write(tmp: Path) -> None:
         tifffile.imwrite(tmp, data, **options)
@@ -511,9 +525,15 @@ def create_image(
     options = _tiff_options(
         shape, dtype, pixel_size_nm, metadata, axes, stack_steps, is_ome_name(path)
     )
+    check_free_space(path, int(np.prod(shape)) * np.dtype(dtype).itemsize + _HEADER_BYTES)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.partial"
     try:
-        array = tifffile.memmap(tmp, shape=shape, dtype=dtype, **options)
+        try:
+            array = _new_memmap(tmp, shape, dtype, options)
+        except OSError as exc:
+            if exc.errno not in DISK_ERRNOS:
+                raise
+            raise disk_error(exc, path) from exc
         yield array
         array.flush()
         del array
@@ -522,6 +542,22 @@ def create_image(
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _new_memmap(tmp: Path, shape, dtype, options: dict) -> np.memmap:
+    """``tifffile.memmap`` of a new file, with the file's blocks reserved
+    (:func:`~napari_deepblur.outputs.reserve_blocks`) before it is mapped."""
+    dtype = np.dtype(dtype)
+    offset, _ = tifffile.imwrite(
+        tmp,
+        shape=shape,
+        dtype=dtype,
+        align=tifffile.TIFF.ALLOCATIONGRANULARITY,
+        returnoffset=True,
+        **options,
+    )
+    reserve_blocks(tmp)
+    return np.memmap(tmp, dtype, "r+", offset, shape, "C")
 
 
 def write_psf(
