@@ -2,7 +2,9 @@
 
 import errno
 import json
+import os
 import shutil
+import stat
 import subprocess
 import warnings
 from pathlib import Path
@@ -530,3 +532,19 @@ def test_a_deblur_on_a_full_disk_stops_before_identifying(
     err = capsys.readouterr().err
     assert err.startswith(f"deepblur: error: not enough space on {tmp_path}: the output out.tif")
     assert err.endswith("needs 0.1 MB, 0.0 MB free\n") and list(tmp_path.iterdir()) == []
+
+
+def test_devices_and_pipes_are_refused_but_stdout_is_written(sample_tif, tmp_path, capsys):
+    """As root, ``identify x.tif --json /dev/full --overwrite`` turned /dev/full into a
+    regular file (a FIFO stands for the device here)."""
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    argv = ["identify", str(sample_tif), "--json", str(fifo), "--overwrite", "--quiet"]
+    assert cli.main(argv) == 2
+    assert "is not a regular file" in capsys.readouterr().err
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    argv = ["identify", str(sample_tif), "--json", "/dev/stdout", "--no-augment", "--quiet"]
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    assert len(json.loads(captured.out)["coefficients"]) == 7
+    assert "Zernike coefficients" in captured.err

@@ -4,6 +4,7 @@ import errno
 import json
 import os
 import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -330,3 +331,20 @@ def test_a_full_disk_is_one_sentence_and_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(outputs.OutputDiskError, match=r"full while writing .*\.json"):
         io._atomic_write(tmp_path / "e.json", lambda tmp: tmp.write_text("{}"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_special_files_are_never_replaced(tmp_path):
+    """As root, ``--overwrite`` once renamed a new file over ``/dev/full``: a device, a
+    pipe or a folder in the way is refused, ``overwrite`` or not."""
+    fifo = tmp_path / "pipe.tif"
+    os.mkfifo(fifo)
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match="is not a regular file"):
+            io.write_image(fifo, np.zeros((4, 4), np.uint8), overwrite=overwrite)
+        with pytest.raises(FileExistsError, match="is not a regular file"):
+            with io.create_image(fifo, (4, 4), overwrite=overwrite):
+                pass
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    (tmp_path / "folder.tif").mkdir()
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        io.write_image(tmp_path / "folder.tif", np.zeros((4, 4)), overwrite=True)

@@ -26,7 +26,7 @@ import numpy as np
 
 from .devices import resolve_precision
 from .optics import Microscope
-from .outputs import check_free_space
+from .outputs import check_free_space, check_regular
 from .pipeline import DEFAULT_TILE_PX, BlurEstimate, Progress
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -187,6 +187,7 @@ def iter_deblur_file(
         raise ValueError(f"the output must be a .tif or .tiff file: {output_path}")
     if output_path.resolve() == input_path.resolve():
         raise ValueError(f"the output would replace the input {input_path}; choose another path")
+    check_regular(output_path)
     if output_path.exists() and not options.overwrite:
         raise FileExistsError(f"{output_path} already exists; pass --overwrite to replace it")
     if not output_path.parent.is_dir():
@@ -195,6 +196,7 @@ def iter_deblur_file(
     if sidecar is not None:
         if sidecar.resolve() == input_path.resolve():
             raise ValueError(f"the estimate {sidecar} would replace the input; choose another path")
+        check_regular(sidecar)
         if sidecar.exists() and not options.overwrite and not _unfinished(sidecar, input_path):
             raise FileExistsError(f"{sidecar} already exists; pass --overwrite to replace it")
     check_options(options)

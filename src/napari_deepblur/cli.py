@@ -36,6 +36,8 @@ USER_ERRORS = (
     PermissionError,
     ValueError,
 )
+#: The paths that mean standard output where a command can write there (``identify --json``).
+STDOUT_PATHS = ("-", "/dev/stdout")
 
 _DEFAULT_OPTICS = {"na": 1.4, "wavelength_nm": 520.0, "pixel_size_nm": 74.0}
 
@@ -327,17 +329,18 @@ def _optics_args(args) -> dict:
 
 
 def _check_new(paths, overwrite: bool, inputs=()) -> None:
-    """Before any work: each output path (None: skipped) must be new (or ``overwrite``), in
-    an existing folder, and neither an input nor another output."""
+    """Before any work: each output path (None: skipped) must be new (or ``overwrite``) and
+    not a device or a pipe, in an existing folder, and neither an input nor another output."""
     from pathlib import Path
+
+    from .outputs import check_regular
 
     taken = {Path(p).resolve(): f"the input {p}" for p in inputs}
     for path in (Path(p) for p in paths if p is not None):
         if path.resolve() in taken:
             raise ValueError(f"{path} would replace {taken[path.resolve()]}; choose another path")
         taken[path.resolve()] = f"the other output {path}"
-        if path.is_dir():
-            raise IsADirectoryError(f"{path} is a folder; give a file name for the output")
+        check_regular(path)
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
         if not path.parent.is_dir():
@@ -359,7 +362,9 @@ def _add_identify(sub) -> None:
     p.add_argument("image", help="input TIFF: (Y, X) or a stack (…, Y, X)")
     p.add_argument("--psf-out", help="write the estimated PSF here (.tif, + .json sidecar)")
     p.add_argument(
-        "--json", help="write the estimate here (JSON; - for stdout, the report then on stderr)"
+        "--json",
+        help="write the estimate here (JSON; - or /dev/stdout for stdout, the report then "
+        "on stderr)",
     )
     p.add_argument(
         "--no-augment",
@@ -410,7 +415,7 @@ def _run_identify(args: argparse.Namespace) -> int:
     psf_out = Path(args.psf_out) if args.psf_out else None
     if psf_out is not None and psf_out.suffix.lower() not in (".tif", ".tiff"):
         raise ValueError(f"--psf-out must end with .tif or .tiff: {psf_out}")
-    to_stdout = args.json == "-"  # the JSON on stdout (for a pipe), the report on stderr
+    to_stdout = args.json in STDOUT_PATHS  # the JSON on stdout (a pipe), the report on stderr
     report = functools.partial(print, file=sys.stderr if to_stdout else sys.stdout)
     _check_new(
         [

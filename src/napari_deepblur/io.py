@@ -2,9 +2,10 @@
 
 Images are ``(…, Y, X)`` as stored. Pixel sizes are in nanometres (``pixel_size_nm``).
 Writes are atomic (temporary ``.<name>.<id>.partial`` file in the same folder, then
-``os.replace``), refuse to overwrite unless ``overwrite=True``, and make a disk that cannot
-take them (full, over quota, read-only) an :class:`~napari_deepblur.outputs.OutputDiskError`
-naming the path (:mod:`~napari_deepblur.outputs`).
+``os.replace``), refuse to overwrite unless ``overwrite=True``, never replace what is not a
+regular file (a device, a pipe), and make a disk that cannot take them (full, over quota,
+read-only) an :class:`~napari_deepblur.outputs.OutputDiskError` naming the path
+(:mod:`~napari_deepblur.outputs`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 import tifffile
 
 from . import notices
-from .outputs import DISK_ERRNOS, check_free_space, disk_error, reserve_blocks
+from .outputs import DISK_ERRNOS, check_free_space, check_regular, disk_error, reserve_blocks
 
 __all__ = [
     "PSF_FORMAT",
@@ -315,6 +316,7 @@ def _lazy_data(path: Path) -> Any:
 
 
 def _check_target(path: Path, overwrite: bool) -> None:
+    check_regular(path)
     if path.exists() and not overwrite:
         raise FileExistsError(
             f"{path} already exists; pass overwrite=True (--overwrite on the command line)"

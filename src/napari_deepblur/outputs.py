@@ -6,6 +6,8 @@
   checked before writing (:func:`check_free_space`) and a memory-mapped output gets its
   blocks before it is filled (:func:`reserve_blocks`: a full disk is then an error, not a
   SIGBUS).
+- An output path that exists as a folder, a device or a pipe is never replaced
+  (:func:`check_regular`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ __all__ = [
     "DISK_ERRNOS",
     "OutputDiskError",
     "check_free_space",
+    "check_regular",
     "disk_error",
     "reserve_blocks",
 ]
@@ -83,3 +86,17 @@ def reserve_blocks(path: Path) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def check_regular(path) -> None:
+    """Refuse an output path that exists as something other than a regular file (a
+    folder, a device such as ``/dev/full``, a pipe): renaming a new file over it would
+    replace it, ``overwrite`` or not."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a file name for the output")
+    if path.exists() and not path.is_file():
+        raise FileExistsError(
+            f"{path} exists and is not a regular file (a device or a pipe): outputs are "
+            "written as new files, so give the path of a file"
+        )
