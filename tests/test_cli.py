@@ -14,7 +14,7 @@ import pytest
 import tifffile
 import torch
 
-from napari_deepblur import __version__, cli, devices, io
+from napari_deepblur import __version__, cli, devices, io, outputs
 from napari_deepblur.optics import airy_pattern
 
 
@@ -548,3 +548,23 @@ def test_devices_and_pipes_are_refused_but_stdout_is_written(sample_tif, tmp_pat
     captured = capsys.readouterr()
     assert len(json.loads(captured.out)["coefficients"]) == 7
     assert "Zernike coefficients" in captured.err
+
+
+def test_deblur_removes_what_a_killed_run_left_and_waits_for_no_live_one(
+    sample_tif, tmp_path, capsys
+):
+    """After ``kill -9`` the hidden temporary files stayed, and a re-run did not remove
+    them; an output another run is writing now is refused, its files left alone."""
+    psf = tmp_path / "airy.tif"
+    assert cli.main(["psf", str(psf)]) == 0  # a given PSF: no identification (faster)
+    out = tmp_path / "out.tif"
+    argv = ["deblur", str(sample_tif), "-o", str(out), "--psf", str(psf), "--quiet"]
+    left = tmp_path / ".out.tif.0badc0de.partial"
+    with outputs.claim_output(out):  # another run writing it
+        left.write_bytes(b"\0" * 1000)
+        assert cli.main(argv) == 2
+        assert "being written by another run" in capsys.readouterr().err
+        assert left.exists()
+    assert cli.main(argv) == 0  # that run was killed: its file is stale
+    assert out.exists() and _no_partials(tmp_path)
+    assert not list(tmp_path.glob(".*.lock"))

@@ -5,6 +5,8 @@ import json
 import os
 import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -348,3 +350,54 @@ def test_special_files_are_never_replaced(tmp_path):
     (tmp_path / "folder.tif").mkdir()
     with pytest.raises(IsADirectoryError, match="is a folder"):
         io.write_image(tmp_path / "folder.tif", np.zeros((4, 4)), overwrite=True)
+
+
+def test_one_writer_claims_an_output(tmp_path):
+    out = tmp_path / "out.tif"
+    with outputs.claim_output(out):
+        assert (tmp_path / ".out.tif.lock").exists()
+        with pytest.raises(outputs.OutputBusyError, match="being written by another run"):
+            with outputs.claim_output(out):
+                pass
+    assert list(tmp_path.iterdir()) == []  # the lock file goes with the claim
+    with outputs.claim_output(out):  # free again
+        pass
+
+
+_HOLD = """
+import sys, time
+from pathlib import Path
+from napari_deepblur import outputs
+out = Path(sys.argv[1])
+with outputs.claim_output(out):
+    (out.parent / ".out.tif.live0001.partial").touch()
+    print("claimed", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_live_writers_partial_files_are_kept_a_killed_ones_removed(tmp_path):
+    """Another process writing the output holds its claim: its temporary file stays. Killed
+    with SIGKILL (no clean-up), its claim ends with it, and the next writer removes what
+    it left (a 4096² float32 output leaves 67 MB)."""
+    out = tmp_path / "out.tif"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(out)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "claimed"
+        live = tmp_path / ".out.tif.live0001.partial"
+        with pytest.raises(outputs.OutputBusyError):
+            with outputs.claim_output(out):
+                pass
+        assert live.exists()
+    finally:
+        holder.kill()  # SIGKILL: no finally block runs in it
+        holder.wait()
+    stale_json = tmp_path / ".out.json.dead0002.partial"
+    stale_json.write_text("{")
+    with outputs.claim_output(out, also=[out.with_suffix(".json")]):
+        assert not live.exists() and not stale_json.exists()
+    assert list(tmp_path.iterdir()) == []

@@ -794,9 +794,11 @@ def _run_batch(args: argparse.Namespace) -> int:
         "batch",
     )
     rate = len(result.done) / result.seconds if result.seconds else 0.0
+    busy = f", {len(result.busy)} left to another run writing them" if result.busy else ""
     print(
         f"batch: {len(result.done)} deblurred, {len(result.skipped)} skipped (output "
-        f"exists), {len(result.failed)} failed; {result.seconds:.1f} s, {rate:.2f} images/s"
+        f"exists){busy}, {len(result.failed)} failed; {result.seconds:.1f} s, "
+        f"{rate:.2f} images/s"
         + (f" on {result.workers} workers ({result.scheduler})" if result.workers else "")
     )
     for src, message in result.warned:

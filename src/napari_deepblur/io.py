@@ -10,7 +10,6 @@ read-only) an :class:`~napari_deepblur.outputs.OutputDiskError` naming the path
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import uuid
@@ -25,7 +24,14 @@ import numpy as np
 import tifffile
 
 from . import notices
-from .outputs import DISK_ERRNOS, check_free_space, check_regular, disk_error, reserve_blocks
+from .outputs import (
+    DISK_ERRNOS,
+    check_free_space,
+    check_regular,
+    disk_error,
+    remove_partial_files,  # noqa: F401 - io.remove_partial_files, as before
+    reserve_blocks,
+)
 
 __all__ = [
     "PSF_FORMAT",
@@ -321,16 +327,6 @@ def _check_target(path: Path, overwrite: bool) -> None:
         raise FileExistsError(
             f"{path} already exists; pass overwrite=True (--overwrite on the command line)"
         )
-
-
-def remove_partial_files(path) -> list[Path]:
-    """Delete the temporary ``.<name>.<id>.partial`` files of ``path`` (left by a writer that
-    was killed before it could clean up); returns what was deleted."""
-    path = Path(path)
-    found = sorted(path.parent.glob(f".{glob.escape(path.name)}.*.partial"))
-    for tmp in found:
-        tmp.unlink(missing_ok=True)
-    return found
 
 
 #: Room kept for a TIFF's header and tags beside its pixels, in bytes.
