@@ -550,6 +550,29 @@ def test_devices_and_pipes_are_refused_but_stdout_is_written(sample_tif, tmp_pat
     assert "Zernike coefficients" in captured.err
 
 
+def test_an_unwritable_output_folder_is_refused_before_any_work(
+    sample_tif, tmp_path, capsys, monkeypatch
+):
+    from napari_deepblur import pipeline
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked and access(p, mode))
+    monkeypatch.setattr(pipeline, "iter_identify_stack", None)  # never reached
+    argv = ["identify", str(sample_tif), "--json", str(locked / "e.json"), "--quiet"]
+    assert cli.main(argv) == 2
+    assert f"cannot write in the output folder {locked}" in capsys.readouterr().err
+
+
+def test_a_folder_given_as_the_image_says_so(tmp_path, capsys):
+    for command in (["identify", str(tmp_path)], ["deblur", str(tmp_path), "-o", "x.tif"]):
+        assert cli.main(command) == 2
+        err = capsys.readouterr().err
+        assert f"{tmp_path} is a folder, not an image file" in err
+        assert f"'deepblur batch {tmp_path} --out OUTPUT_FOLDER'" in err
+
+
 def test_deblur_removes_what_a_killed_run_left_and_waits_for_no_live_one(
     sample_tif, tmp_path, capsys
 ):

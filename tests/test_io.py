@@ -352,6 +352,11 @@ def test_special_files_are_never_replaced(tmp_path):
         io.write_image(tmp_path / "folder.tif", np.zeros((4, 4)), overwrite=True)
 
 
+def test_an_image_path_that_is_a_folder_says_so(tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a folder, not an image file"):
+        io.read_image(tmp_path)
+
+
 def test_one_writer_claims_an_output(tmp_path):
     out = tmp_path / "out.tif"
     with outputs.claim_output(out):

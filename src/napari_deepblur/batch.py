@@ -408,6 +408,10 @@ def iter_batch(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"--out {out_dir} exists and is not a folder")
+    if out_dir.is_dir() and not os.access(out_dir, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"cannot write in the output folder {out_dir} (no permission, or a read-only disk)"
+        )
     check_options(options)
     jobs = batch_jobs(inputs, out_dir)
     result = BatchResult()

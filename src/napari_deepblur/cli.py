@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import shlex
 import sys
 import threading
@@ -330,7 +331,8 @@ def _optics_args(args) -> dict:
 
 def _check_new(paths, overwrite: bool, inputs=()) -> None:
     """Before any work: each output path (None: skipped) must be new (or ``overwrite``) and
-    not a device or a pipe, in an existing folder, and neither an input nor another output."""
+    not a device or a pipe, in an existing folder we may write in, and neither an input
+    nor another output."""
     from pathlib import Path
 
     from .outputs import check_regular
@@ -345,6 +347,20 @@ def _check_new(paths, overwrite: bool, inputs=()) -> None:
             raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
         if not path.parent.is_dir():
             raise FileNotFoundError(f"the output folder {path.parent} does not exist")
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            raise PermissionError(
+                f"cannot write in the output folder {path.parent} (no permission, or a "
+                "read-only disk)"
+            )
+
+
+def _check_image(path) -> None:
+    """An input image given as a folder: say so (and that ``batch`` takes folders)."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(
+            f"{path} is a folder, not an image file; to process every TIFF in a folder use "
+            f"'deepblur batch {path} --out OUTPUT_FOLDER'"
+        )
 
 
 # --- deepblur identify ------------------------------------------------------------------------
@@ -426,6 +442,7 @@ def _run_identify(args: argparse.Namespace) -> int:
         args.overwrite,
         inputs=[args.image],
     )
+    _check_image(args.image)
     image = io.read_image(args.image, mmap=True)
     check_image_axes(image, args.image)
     optics, optics_text = image_optics(image, _optics_args(args))
@@ -649,6 +666,7 @@ def _run_deblur(args: argparse.Namespace) -> int:
     from .batch import image_optics, iter_deblur_file
 
     _check_new([args.out], args.overwrite)
+    _check_image(args.image)
     estimate = _given_estimate(args)
     if estimate is not None and not isinstance(estimate, list) and math.isnan(estimate.fc):
         # a foreign PSF without sampling: the image's (or the model's) cutoff

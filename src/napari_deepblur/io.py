@@ -254,6 +254,8 @@ def read_image(path: str | os.PathLike, *, mmap: bool = False) -> ImageData:
     the array in memory. Large images then cost no memory until their tiles are read.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not an image file")
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     try:
