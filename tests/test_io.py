@@ -357,6 +357,23 @@ def test_an_image_path_that_is_a_folder_says_so(tmp_path):
         io.read_image(tmp_path)
 
 
+def test_a_stack_without_pixel_size_comes_back_without_one(tmp_path):
+    """An ImageJ hyperstack's header holds 1 unit per pixel by default: it is not our pixel
+    size (an output read back as 1 nm pixels was then 'too small' to identify)."""
+    path = io.write_image(tmp_path / "z.tif", np.zeros((3, 32, 32), np.float32), axes="ZYX")
+    assert io.read_image(path).pixel_size_nm is None
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_imagej and "unit" not in tif.imagej_metadata  # Fiji: pixels, not nm
+    steps = io.write_image(
+        tmp_path / "s.tif",
+        np.zeros((3, 32, 32), np.float32),
+        axes="ZYX",
+        stack_steps={"spacing": 300.0},
+    )
+    image = io.read_image(steps)
+    assert image.pixel_size_nm is None and image.stack_steps["spacing"] == 300.0
+
+
 def test_one_writer_claims_an_output(tmp_path):
     out = tmp_path / "out.tif"
     with outputs.claim_output(out):

@@ -226,9 +226,12 @@ def _x_resolution(page: Any) -> float | None:
 
 
 def _pixel_size_nm(tif: tifffile.TiffFile, description: dict | None) -> float | None:
-    """Pixel size (nm): our JSON > OME PhysicalSizeX > ImageJ unit + XResolution > TIFF tags."""
+    """Pixel size (nm): our JSON (whose null means unknown: ImageJ's header then holds its
+    default of 1 unit) > OME PhysicalSizeX > ImageJ unit + XResolution > TIFF tags."""
     if description and description.get("pixel_size_nm") is not None:
         return float(description["pixel_size_nm"])
+    if description and description.get("format") == _OUR_FORMAT and "pixel_size_nm" in description:
+        return None
     px = _ome_length_nm(_ome_pixels(tif), "PhysicalSizeX")
     if px is not None:
         return px
@@ -445,7 +448,9 @@ def _tiff_options(
             imagej=True,
             metadata={
                 "axes": axes,
-                "unit": "nm",  # of the pixel size and the Z step ("spacing")
+                # of the pixel size and the Z step ("spacing"): none when neither is known,
+                # so that Fiji shows pixels, not 1 nm
+                **({"unit": "nm"} if pixel_size_nm is not None or "spacing" in steps else {}),
                 **steps,
             },
             extratags=[(_OUR_TAG, "s", 0, text, True)],
