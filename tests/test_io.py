@@ -423,3 +423,38 @@ def test_a_live_writers_partial_files_are_kept_a_killed_ones_removed(tmp_path):
     with outputs.claim_output(out, also=[out.with_suffix(".json")]):
         assert not live.exists() and not stale_json.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+_READ_DAMAGED = """
+import sys
+from napari_deepblur import io, outputs
+data = io.read_image(sys.argv[1], mmap=True).data
+try:
+    data[:]
+except Exception as exc:
+    print(type(exc).__name__, file=sys.stderr)
+"""
+
+
+def test_a_damaged_compressed_tiff_leaves_no_pending_zarr_reads(tmp_path):
+    """zarr reads the tiles of a slice concurrently: one damaged tile failed the read and
+    left the others pending, each printed at exit ("Task was destroyed but it is
+    pending!" and a traceback) after the one-line error."""
+    pytest.importorskip("zarr")
+    image = np.random.default_rng(0).random((1024, 1024), dtype=np.float32)
+    path = tmp_path / "tiled.tif"
+    tifffile.imwrite(path, image, tile=(128, 128), compression="zlib")
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages.first
+        damaged = [(page.dataoffsets[i], page.databytecounts[i]) for i in (3, 20, 40)]
+    with open(path, "r+b") as f:
+        for offset, count in damaged:
+            f.seek(offset)
+            f.write(b"\xff" * count)
+    done = subprocess.run(
+        [sys.executable, "-c", _READ_DAMAGED, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stderr.splitlines() == ["error"], done.stderr  # zlib.error, and nothing else

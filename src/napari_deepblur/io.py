@@ -10,6 +10,7 @@ read-only) an :class:`~napari_deepblur.outputs.OutputDiskError` naming the path
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import uuid
@@ -319,11 +320,53 @@ def _lazy_data(path: Path) -> Any:
     except ImportError:
         return None
     try:
-        array = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+        array = _SettledZarr(zarr.open(tifffile.imread(path, aszarr=True), mode="r"))
         array[tuple(-1 for _ in array.shape)]  # a truncated file fails here, not mid-run
         return array
     except Exception:  # noqa: BLE001 - any zarr failure: read into memory instead
         return None
+
+
+class _SettledZarr:
+    """A zarr array whose failing reads first let its other chunk reads end. zarr reads the
+    chunks of a slice concurrently on its own event loop, and when one fails (a damaged
+    tile) the others go on; a program that ends then, as the command line does after its
+    one-line error, would print a "Task was destroyed but it is pending!" and a traceback
+    for each of them."""
+
+    def __init__(self, array):
+        self._array = array
+
+    def __getattr__(self, name: str) -> Any:  # shape, dtype, ndim, …
+        if name == "_array":  # not set yet (a copy being made)
+            raise AttributeError(name)
+        return getattr(self._array, name)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return np.asarray(self[...], dtype)
+
+    def __getitem__(self, key) -> Any:
+        try:
+            return self._array[key]
+        except Exception:
+            _settle_zarr_reads()
+            raise
+
+
+def _settle_zarr_reads(timeout_s: float = 10.0) -> None:
+    """Wait (at most ``timeout_s``) for the tasks on zarr's event loop to end."""
+
+    async def the_others() -> None:
+        current = asyncio.current_task()
+        others = [t for t in asyncio.all_tasks() if t is not current]
+        await asyncio.gather(*others, return_exceptions=True)
+
+    try:
+        from zarr.core.sync import sync
+
+        sync(the_others(), timeout=timeout_s)
+    except Exception:  # noqa: BLE001 - another zarr version: its messages, if any, stay
+        pass
 
 
 def _check_target(path: Path, overwrite: bool) -> None:
