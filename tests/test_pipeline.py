@@ -265,3 +265,14 @@ def test_the_noise_of_a_very_bright_float32_image_is_finite(model, sample):
     assert np.isfinite([noise["alpha"], noise["beta"]]).all()
     assert noise["beta"] == pytest.approx(normal["beta"] * 1e30, rel=1e-3)
     assert noise["alpha"] == pytest.approx(normal["alpha"] * 1e30, rel=1e-3)
+
+
+def test_a_single_bright_pixel_is_named_as_such(model, estimate):
+    image = np.zeros((128, 128), np.float32)
+    image[60, 70] = 1000.0
+    for run in (
+        lambda: ndb.identify(image, model=model),
+        lambda: ndb.deblur(image, estimate, model=model),
+    ):
+        with pytest.raises(ConstantImageError, match="almost constant.*single bright pixel"):
+            run()

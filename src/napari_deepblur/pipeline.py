@@ -447,7 +447,7 @@ def iter_identify(
             f"{y.shape[0]}×{y.shape[1]} px, smaller than the {min_size} px needed"
         )
     low, scale = robust_range(torch.from_numpy(y))
-    check_contrast(scale, low)
+    check_contrast(scale, low, y)
     if refine and not isinstance(model.family, ZernikeConvolution):
         raise ValueError("refine=True needs a Zernike model (not a space-varying one)")
     if isinstance(model.family, ProductConvolution):
@@ -880,7 +880,7 @@ def deblur_setup(
     else:  # a regular subsample of about 2**20 pixels
         step = int(np.ceil(np.sqrt(h * w / 2**20)))
         low, scale = robust_range(torch.from_numpy(as_image(source[::step, ::step])))
-    check_contrast(scale, low)
+    check_contrast(scale, low, y)
     alpha, beta = _noise_in_normalised_units(y, low, scale, noise, model.fc)
     return DeblurSetup(zoom, float(low), float(scale), alpha * strength**2, beta * strength)
 
