@@ -276,3 +276,15 @@ def test_a_single_bright_pixel_is_named_as_such(model, estimate):
     ):
         with pytest.raises(ConstantImageError, match="almost constant.*single bright pixel"):
             run()
+
+
+def test_choosing_a_stacks_plane_prints_no_numpy_warnings():
+    """A float64 plane beyond float32's range made numpy print its RuntimeWarnings (with
+    source paths, from batch workers) before the one-line error that says what to do."""
+    import warnings
+
+    plane = make_blurred_sample(0, 64)["image"].astype(np.float64)
+    stack = np.stack([plane, plane * 1e300])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert pipeline.representative_plane(stack) == (0,)

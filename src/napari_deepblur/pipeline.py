@@ -1208,8 +1208,9 @@ def representative_plane(stack) -> tuple[int, ...]:
     for index in plane_indices(stack.shape):
         plane = stack[index]
         step = max(1, int(np.ceil(np.sqrt(plane.shape[0] * plane.shape[1] / 65536))))
-        sub = np.asarray(plane[::step, ::step], dtype=np.float32)
-        low, high = np.nanpercentile(sub, [1.0, 99.9])
+        with np.errstate(over="ignore", invalid="ignore"):  # beyond float32: refused when read
+            sub = np.asarray(plane[::step, ::step], dtype=np.float32)
+            low, high = np.nanpercentile(sub, [1.0, 99.9])
         if high - low > best_score:
             best, best_score = index, high - low
     return best
