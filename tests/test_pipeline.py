@@ -288,3 +288,24 @@ def test_choosing_a_stacks_plane_prints_no_numpy_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert pipeline.representative_plane(stack) == (0,)
+
+
+def test_the_documented_smallest_image_to_deblur_is_the_enforced_one(model):
+    """docs/cli.md said 28 px while 32 px were enforced (more than the 31 px kernel)."""
+    import re
+    from pathlib import Path
+
+    kernel = model.family.kernel_size
+    smallest = next(n for n in range(8, 128) if _deblurrable(n, kernel))  # at the model's sampling
+    docs = Path(__file__).parents[1] / "docs"
+    said = re.findall(r"at least (\d+) px a side", (docs / "cli.md").read_text())
+    said += re.findall(r"(\d+) px to deblur", (docs / "user-guide.md").read_text())
+    assert said and {int(n) for n in said} == {smallest}
+
+
+def _deblurrable(side: int, kernel: int) -> bool:
+    try:
+        pipeline._check_deblurrable_size((side, side), 1.0, kernel)
+    except ValueError:
+        return False
+    return True
