@@ -221,3 +221,50 @@ def test_two_batches_on_one_scheduler_and_a_run_killed_before_its_tiff(cluster, 
         again = _drain(batch.iter_batch([others], tmp_path / "b", options, client=client))
     assert [Path(d["output"]).name for d in again.done] == ["img1.tif"]
     assert len(again.failed) == 1 and "img2.json already exists" in again.failed[0][1]
+
+
+def test_a_rerun_redoes_an_output_whose_estimate_is_gone(cluster, inputs, tmp_path):
+    """A finished TIFF without its estimate (deleted) is redone, not skipped for good; a
+    TIFF that is not this input's output is still never replaced."""
+    from distributed import Client
+
+    out = tmp_path / "out"
+    out.mkdir()
+    options = batch.DeblurOptions(device="cpu")
+    foreign = out / "img2.tif"
+    io.write_image(foreign, np.zeros((8, 8), np.float32))  # the user's own file
+    with Client(cluster) as client:
+        first = _drain(batch.iter_batch([inputs], out, options, client=client))
+        assert len(first.done) == 2 and first.skipped == [str(foreign)]
+        (out / "img0.json").unlink()
+        again = _drain(batch.iter_batch([inputs], out, options, client=client))
+    assert [Path(d["output"]).name for d in again.done] == ["img0.tif"]
+    assert sorted(Path(p).name for p in again.skipped) == ["img1.tif", "img2.tif"]
+    assert json.loads((out / "img0.json").read_text())["estimate"]["coefficients"]
+    assert io.read_image(foreign).data.shape == (8, 8) and not (out / "img2.json").exists()
+
+
+@pytest.mark.slow
+def test_two_batches_on_one_folder_keep_every_estimate(tmp_path):
+    """Two ``deepblur batch`` processes on one folder lost every estimate: the run that
+    found an output finished by the other deleted its JSON. Each output is claimed by one
+    run, the other leaves it (busy or done) and cleans up only what it wrote."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("distributed")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k in range(6):
+        io.write_image(folder / f"img{k}.tif", make_blurred_sample(k, 96)["image"])
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "napari_deepblur.cli", "batch", str(folder), "--out"]
+    command += [str(out), "--workers", "1", "--device", "cpu", "--quiet"]
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]  # fmt: skip
+    texts = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], texts
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted([f"img{k}.tif" for k in range(6)] + [f"img{k}.json" for k in range(6)])
+    done = sum(int(text.split(" deblurred")[0].split()[-1]) for text, _ in texts)
+    assert done == 6, texts  # each file once

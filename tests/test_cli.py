@@ -1,16 +1,20 @@
 """The `deepblur` command line: in-process through `cli.main`, plus one real entry point."""
 
+import errno
 import json
+import os
 import shutil
+import stat
 import subprocess
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 import torch
 
-from napari_deepblur import __version__, cli, devices, io
+from napari_deepblur import __version__, cli, devices, io, outputs
 from napari_deepblur.optics import airy_pattern
 
 
@@ -478,3 +482,112 @@ def test_identify_json_to_stdout_for_pipes(sample_tif, tmp_path, capsys, monkeyp
     assert len(estimate["coefficients"]) == len(estimate["noll_indices"]) == 7
     assert "Zernike coefficients (Noll):" in captured.err
     assert not (tmp_path / "-").exists()
+
+
+# --- faults: full disks, special files, claimed outputs, crafted inputs -----------------------
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_is_one_line_naming_the_path(sample_tif, tmp_path, capsys, monkeypatch):
+    """``identify --json`` on a full disk gave an ``OSError [Errno 28]`` traceback: a disk
+    that cannot take an output (full, over quota, read-only) is the user's to fix; other
+    OSErrors keep their traceback."""
+    est = tmp_path / "est.json"
+    monkeypatch.setattr(Path, "write_text", _no_space)
+    argv = ["identify", str(sample_tif), "--json", str(est), "--no-augment", "--quiet"]
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err == f"deepblur: error: the disk is full while writing {est}\n"
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+
+    def quota(*args, **kwargs):
+        raise OSError(errno.EDQUOT, "Disk quota exceeded", str(tmp_path / "psf.tif"))
+
+    monkeypatch.setattr(io, "write_psf", quota)
+    assert cli.main(["psf", str(tmp_path / "psf.tif")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"deepblur: error: Disk quota exceeded: {tmp_path / 'psf.tif'}\n"
+
+    def broken(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(io, "write_psf", broken)
+    with pytest.raises(OSError, match="Input/output error"):
+        cli.main(["psf", str(tmp_path / "psf.tif")])
+
+
+def test_a_deblur_on_a_full_disk_stops_before_identifying(
+    sample_tif, tmp_path, capsys, monkeypatch
+):
+    from napari_deepblur import pipeline
+
+    free = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: free._replace(free=1000))
+    monkeypatch.setattr(pipeline, "iter_identify_stack", None)  # never reached
+    out = tmp_path / "out.tif"
+    assert cli.main(["deblur", str(sample_tif), "-o", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"deepblur: error: not enough space on {tmp_path}: the output out.tif")
+    assert err.endswith("needs 0.1 MB, 0.0 MB free\n") and list(tmp_path.iterdir()) == []
+
+
+def test_devices_and_pipes_are_refused_but_stdout_is_written(sample_tif, tmp_path, capsys):
+    """As root, ``identify x.tif --json /dev/full --overwrite`` turned /dev/full into a
+    regular file (a FIFO stands for the device here)."""
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    argv = ["identify", str(sample_tif), "--json", str(fifo), "--overwrite", "--quiet"]
+    assert cli.main(argv) == 2
+    assert "is not a regular file" in capsys.readouterr().err
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    argv = ["identify", str(sample_tif), "--json", "/dev/stdout", "--no-augment", "--quiet"]
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    assert len(json.loads(captured.out)["coefficients"]) == 7
+    assert "Zernike coefficients" in captured.err
+
+
+def test_an_unwritable_output_folder_is_refused_before_any_work(
+    sample_tif, tmp_path, capsys, monkeypatch
+):
+    from napari_deepblur import pipeline
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked and access(p, mode))
+    monkeypatch.setattr(pipeline, "iter_identify_stack", None)  # never reached
+    argv = ["identify", str(sample_tif), "--json", str(locked / "e.json"), "--quiet"]
+    assert cli.main(argv) == 2
+    assert f"cannot write in the output folder {locked}" in capsys.readouterr().err
+
+
+def test_a_folder_given_as_the_image_says_so(tmp_path, capsys):
+    for command in (["identify", str(tmp_path)], ["deblur", str(tmp_path), "-o", "x.tif"]):
+        assert cli.main(command) == 2
+        err = capsys.readouterr().err
+        assert f"{tmp_path} is a folder, not an image file" in err
+        assert f"'deepblur batch {tmp_path} --out OUTPUT_FOLDER'" in err
+
+
+def test_deblur_removes_what_a_killed_run_left_and_waits_for_no_live_one(
+    sample_tif, tmp_path, capsys
+):
+    """After ``kill -9`` the hidden temporary files stayed, and a re-run did not remove
+    them; an output another run is writing now is refused, its files left alone."""
+    psf = tmp_path / "airy.tif"
+    assert cli.main(["psf", str(psf)]) == 0  # a given PSF: no identification (faster)
+    out = tmp_path / "out.tif"
+    argv = ["deblur", str(sample_tif), "-o", str(out), "--psf", str(psf), "--quiet"]
+    left = tmp_path / ".out.tif.0badc0de.partial"
+    with outputs.claim_output(out):  # another run writing it
+        left.write_bytes(b"\0" * 1000)
+        assert cli.main(argv) == 2
+        assert "being written by another run" in capsys.readouterr().err
+        assert left.exists()
+    assert cli.main(argv) == 0  # that run was killed: its file is stale
+    assert out.exists() and _no_partials(tmp_path)
+    assert not list(tmp_path.glob(".*.lock"))

@@ -38,3 +38,15 @@ def test_percentiles_from_one_tail_are_numpys(n):
     for q in (0.0, 1.0, 37.5, 50.0, 62.5, 99.9, 100.0):
         expected = np.percentile(values.numpy(), q, axis=-1)
         np.testing.assert_allclose(_percentile(values, q).numpy(), expected, rtol=0, atol=1e-7)
+
+
+def test_a_single_bright_pixel_is_not_called_constant():
+    image = torch.zeros(1, 64, 64)
+    image[0, 30, 30] = 1.0
+    low, scale = robust_range(image)
+    with pytest.raises(ConstantImageError, match="almost constant.*a single bright pixel"):
+        check_contrast(scale, low, image)
+    flat = torch.full((1, 64, 64), 7.0)
+    low, scale = robust_range(flat)
+    with pytest.raises(ConstantImageError, match="the image is constant"):
+        check_contrast(scale, low, flat)

@@ -1,12 +1,19 @@
 """Tests for TIFF I/O with pixel size and metadata, atomic writes and the PSF format."""
 
+import errno
 import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 
-from napari_deepblur import io
+from napari_deepblur import io, outputs
 
 
 def _partials(folder):
@@ -281,3 +288,173 @@ def test_create_image_is_atomic(tmp_path):
             out[:10] = 1
             raise RuntimeError("boom")
     assert not other.exists() and not _partials(tmp_path)
+
+
+def test_strict_json_refuses_nan_and_names_the_entry():
+    assert json.loads(io.json_text({"a": [1.0, 2]}, "x")) == {"a": [1.0, 2]}
+    with pytest.raises(ValueError, match=r"the estimate holds a NaN .* \(noise\.beta\)"):
+        io.json_text({"noise": {"alpha": 0.0, "beta": float("nan")}}, "the estimate")
+    with pytest.raises(ValueError, match=r"\(coefficients\.1\)"):
+        io.json_text({"coefficients": np.array([0.0, np.inf])}, "the estimate")
+
+
+# --- faults: full disks, special files, concurrent and killed writers -------------------------
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_is_one_sentence_and_leaves_no_file(tmp_path, monkeypatch):
+    """Free space is checked before writing; a disk that fills up meanwhile fails when the
+    output's blocks are reserved (posix_fallocate), not with a SIGBUS when its memory map
+    writes into a hole; small files (JSON) name their path too."""
+    free = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: free._replace(free=5_000_000))
+    big = tmp_path / "big.tif"
+    needs = r"not enough space on .*: the output big.tif needs 16\.8 MB, 5\.0 MB free"
+    with pytest.raises(outputs.OutputDiskError, match=needs):
+        with io.create_image(big, (2048, 2048), np.float32):
+            pass
+    with pytest.raises(outputs.OutputDiskError, match="needs 16.8 MB"):
+        io.write_image(big, np.zeros((2048, 2048), np.float32))
+    monkeypatch.undo()
+    if hasattr(os, "posix_fallocate"):
+        monkeypatch.setattr(os, "posix_fallocate", _no_space)
+        with pytest.raises(outputs.OutputDiskError, match=f"the disk is full while writing {big}$"):
+            with io.create_image(big, (256, 256), np.float32) as out:
+                out[:] = 1.0
+    monkeypatch.setattr(tifffile, "imwrite", _no_space)
+    with pytest.raises(outputs.OutputDiskError) as error:
+        io.write_image(big, np.zeros((8, 8), np.float32))
+    assert str(error.value) == f"the disk is full while writing {big}"
+    assert error.value.errno == errno.ENOSPC
+    monkeypatch.setattr(Path, "write_text", _no_space)
+    with pytest.raises(outputs.OutputDiskError, match=r"full while writing .*\.json"):
+        io._atomic_write(tmp_path / "e.json", lambda tmp: tmp.write_text("{}"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_special_files_are_never_replaced(tmp_path):
+    """As root, ``--overwrite`` once renamed a new file over ``/dev/full``: a device, a
+    pipe or a folder in the way is refused, ``overwrite`` or not."""
+    fifo = tmp_path / "pipe.tif"
+    os.mkfifo(fifo)
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match="is not a regular file"):
+            io.write_image(fifo, np.zeros((4, 4), np.uint8), overwrite=overwrite)
+        with pytest.raises(FileExistsError, match="is not a regular file"):
+            with io.create_image(fifo, (4, 4), overwrite=overwrite):
+                pass
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    (tmp_path / "folder.tif").mkdir()
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        io.write_image(tmp_path / "folder.tif", np.zeros((4, 4)), overwrite=True)
+
+
+def test_an_image_path_that_is_a_folder_says_so(tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a folder, not an image file"):
+        io.read_image(tmp_path)
+
+
+def test_a_stack_without_pixel_size_comes_back_without_one(tmp_path):
+    """An ImageJ hyperstack's header holds 1 unit per pixel by default: it is not our pixel
+    size (an output read back as 1 nm pixels was then 'too small' to identify)."""
+    path = io.write_image(tmp_path / "z.tif", np.zeros((3, 32, 32), np.float32), axes="ZYX")
+    assert io.read_image(path).pixel_size_nm is None
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_imagej and "unit" not in tif.imagej_metadata  # Fiji: pixels, not nm
+    steps = io.write_image(
+        tmp_path / "s.tif",
+        np.zeros((3, 32, 32), np.float32),
+        axes="ZYX",
+        stack_steps={"spacing": 300.0},
+    )
+    image = io.read_image(steps)
+    assert image.pixel_size_nm is None and image.stack_steps["spacing"] == 300.0
+
+
+def test_one_writer_claims_an_output(tmp_path):
+    out = tmp_path / "out.tif"
+    with outputs.claim_output(out):
+        assert (tmp_path / ".out.tif.lock").exists()
+        with pytest.raises(outputs.OutputBusyError, match="being written by another run"):
+            with outputs.claim_output(out):
+                pass
+    assert list(tmp_path.iterdir()) == []  # the lock file goes with the claim
+    with outputs.claim_output(out):  # free again
+        pass
+
+
+_HOLD = """
+import sys, time
+from pathlib import Path
+from napari_deepblur import outputs
+out = Path(sys.argv[1])
+with outputs.claim_output(out):
+    (out.parent / ".out.tif.live0001.partial").touch()
+    print("claimed", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_live_writers_partial_files_are_kept_a_killed_ones_removed(tmp_path):
+    """Another process writing the output holds its claim: its temporary file stays. Killed
+    with SIGKILL (no clean-up), its claim ends with it, and the next writer removes what
+    it left (a 4096² float32 output leaves 67 MB)."""
+    out = tmp_path / "out.tif"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(out)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "claimed"
+        live = tmp_path / ".out.tif.live0001.partial"
+        with pytest.raises(outputs.OutputBusyError):
+            with outputs.claim_output(out):
+                pass
+        assert live.exists()
+    finally:
+        holder.kill()  # SIGKILL: no finally block runs in it
+        holder.wait()
+    stale_json = tmp_path / ".out.json.dead0002.partial"
+    stale_json.write_text("{")
+    with outputs.claim_output(out, also=[out.with_suffix(".json")]):
+        assert not live.exists() and not stale_json.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+_READ_DAMAGED = """
+import sys
+from napari_deepblur import io, outputs
+data = io.read_image(sys.argv[1], mmap=True).data
+try:
+    data[:]
+except Exception as exc:
+    print(type(exc).__name__, file=sys.stderr)
+"""
+
+
+def test_a_damaged_compressed_tiff_leaves_no_pending_zarr_reads(tmp_path):
+    """zarr reads the tiles of a slice concurrently: one damaged tile failed the read and
+    left the others pending, each printed at exit ("Task was destroyed but it is
+    pending!" and a traceback) after the one-line error."""
+    pytest.importorskip("zarr")
+    image = np.random.default_rng(0).random((1024, 1024), dtype=np.float32)
+    path = tmp_path / "tiled.tif"
+    tifffile.imwrite(path, image, tile=(128, 128), compression="zlib")
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages.first
+        damaged = [(page.dataoffsets[i], page.databytecounts[i]) for i in (3, 20, 40)]
+    with open(path, "r+b") as f:
+        for offset, count in damaged:
+            f.seek(offset)
+            f.write(b"\xff" * count)
+    done = subprocess.run(
+        [sys.executable, "-c", _READ_DAMAGED, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stderr.splitlines() == ["error"], done.stderr  # zlib.error, and nothing else

@@ -144,3 +144,77 @@ def test_a_card_that_is_not_json_is_refused(tmp_path):
     path.with_suffix(".json").write_text("{not json")
     with pytest.raises(ModelFileError, match="not valid JSON"):
         load_model(path)
+
+
+def _rewrite(path, out, *, config=None, tensors=None, metadata=None):
+    """A copy of the model file ``path`` at ``out`` with its settings or tensors changed."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        settings = json.loads(f.metadata()["napari_deepblur"])
+        stored = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    if config is not None:
+        config(settings)
+    if tensors is not None:
+        tensors(stored)
+    text = metadata if metadata is not None else json.dumps(settings)
+    save_file(stored, str(out), metadata={"napari_deepblur": text})
+    return out
+
+
+def _set(part, key, value):
+    return lambda settings: settings[part].__setitem__(key, value)
+
+
+def _reshape(name):
+    return lambda t: t.__setitem__(name, torch.zeros(3, *t[name].shape[1:], dtype=t[name].dtype))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"metadata": "[1, 2]"}, "settings .* are not a JSON object"),
+        ({"config": _set("identification", "bogus", 1)}, "unknown identification setting.*'bogus'"),
+        ({"config": _set("deblurring", "blocks", "2")}, "blocks = '2' is not a whole number"),
+        # ~100 GB of float32 weights: refused from the settings, before any is allocated
+        (
+            {"config": _set("deblurring", "widths", [4096, 8192, 16384, 32768])},
+            "widths = .* from 1",
+        ),
+        ({"config": _set("identification", "widths", [4096] * 4)}, "parameters, above the"),
+        ({"config": _set("family", "noll_indices", [4, 1000000])}, "Noll indices run from 1 to 66"),
+        ({"config": _set("family", "bogus", 1)}, "not hold a usable operator family"),
+        (
+            {"tensors": _reshape("identification.head.2.weight")},
+            r"head\.2\.weight of shape \(3, 16\)",
+        ),
+        (
+            {"tensors": lambda t: t.pop("deblurring.floor_weight")},
+            "deblurring.floor_weight missing",
+        ),
+        (
+            {"tensors": lambda t: t.__setitem__("deblurring.extra", torch.ones(1))},
+            "extra unexpected",
+        ),
+    ],
+)
+def test_crafted_model_files_are_refused_with_the_file_and_the_fault(tmp_path, change, message):
+    """Crafted or damaged settings and tensors gave tracebacks, and a file asking for huge
+    networks tried to allocate them; a file without a card gets the same checks."""
+    path = save_model(_tiny_model(), tmp_path / "tiny.safetensors")
+    crafted = _rewrite(path, tmp_path / "crafted.safetensors", **change)
+    with pytest.raises(ModelFileError, match=message) as error:
+        load_model(crafted)
+    assert str(crafted) in str(error.value)
+
+
+def test_a_card_that_is_not_a_json_object_is_refused(tmp_path):
+    path = save_model(_tiny_model(), tmp_path / "m.safetensors", card={})
+    path.with_suffix(".json").write_text("[1, 2]")
+    with pytest.raises(ModelFileError, match="m.json is not a JSON object"):
+        load_model(path)
+    from napari_deepblur.models import load_family
+
+    with pytest.raises(ModelFileError, match="m.json is not a JSON object"):
+        load_family(path)

@@ -223,3 +223,89 @@ def test_wrong_arguments_to_deblur_say_what_to_pass(model, sample, estimate):
     np.testing.assert_allclose(tiny * 1e6, normal, atol=1e-4)
     with pytest.raises(ValueError, match="beyond float32's range"):
         pipeline.deblur(image.astype(np.float64) * 1e300, estimate, model)
+
+
+def test_damaged_identification_weights_give_an_error_not_nan_coefficients():
+    import copy
+
+    from napari_deepblur.models import load_model
+
+    model = copy.deepcopy(load_model(None, device="cpu"))
+    with torch.no_grad():
+        model.identification.head[-1].weight.fill_(float("nan"))
+    image = make_blurred_sample(0, 96)["image"]
+    with pytest.raises(ValueError, match="identification network .* weights are probably damaged"):
+        pipeline.identify(image, model, device="cpu", augment=False)
+
+
+def test_absurd_noise_is_refused_not_blamed_on_the_weights(model, sample, estimate):
+    image = sample["image"]
+    with pytest.raises(ValueError, match=r"noise given .* is \d\.\d+e\+30× the image's intensity"):
+        pipeline.deblur(image, estimate, model, noise=1e30)
+    with pytest.raises(ValueError, match="give the noise in the image's units"):
+        pipeline.deblur(image, estimate, model, noise={"alpha": 1e40, "beta": 0.0})
+    assert pipeline.deblur(image, estimate, model, noise=10.0).shape == image.shape  # noisy
+
+
+def test_a_crafted_estimate_is_refused_with_the_reason(estimate):
+    d = estimate.to_dict()
+    with pytest.raises(ValueError, match="Noll indices run from 1 to 66"):
+        pipeline.BlurEstimate.from_dict({**d, "noll_indices": [4, 5, 6, 7, 8, 9, 1_000_000]})
+    with pytest.raises(ValueError, match=r"coefficient of Z4 is 1e\+06 waves RMS, beyond the ±2"):
+        pipeline.BlurEstimate.from_dict({**d, "coefficients": [1e6, 0, 0, 0, 0, 0, 0]})
+    with pytest.raises(ValueError, match="7 coefficients for 3 Noll indices"):
+        pipeline.BlurEstimate.from_dict({**d, "noll_indices": [4, 5, 6]})
+
+
+def test_the_noise_of_a_very_bright_float32_image_is_finite(model, sample):
+    """Near 1e30 the noise fit overflowed float32: NaN noise, and JSON that is not JSON."""
+    bright = (sample["image"] * np.float32(1e30)).astype(np.float32)
+    normal = ndb.identify(sample["image"], model=model, augment=False).noise
+    noise = ndb.identify(bright, model=model, augment=False).noise
+    assert np.isfinite([noise["alpha"], noise["beta"]]).all()
+    assert noise["beta"] == pytest.approx(normal["beta"] * 1e30, rel=1e-3)
+    assert noise["alpha"] == pytest.approx(normal["alpha"] * 1e30, rel=1e-3)
+
+
+def test_a_single_bright_pixel_is_named_as_such(model, estimate):
+    image = np.zeros((128, 128), np.float32)
+    image[60, 70] = 1000.0
+    for run in (
+        lambda: ndb.identify(image, model=model),
+        lambda: ndb.deblur(image, estimate, model=model),
+    ):
+        with pytest.raises(ConstantImageError, match="almost constant.*single bright pixel"):
+            run()
+
+
+def test_choosing_a_stacks_plane_prints_no_numpy_warnings():
+    """A float64 plane beyond float32's range made numpy print its RuntimeWarnings (with
+    source paths, from batch workers) before the one-line error that says what to do."""
+    import warnings
+
+    plane = make_blurred_sample(0, 64)["image"].astype(np.float64)
+    stack = np.stack([plane, plane * 1e300])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert pipeline.representative_plane(stack) == (0,)
+
+
+def test_the_documented_smallest_image_to_deblur_is_the_enforced_one(model):
+    """docs/cli.md said 28 px while 32 px were enforced (more than the 31 px kernel)."""
+    import re
+    from pathlib import Path
+
+    kernel = model.family.kernel_size
+    smallest = next(n for n in range(8, 128) if _deblurrable(n, kernel))  # at the model's sampling
+    docs = Path(__file__).parents[1] / "docs"
+    said = re.findall(r"at least (\d+) px a side", (docs / "cli.md").read_text())
+    said += re.findall(r"(\d+) px to deblur", (docs / "user-guide.md").read_text())
+    assert said and {int(n) for n in said} == {smallest}
+
+
+def _deblurrable(side: int, kernel: int) -> bool:
+    try:
+        pipeline._check_deblurrable_size((side, side), 1.0, kernel)
+    except ValueError:
+        return False
+    return True

@@ -26,6 +26,7 @@ import numpy as np
 
 from .devices import resolve_precision
 from .optics import Microscope
+from .outputs import OutputBusyError, check_free_space, check_regular, claim_output
 from .pipeline import DEFAULT_TILE_PX, BlurEstimate, Progress
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -166,6 +167,22 @@ def _unfinished(sidecar: Path, input_path: Path) -> bool:
     return written_for is not None and Path(written_for).resolve() == input_path.resolve()
 
 
+def estimate_missing(input_path, output_path) -> bool:
+    """Whether ``output_path`` is a finished output of ``input_path`` (by its metadata)
+    whose estimate ``<output stem>.json`` is gone: a batch redoes it (the estimate is
+    written first, so only a deletion loses it)."""
+    from . import io
+
+    output_path = Path(output_path)
+    if not output_path.is_file() or output_path.with_suffix(".json").exists():
+        return False
+    try:
+        _, metadata = io.read_header(output_path)
+    except ValueError:
+        return False
+    return metadata.get("deblurred_from") == Path(input_path).name
+
+
 def iter_deblur_file(
     input_path, output_path, options: DeblurOptions | None = None
 ) -> Generator[Progress, None, dict]:
@@ -173,27 +190,41 @@ def iter_deblur_file(
     ``output_path``, plane by plane and tile by tile, yielding :class:`Progress`.
 
     With ``options.estimate_json`` the estimate is written beside the output as
-    ``<output stem>.json`` (before the TIFF, whose rename marks the file finished). Returns
-    ``{"input", "output", "seconds", "shape", "estimate"}``.
+    ``<output stem>.json`` (before the TIFF, whose rename marks the file finished); an
+    output whose estimate is missing (:func:`estimate_missing`) is then redone. The output
+    is claimed for the whole run (:func:`~napari_deepblur.outputs.claim_output`: another
+    run writing it is an :class:`~napari_deepblur.outputs.OutputBusyError`; the temporary
+    files a killed run left are removed). Returns ``{"input", "output", "seconds",
+    "shape", "estimate"}``.
     """
-    from . import io, pipeline
-    from .models import load_model
-
     options = options or DeblurOptions()
-    start = time.perf_counter()
     input_path, output_path = Path(input_path), Path(output_path)
     if output_path.suffix.lower() not in TIFF_SUFFIXES:
         raise ValueError(f"the output must be a .tif or .tiff file: {output_path}")
     if output_path.resolve() == input_path.resolve():
         raise ValueError(f"the output would replace the input {input_path}; choose another path")
-    if output_path.exists() and not options.overwrite:
-        raise FileExistsError(f"{output_path} already exists; pass --overwrite to replace it")
     if not output_path.parent.is_dir():
         raise FileNotFoundError(f"the output folder {output_path.parent} does not exist")
     sidecar = output_path.with_suffix(".json") if options.estimate_json else None
+    if sidecar is not None and sidecar.resolve() == input_path.resolve():
+        raise ValueError(f"the estimate {sidecar} would replace the input; choose another path")
+    with claim_output(output_path, also=[sidecar] if sidecar is not None else []):
+        return (yield from _deblur_claimed(input_path, output_path, sidecar, options))
+
+
+def _deblur_claimed(input_path: Path, output_path: Path, sidecar: Path | None, options):
+    """:func:`iter_deblur_file` once the output is claimed."""
+    from . import io, pipeline
+    from .models import load_model
+
+    start = time.perf_counter()
+    redo = sidecar is not None and estimate_missing(input_path, output_path)
+    overwrite = options.overwrite or redo
+    check_regular(output_path)
+    if output_path.exists() and not overwrite:
+        raise FileExistsError(f"{output_path} already exists; pass --overwrite to replace it")
     if sidecar is not None:
-        if sidecar.resolve() == input_path.resolve():
-            raise ValueError(f"the estimate {sidecar} would replace the input; choose another path")
+        check_regular(sidecar)
         if sidecar.exists() and not options.overwrite and not _unfinished(sidecar, input_path):
             raise FileExistsError(f"{sidecar} already exists; pass --overwrite to replace it")
     check_options(options)
@@ -203,9 +234,11 @@ def iter_deblur_file(
         torch.set_num_threads(options.torch_threads)
     image = io.read_image(input_path, mmap=True)
     check_image_axes(image, input_path)
+    data = image.data
+    dtype = np.float32 if options.dtype == "float32" else data.dtype
+    check_free_space(output_path, int(np.prod(data.shape)) * np.dtype(dtype).itemsize)
     optics, _ = image_optics(image, options.optics)
     model = load_model(options.model, device=options.device, precision=options.precision)
-    data = image.data
     estimate = options.estimate
     if estimate is None:
         estimate = yield from pipeline.iter_identify_stack(
@@ -217,10 +250,9 @@ def iter_deblur_file(
             tile_px=options.tile_px,
             **optics,
         )
-    dtype = np.float32 if options.dtype == "float32" else data.dtype
     summary = estimate_json(estimate)
     if sidecar is not None:
-        text = json.dumps({"input": str(input_path), "estimate": summary}, indent=2)
+        text = io.json_text({"input": str(input_path), "estimate": summary}, "the estimate")
         io._atomic_write(sidecar, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     axes = image.axes if image.axes and len(image.axes) == data.ndim else None
     metadata = {
@@ -237,7 +269,7 @@ def iter_deblur_file(
             dtype,
             pixel_size_nm=image.pixel_size_nm,
             metadata=metadata,
-            overwrite=options.overwrite,
+            overwrite=overwrite,
             axes=axes,
             stack_steps=image.stack_steps,
         ) as out:
@@ -316,12 +348,14 @@ def batch_jobs(inputs: Sequence, out_dir) -> list[tuple[Path, Path]]:
 
 @dataclass
 class BatchResult:
-    """What a batch did: outputs written, outputs already there, failures (with the error
-    message) and warnings (input, message; e.g. a constant plane copied unchanged);
+    """What a batch did: outputs written, outputs already there (or finished meanwhile by
+    another run), outputs left to another run writing them now (``busy``), failures (with
+    the error message) and warnings (input, message; e.g. a constant plane copied unchanged);
     ``seconds``: wall time of the processing (cluster start excluded)."""
 
     done: list[dict] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     warned: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
@@ -374,12 +408,17 @@ def iter_batch(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"--out {out_dir} exists and is not a folder")
+    if out_dir.is_dir() and not os.access(out_dir, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"cannot write in the output folder {out_dir} (no permission, or a read-only disk)"
+        )
     check_options(options)
     jobs = batch_jobs(inputs, out_dir)
     result = BatchResult()
     todo = []
     for src, dst in jobs:
-        if dst.exists() and not options.overwrite:
+        redo = options.estimate_json and estimate_missing(src, dst)
+        if dst.exists() and not options.overwrite and not redo:
             result.skipped.append(str(dst))
         else:
             todo.append((src, dst))
@@ -433,8 +472,14 @@ def iter_batch(
         try:
             for k, future in enumerate(as_completed(futures), 1):
                 src, dst = futures[future]
-                if future.status == "error":
-                    error = future.exception()
+                error = future.exception() if future.status == "error" else None
+                if isinstance(error, OutputBusyError):
+                    result.busy.append(str(dst))
+                    message = f"{src.name}: being written by another run"
+                elif isinstance(error, FileExistsError) and _finished_meanwhile(src, dst, options):
+                    result.skipped.append(str(dst))
+                    message = f"{src.name}: done meanwhile by another run"
+                elif error is not None:
                     result.failed.append((str(src), f"{type(error).__name__}: {error}"))
                     message = f"{src.name} failed"
                 else:
@@ -454,17 +499,25 @@ def iter_batch(
     return result
 
 
+def _finished_meanwhile(src: Path, dst: Path, options: DeblurOptions) -> bool:
+    """Whether a file failed only because its output appeared after the batch started (an
+    output that exists is checked before its estimate, so this names the output)."""
+    return not options.overwrite and dst.exists() and not estimate_missing(src, dst)
+
+
 def _remove_unfinished(todo, result: BatchResult) -> None:
     """What workers stopped mid-file (interrupt, cancel) could not clean up themselves: the
-    temporary files of outputs not done, and the estimates they wrote beside them."""
-    from . import io
-
+    temporary files of outputs not done, and the estimates they wrote beside them. Only
+    outputs nobody is writing (:func:`~napari_deepblur.outputs.claim_output`): another
+    run's are left to it."""
     finished = {Path(d["output"]).resolve() for d in result.done}
     for src, dst in todo:
-        if dst.resolve() in finished or dst.exists():
+        if dst.resolve() in finished:
             continue
-        io.remove_partial_files(dst)
         sidecar = dst.with_suffix(".json")
-        io.remove_partial_files(sidecar)
-        if _unfinished(sidecar, src):  # absent, or not an estimate this batch wrote: kept
-            sidecar.unlink(missing_ok=True)
+        try:
+            with claim_output(dst, also=[sidecar]):  # removes the temporary files
+                if not dst.exists() and _unfinished(sidecar, src):  # else not ours: kept
+                    sidecar.unlink(missing_ok=True)
+        except OSError:  # busy (another run writes it: its files are its own), or gone
+            continue

@@ -2,8 +2,9 @@
 
 Each subcommand is one ``_add_<name>(subparsers)`` function that registers its parser and sets
 ``func`` (``args -> int | None``) as a default; :data:`SUBCOMMANDS` lists them. Expected user
-errors (missing or existing files, bad values, undersampled optics) are reported as
-``deepblur: error: <message>`` on stderr with exit code 2, without a traceback.
+errors (missing or existing files, bad values, undersampled optics, a disk that cannot take
+an output) are reported as ``deepblur: error: <message>`` on stderr with exit code 2, without
+a traceback.
 
 No Qt or napari here; heavy modules are imported inside the subcommands.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import shlex
 import sys
 import threading
@@ -24,6 +26,7 @@ from . import __version__
 from .calibration_cli import add_calibrate_parser
 from .evaluation.cli import add_evaluate_parser
 from .family_cli import add_field_family_parser
+from .outputs import DISK_ERRNOS
 
 #: Errors that are the user's to fix: reported in one line, exit code 2.
 USER_ERRORS = (
@@ -34,6 +37,8 @@ USER_ERRORS = (
     PermissionError,
     ValueError,
 )
+#: The paths that mean standard output where a command can write there (``identify --json``).
+STDOUT_PATHS = ("-", "/dev/stdout")
 
 _DEFAULT_OPTICS = {"na": 1.4, "wavelength_nm": 520.0, "pixel_size_nm": 74.0}
 
@@ -325,21 +330,37 @@ def _optics_args(args) -> dict:
 
 
 def _check_new(paths, overwrite: bool, inputs=()) -> None:
-    """Before any work: each output path (None: skipped) must be new (or ``overwrite``), in
-    an existing folder, and neither an input nor another output."""
+    """Before any work: each output path (None: skipped) must be new (or ``overwrite``) and
+    not a device or a pipe, in an existing folder we may write in, and neither an input
+    nor another output."""
     from pathlib import Path
+
+    from .outputs import check_regular
 
     taken = {Path(p).resolve(): f"the input {p}" for p in inputs}
     for path in (Path(p) for p in paths if p is not None):
         if path.resolve() in taken:
             raise ValueError(f"{path} would replace {taken[path.resolve()]}; choose another path")
         taken[path.resolve()] = f"the other output {path}"
-        if path.is_dir():
-            raise IsADirectoryError(f"{path} is a folder; give a file name for the output")
+        check_regular(path)
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
         if not path.parent.is_dir():
             raise FileNotFoundError(f"the output folder {path.parent} does not exist")
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            raise PermissionError(
+                f"cannot write in the output folder {path.parent} (no permission, or a "
+                "read-only disk)"
+            )
+
+
+def _check_image(path) -> None:
+    """An input image given as a folder: say so (and that ``batch`` takes folders)."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(
+            f"{path} is a folder, not an image file; to process every TIFF in a folder use "
+            f"'deepblur batch {path} --out OUTPUT_FOLDER'"
+        )
 
 
 # --- deepblur identify ------------------------------------------------------------------------
@@ -357,7 +378,9 @@ def _add_identify(sub) -> None:
     p.add_argument("image", help="input TIFF: (Y, X) or a stack (…, Y, X)")
     p.add_argument("--psf-out", help="write the estimated PSF here (.tif, + .json sidecar)")
     p.add_argument(
-        "--json", help="write the estimate here (JSON; - for stdout, the report then on stderr)"
+        "--json",
+        help="write the estimate here (JSON; - or /dev/stdout for stdout, the report then "
+        "on stderr)",
     )
     p.add_argument(
         "--no-augment",
@@ -408,7 +431,7 @@ def _run_identify(args: argparse.Namespace) -> int:
     psf_out = Path(args.psf_out) if args.psf_out else None
     if psf_out is not None and psf_out.suffix.lower() not in (".tif", ".tiff"):
         raise ValueError(f"--psf-out must end with .tif or .tiff: {psf_out}")
-    to_stdout = args.json == "-"  # the JSON on stdout (for a pipe), the report on stderr
+    to_stdout = args.json in STDOUT_PATHS  # the JSON on stdout (a pipe), the report on stderr
     report = functools.partial(print, file=sys.stderr if to_stdout else sys.stdout)
     _check_new(
         [
@@ -419,6 +442,7 @@ def _run_identify(args: argparse.Namespace) -> int:
         args.overwrite,
         inputs=[args.image],
     )
+    _check_image(args.image)
     image = io.read_image(args.image, mmap=True)
     check_image_axes(image, args.image)
     optics, optics_text = image_optics(image, _optics_args(args))
@@ -455,7 +479,7 @@ def _run_identify(args: argparse.Namespace) -> int:
         report("\n".join(_format_estimate(estimate)))
     if args.json:
         data = {"image": str(args.image), "mode": mode, **estimate_json(estimate)}
-        text = json.dumps(io.to_jsonable(data), indent=2)
+        text = io.json_text(data, "the estimate")
         if to_stdout:
             print(text)
         else:
@@ -642,6 +666,7 @@ def _run_deblur(args: argparse.Namespace) -> int:
     from .batch import image_optics, iter_deblur_file
 
     _check_new([args.out], args.overwrite)
+    _check_image(args.image)
     estimate = _given_estimate(args)
     if estimate is not None and not isinstance(estimate, list) and math.isnan(estimate.fc):
         # a foreign PSF without sampling: the image's (or the model's) cutoff
@@ -787,9 +812,11 @@ def _run_batch(args: argparse.Namespace) -> int:
         "batch",
     )
     rate = len(result.done) / result.seconds if result.seconds else 0.0
+    busy = f", {len(result.busy)} left to another run writing them" if result.busy else ""
     print(
         f"batch: {len(result.done)} deblurred, {len(result.skipped)} skipped (output "
-        f"exists), {len(result.failed)} failed; {result.seconds:.1f} s, {rate:.2f} images/s"
+        f"exists){busy}, {len(result.failed)} failed; {result.seconds:.1f} s, "
+        f"{rate:.2f} images/s"
         + (f" on {result.workers} workers ({result.scheduler})" if result.workers else "")
     )
     for src, message in result.warned:
@@ -1168,6 +1195,12 @@ def _main(argv: Sequence[str] | None) -> int:
         return int(args.func(args) or 0)
     except USER_ERRORS as exc:
         print(f"deepblur: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a disk that cannot take an output is the user's to fix too;
+        if exc.errno not in DISK_ERRNOS:  # other OSErrors keep the traceback that helps
+            raise
+        where = f": {exc.filename}" if exc.filename else ""  # ours name it in the sentence
+        print(f"deepblur: error: {exc.strerror}{where}", file=sys.stderr)
         return 2
     except zlib.error as exc:  # a damaged tile of a compressed TIFF, read lazily mid-run
         print(f"deepblur: error: part of the image could not be decompressed (a damaged "

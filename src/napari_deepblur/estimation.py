@@ -174,6 +174,7 @@ def window_predictions(
         predicted = None  # out of the except clause: the failed pass's memory is freed
     if predicted is None:
         predicted = predict(fall_back_to_cpu(model, "identifying"), windows)
+    _check_finite_outputs(predicted, model)
     return _to_original_orientation(predicted, family, copies), centres.repeat(copies, 1)
 
 
@@ -222,3 +223,13 @@ def identify_in_windows(
     at the model's sampling, in the intensity units of the image (any range)."""
     predictions, _ = window_predictions(model, image, model.family, augment, max_evaluations)
     return robust_combine(predictions, model.family)
+
+
+def _check_finite_outputs(predictions: torch.Tensor, model) -> None:
+    """A ValueError when the identification network returned NaN or infinite values: its
+    inputs are checked before (finite, normalised), so the weights are to blame."""
+    if not bool(torch.isfinite(predictions).all()):
+        raise ValueError(
+            f"the identification network of model {model.name!r} returned NaN or infinite "
+            "values; its weights are probably damaged: reinstall the model or use another one"
+        )

@@ -61,13 +61,24 @@ def denormalize(images: torch.Tensor, low: torch.Tensor, scale: torch.Tensor) ->
     return images * scale + low
 
 
-def check_contrast(scale: torch.Tensor, low: torch.Tensor) -> None:
+def check_contrast(scale: torch.Tensor, low: torch.Tensor, images=None) -> None:
     """Raise :class:`ConstantImageError` when an image's robust range is (almost) zero:
     within float32 rounding of its level (1e-6 of it), whatever the units (an image of values
-    around 1e-6, e.g. normalised to sum 1, has contrast)."""
+    around 1e-6, e.g. normalised to sum 1, has contrast). With ``images`` (those the range
+    is of), the message tells a constant image from one where only a few pixels (under
+    0.1 %: a hot pixel, a lone bright spot) differ from the rest."""
     reference = torch.clamp_min(1e-6 * low.abs(), 1e-30)
-    if bool((scale <= reference).any()):
+    if not bool((scale <= reference).any()):
+        return
+    images = None if images is None else torch.as_tensor(images)
+    if images is not None and bool(images.amax() > images.amin()):
         raise ConstantImageError(
-            "the image is constant (or nearly so): its 1st and 99.9th percentiles are equal, "
-            "so it shows no structure from which to estimate or remove blur"
+            "the image is almost constant: its 1st and 99.9th percentiles are equal, so "
+            "fewer than 0.1 % of its pixels differ from the rest (such as a single bright "
+            "pixel on an even background), which is no structure from which to estimate or "
+            "remove blur"
         )
+    raise ConstantImageError(
+        "the image is constant (or nearly so): its 1st and 99.9th percentiles are equal, "
+        "so it shows no structure from which to estimate or remove blur"
+    )

@@ -2,12 +2,15 @@
 
 Images are ``(…, Y, X)`` as stored. Pixel sizes are in nanometres (``pixel_size_nm``).
 Writes are atomic (temporary ``.<name>.<id>.partial`` file in the same folder, then
-``os.replace``) and refuse to overwrite unless ``overwrite=True``.
+``os.replace``), refuse to overwrite unless ``overwrite=True``, never replace what is not a
+regular file (a device, a pipe), and make a disk that cannot take them (full, over quota,
+read-only) an :class:`~napari_deepblur.outputs.OutputDiskError` naming the path
+(:mod:`~napari_deepblur.outputs`).
 """
 
 from __future__ import annotations
 
-import glob
+import asyncio
 import json
 import os
 import uuid
@@ -22,6 +25,14 @@ import numpy as np
 import tifffile
 
 from . import notices
+from .outputs import (
+    DISK_ERRNOS,
+    check_free_space,
+    check_regular,
+    disk_error,
+    remove_partial_files,  # noqa: F401 - io.remove_partial_files, as before
+    reserve_blocks,
+)
 
 __all__ = [
     "PSF_FORMAT",
@@ -82,6 +93,36 @@ def to_jsonable(obj: Any) -> Any:
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     raise TypeError(f"metadata value {obj!r} of type {type(obj).__name__} is not JSON-serialisable")
+
+
+def json_text(obj: Any, what: str, indent: int | None = 2) -> str:
+    """``obj`` as strict JSON (after :func:`to_jsonable`): ValueError naming ``what`` and
+    the first offending entry when it holds NaN or infinite numbers, which JSON cannot
+    hold (Python would write ``NaN``, which other programs fail to read)."""
+    obj = to_jsonable(obj)
+    try:
+        return json.dumps(obj, indent=indent, allow_nan=False)
+    except ValueError:
+        where = _non_finite_entry(obj)
+        raise ValueError(
+            f"{what} holds a NaN or infinite number{f' ({where})' if where else ''}, which "
+            "JSON cannot hold: it was not written"
+        ) from None
+
+
+def _non_finite_entry(obj: Any, prefix: str = "") -> str | None:
+    """The dotted key of the first NaN or infinite float in ``obj`` (JSON types), or None."""
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return prefix or "the value"
+    if isinstance(obj, dict):
+        items = obj.items()
+    else:
+        items = enumerate(obj) if isinstance(obj, list) else []
+    for key, value in items:
+        found = _non_finite_entry(value, f"{prefix}.{key}" if prefix else str(key))
+        if found:
+            return found
+    return None
 
 
 @dataclass
@@ -186,9 +227,12 @@ def _x_resolution(page: Any) -> float | None:
 
 
 def _pixel_size_nm(tif: tifffile.TiffFile, description: dict | None) -> float | None:
-    """Pixel size (nm): our JSON > OME PhysicalSizeX > ImageJ unit + XResolution > TIFF tags."""
+    """Pixel size (nm): our JSON (whose null means unknown: ImageJ's header then holds its
+    default of 1 unit) > OME PhysicalSizeX > ImageJ unit + XResolution > TIFF tags."""
     if description and description.get("pixel_size_nm") is not None:
         return float(description["pixel_size_nm"])
+    if description and description.get("format") == _OUR_FORMAT and "pixel_size_nm" in description:
+        return None
     px = _ome_length_nm(_ome_pixels(tif), "PhysicalSizeX")
     if px is not None:
         return px
@@ -214,6 +258,8 @@ def read_image(path: str | os.PathLike, *, mmap: bool = False) -> ImageData:
     the array in memory. Large images then cost no memory until their tiles are read.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not an image file")
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     try:
@@ -274,36 +320,79 @@ def _lazy_data(path: Path) -> Any:
     except ImportError:
         return None
     try:
-        array = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+        array = _SettledZarr(zarr.open(tifffile.imread(path, aszarr=True), mode="r"))
         array[tuple(-1 for _ in array.shape)]  # a truncated file fails here, not mid-run
         return array
     except Exception:  # noqa: BLE001 - any zarr failure: read into memory instead
         return None
 
 
+class _SettledZarr:
+    """A zarr array whose failing reads first let its other chunk reads end. zarr reads the
+    chunks of a slice concurrently on its own event loop, and when one fails (a damaged
+    tile) the others go on; a program that ends then, as the command line does after its
+    one-line error, would print a "Task was destroyed but it is pending!" and a traceback
+    for each of them."""
+
+    def __init__(self, array):
+        self._array = array
+
+    def __getattr__(self, name: str) -> Any:  # shape, dtype, ndim, …
+        if name == "_array":  # not set yet (a copy being made)
+            raise AttributeError(name)
+        return getattr(self._array, name)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return np.asarray(self[...], dtype)
+
+    def __getitem__(self, key) -> Any:
+        try:
+            return self._array[key]
+        except Exception:
+            _settle_zarr_reads()
+            raise
+
+
+def _settle_zarr_reads(timeout_s: float = 10.0) -> None:
+    """Wait (at most ``timeout_s``) for the tasks on zarr's event loop to end."""
+
+    async def the_others() -> None:
+        current = asyncio.current_task()
+        others = [t for t in asyncio.all_tasks() if t is not current]
+        await asyncio.gather(*others, return_exceptions=True)
+
+    try:
+        from zarr.core.sync import sync
+
+        sync(the_others(), timeout=timeout_s)
+    except Exception:  # noqa: BLE001 - another zarr version: its messages, if any, stay
+        pass
+
+
 def _check_target(path: Path, overwrite: bool) -> None:
+    check_regular(path)
     if path.exists() and not overwrite:
         raise FileExistsError(
             f"{path} already exists; pass overwrite=True (--overwrite on the command line)"
         )
 
 
-def remove_partial_files(path) -> list[Path]:
-    """Delete the temporary ``.<name>.<id>.partial`` files of ``path`` (left by a writer that
-    was killed before it could clean up); returns what was deleted."""
-    path = Path(path)
-    found = sorted(path.parent.glob(f".{glob.escape(path.name)}.*.partial"))
-    for tmp in found:
-        tmp.unlink(missing_ok=True)
-    return found
+#: Room kept for a TIFF's header and tags beside its pixels, in bytes.
+_HEADER_BYTES = 1 << 16
 
 
 def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` on a hidden temporary file next to ``path``, then rename it."""
+    """Call ``write(tmp_path)`` on a hidden temporary file next to ``path``, then rename it.
+    A full or read-only disk is an :class:`~napari_deepblur.outputs.OutputDiskError` naming
+    ``path``."""
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.partial"
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        raise disk_error(exc, path) from exc
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -402,7 +491,9 @@ def _tiff_options(
             imagej=True,
             metadata={
                 "axes": axes,
-                "unit": "nm",  # of the pixel size and the Z step ("spacing")
+                # of the pixel size and the Z step ("spacing"): none when neither is known,
+                # so that Fiji shows pixels, not 1 nm
+                **({"unit": "nm"} if pixel_size_nm is not None or "spacing" in steps else {}),
                 **steps,
             },
             extratags=[(_OUR_TAG, "s", 0, text, True)],
@@ -444,6 +535,7 @@ def write_image(
     options = _tiff_options(
         data.shape, data.dtype, pixel_size_nm, metadata, axes, stack_steps, is_ome_name(path)
     )
+    check_free_space(path, data.nbytes + _HEADER_BYTES)
 
     def write(tmp: Path) -> None:
         tifffile.imwrite(tmp, data, **options)
@@ -481,9 +573,15 @@ def create_image(
     options = _tiff_options(
         shape, dtype, pixel_size_nm, metadata, axes, stack_steps, is_ome_name(path)
     )
+    check_free_space(path, int(np.prod(shape)) * np.dtype(dtype).itemsize + _HEADER_BYTES)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.partial"
     try:
-        array = tifffile.memmap(tmp, shape=shape, dtype=dtype, **options)
+        try:
+            array = _new_memmap(tmp, shape, dtype, options)
+        except OSError as exc:
+            if exc.errno not in DISK_ERRNOS:
+                raise
+            raise disk_error(exc, path) from exc
         yield array
         array.flush()
         del array
@@ -492,6 +590,22 @@ def create_image(
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _new_memmap(tmp: Path, shape, dtype, options: dict) -> np.memmap:
+    """``tifffile.memmap`` of a new file, with the file's blocks reserved
+    (:func:`~napari_deepblur.outputs.reserve_blocks`) before it is mapped."""
+    dtype = np.dtype(dtype)
+    offset, _ = tifffile.imwrite(
+        tmp,
+        shape=shape,
+        dtype=dtype,
+        align=tifffile.TIFF.ALLOCATIONGRANULARITY,
+        returnoffset=True,
+        **options,
+    )
+    reserve_blocks(tmp)
+    return np.memmap(tmp, dtype, "r+", offset, shape, "C")
 
 
 def write_psf(
@@ -527,7 +641,7 @@ def write_psf(
         sum=float(psf.sum(dtype=np.float64)),
     )
     pixel_size_nm = (meta.get("optics") or {}).get("pixel_size_nm")
-    text = json.dumps(meta, indent=2)
+    text = json_text(meta, "the PSF's metadata")
     write_image(
         path,
         psf,

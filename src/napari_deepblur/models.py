@@ -12,6 +12,7 @@ import copy
 import functools
 import hashlib
 import json
+import math
 import os
 import threading
 from dataclasses import dataclass, field, replace
@@ -29,7 +30,9 @@ from .devices import (
     resolve_precision,
 )
 from .nets import DeblurringConfig, DeblurringNetwork, IdentificationConfig, IdentificationNetwork
-from .optics import OperatorFamily, family_from_state
+from .optics import NYQUIST_FC, OperatorFamily, ZernikeConvolution, family_from_state
+from .optics.psf import MAX_PSF_SIZE_PX
+from .optics.zernike import DEFAULT_NOLL_INDICES, check_noll_indices
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_MODEL = "zernike-default"
@@ -271,6 +274,8 @@ def _read_file(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
             card = json.loads(card_path.read_text())
         except json.JSONDecodeError as err:
             raise ModelFileError(f"the card {card_path} is not valid JSON: {err}") from err
+        if not isinstance(card, dict):
+            raise ModelFileError(f"the card {card_path} is not a JSON object ({{...}})")
         if card.get("sha256") and card["sha256"] != sha256(path):
             raise ModelFileError(
                 f"the file {path} does not match the checksum in its card {card_path}: "
@@ -284,9 +289,141 @@ def _read_file(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
         config = json.loads(metadata[_METADATA_KEY])
     except (OSError, KeyError, json.JSONDecodeError, Exception) as err:  # noqa: BLE001
         raise ModelFileError(f"{path} is not a readable napari-deepblur file: {err}") from err
+    if not isinstance(config, dict):
+        raise ModelFileError(
+            f"{path}: its settings (metadata {_METADATA_KEY!r}) are not a JSON object"
+        )
     if config.get("format_version") != FORMAT_VERSION:
         raise ModelFileError(f"{path}: unsupported format {config.get('format_version')}")
+    fc = config.get("fc")
+    if not (_is_int_or_float(fc) and 0 < fc <= NYQUIST_FC):
+        raise ModelFileError(f"{path}: its sampling fc {fc!r} is not a number in (0, {NYQUIST_FC}]")
     return config, tensors, card
+
+
+#: The most parameters a model file's networks may have (the shipped ones have ~3 M, the
+#: paper's ResNet-18-like one ~11 M): counted from the settings, on torch's "meta" device,
+#: before anything is built, so that a crafted file cannot make us allocate gigabytes.
+MAX_NETWORK_PARAMETERS = 100_000_000
+#: A network setting: a whole number, or a list of 1 to :data:`_MAX_STAGES` ("ints"), from a
+#: minimum to a maximum: generous for any network worth training (the shipped ones: 4
+#: stages, 2 blocks, 4 iterations), tight enough to count the largest in about a second.
+_MAX_STAGES = 6
+_NETWORK_SETTINGS = {
+    "identification": {
+        "num_parameters": ("int", 1, 1024),
+        "widths": ("ints", 1, 4096),
+        "blocks": ("ints", 1, 8),
+        "spectrum_widths": ("ints", 1, 4096),
+        "spectrum_window": ("int", 8, 1024),
+        "border": ("int", 0, 1024),
+        "hidden": ("int", 1, 65536),
+        "training_px": ("int", 16, 16384),
+    },
+    "deblurring": {
+        "iterations": ("int", 1, 16),
+        "widths": ("ints", 1, 4096),
+        "blocks": ("int", 1, 8),
+    },
+}
+_NETWORKS = {
+    "identification": (IdentificationConfig, IdentificationNetwork),
+    "deblurring": (DeblurringConfig, DeblurringNetwork),
+}
+
+
+def _is_int_or_float(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _network_config(path: Path, part: str, settings) -> IdentificationConfig | DeblurringConfig:
+    """The config of the ``part`` network from a file's settings, checked: known keys,
+    whole numbers within :data:`_NETWORK_SETTINGS`' bounds."""
+    if not isinstance(settings, dict):
+        raise ModelFileError(f"{path}: its {part} settings are not a JSON object")
+    known = _NETWORK_SETTINGS[part]
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        raise ModelFileError(
+            f"{path}: unknown {part} setting(s) {', '.join(map(repr, unknown))} (a file from "
+            "a newer napari-deepblur, or a damaged one)"
+        )
+    for key, value in settings.items():
+        kind, low, high = known[key]
+        values = value if kind == "ints" and isinstance(value, list) else [value]
+        ok = (kind == "int" or isinstance(value, list) and 1 <= len(value) <= _MAX_STAGES) and all(
+            isinstance(v, int) and not isinstance(v, bool) and low <= v <= high for v in values
+        )
+        if not ok:
+            what = "a whole number"
+            if kind == "ints":
+                what = f"a list of 1 to {_MAX_STAGES} whole numbers"
+            raise ModelFileError(
+                f"{path}: the {part} setting {key} = {value!r} is not {what} from {low} to {high}"
+            )
+    config = _NETWORKS[part][0].from_dict(settings)
+    if part == "identification" and len(config.blocks) != len(config.widths):
+        raise ModelFileError(
+            f"{path}: the identification network has {len(config.widths)} widths but "
+            f"{len(config.blocks)} block counts"
+        )
+    return config
+
+
+def _check_tensors(path: Path, configs: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """The networks' size (at most :data:`MAX_NETWORK_PARAMETERS`) and the file's tensors
+    (names and shapes) against the networks its settings describe, built on the "meta"
+    device (shapes only, no memory)."""
+    expected = {}
+    with torch.device("meta"):
+        for part, config in configs.items():
+            network = _NETWORKS[part][1](config)
+            expected.update({f"{part}.{k}": v.shape for k, v in network.state_dict().items()})
+    size = sum(shape.numel() for shape in expected.values())
+    if size > MAX_NETWORK_PARAMETERS:
+        raise ModelFileError(
+            f"{path}: its settings describe networks of {size:,} parameters, above the "
+            f"{MAX_NETWORK_PARAMETERS:,} this version loads (a damaged or crafted file?)"
+        )
+    given = {k: v.shape for k, v in tensors.items() if k.split(".", 1)[0] in configs}
+    problems = [f"{k} missing" for k in expected if k not in given]
+    problems += [f"{k} unexpected" for k in given if k not in expected]
+    problems += [
+        f"{k} of shape {tuple(given[k])} instead of {tuple(shape)}"
+        for k, shape in expected.items()
+        if k in given and given[k] != shape
+    ]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise ModelFileError(
+            f"{path}: its tensors do not match its network settings: "
+            f"{'; '.join(problems[:3])}{more}"
+        )
+
+
+def _family(path: Path, config: dict, tensors: dict[str, torch.Tensor]) -> OperatorFamily:
+    """The operator family of a file, checked (ModelFileError naming the file)."""
+    settings = config.get("family")
+    if not isinstance(settings, dict):
+        raise ModelFileError(f"{path}: its family settings are missing or not a JSON object")
+    if settings.get("kind") == ZernikeConvolution.kind:
+        try:
+            check_noll_indices(settings.get("noll_indices", DEFAULT_NOLL_INDICES))
+        except (TypeError, ValueError) as err:
+            raise ModelFileError(f"{path}: its Zernike family is not usable: {err}") from err
+        size = settings.get("kernel_size", 31)
+        if not (isinstance(size, int) and size % 2 == 1 and 3 <= size <= MAX_PSF_SIZE_PX):
+            raise ModelFileError(
+                f"{path}: its kernel size {size!r} is not an odd number of pixels from 3 to "
+                f"{MAX_PSF_SIZE_PX}"
+            )
+    part = _part(tensors, "family")
+    if not all(bool(torch.isfinite(t).all()) for t in part.values() if t.is_floating_point()):
+        raise ModelFileError(f"{path}: its operator family holds NaN or infinite values")
+    try:
+        return family_from_state(settings, part)
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:
+        raise ModelFileError(f"{path} does not hold a usable operator family: {err}") from err
 
 
 def _part(tensors: dict, prefix: str) -> dict:
@@ -299,11 +436,7 @@ def load_family(path: str | Path) -> tuple[OperatorFamily, float, dict]:
     if not path.exists():
         raise FileNotFoundError(f"family file not found: {path}")
     config, tensors, card = _read_file(path)
-    try:
-        family = family_from_state(config["family"], _part(tensors, "family"))
-    except (KeyError, TypeError, ValueError) as err:
-        raise ModelFileError(f"{path} does not hold a usable operator family: {err}") from err
-    return family, float(config["fc"]), card
+    return _family(path, config, tensors), float(config["fc"]), card
 
 
 @functools.lru_cache(maxsize=4)
@@ -312,12 +445,22 @@ def _load_cached(path: str, mtime_ns: int, size: int) -> DeepBlurModel:
     config, tensors, card = _read_file(path)
     if "identification" not in config:
         raise ModelFileError(f"{path} is a family file, not a model (train one with it)")
-    family = family_from_state(config["family"], _part(tensors, "family"))
-    identification = IdentificationNetwork(IdentificationConfig.from_dict(config["identification"]))
+    family = _family(path, config, tensors)
+    configs = {"identification": _network_config(path, "identification", config["identification"])}
+    if config.get("deblurring"):
+        configs["deblurring"] = _network_config(path, "deblurring", config["deblurring"])
+    predicted = configs["identification"].num_parameters
+    if isinstance(family, ZernikeConvolution) and predicted != family.num_parameters:
+        raise ModelFileError(
+            f"{path}: its identification network gives {predicted} coefficients for "
+            f"{family.num_parameters} Zernike terms"
+        )
+    _check_tensors(path, configs, tensors)
+    identification = IdentificationNetwork(configs["identification"])
     identification.load_state_dict(_part(tensors, "identification"))
     deblurring = None
-    if config.get("deblurring"):
-        deblurring = DeblurringNetwork(DeblurringConfig.from_dict(config["deblurring"]))
+    if "deblurring" in configs:
+        deblurring = DeblurringNetwork(configs["deblurring"])
         deblurring.load_state_dict(_part(tensors, "deblurring"))
     layout = convolution_layout(torch.device("cpu"))
     networks = tuple(

@@ -49,6 +49,7 @@ from .optics import (
     zernike_psf,
 )
 from .optics.noise import NOISE_MIN_SIDE_PX, estimate_noise
+from .optics.zernike import check_noll_indices
 from .refinement import (
     MAX_CROP_PIXELS,
     MAX_RELATIVE_NOISE,
@@ -142,7 +143,8 @@ class BlurEstimate:
                 "the estimate's coefficients are not all finite numbers (null, NaN or "
                 "infinite): re-run identify to make a new estimate"
             )
-        noll = tuple(int(j) for j in d["noll_indices"])
+        noll = check_noll_indices(d["noll_indices"])
+        _check_coefficients(coefficients, noll)
         field_estimate = FieldEstimate.from_dict(d["field"]) if d.get("field") else None
         if psf is None and field_estimate is not None:
             psf = field_psf(field_estimate, float(d["fc"]))
@@ -186,6 +188,31 @@ class BlurEstimate:
             return np.zeros((0, size, size), np.float32)
         coefficients = np.stack([np.asarray(t["coefficients"], np.float32) for t in self.tiles])
         return zernike_psf(torch.from_numpy(coefficients), self.fc, size, self.noll_indices).numpy()
+
+
+#: The largest Zernike coefficient an estimate may hold, in waves RMS: 2 waves of defocus
+#: spread the PSF over more than 100 px at any cutoff up to Nyquist, far beyond its 31 px
+#: kernel (identify reports a few tenths).
+MAX_COEFFICIENT_WAVES = 2.0
+
+
+def _check_coefficients(coefficients: np.ndarray, noll: tuple[int, ...]) -> None:
+    """ValueError unless there is one Zernike coefficient per Noll index (of an estimate with
+    any), each within ±:data:`MAX_COEFFICIENT_WAVES` waves RMS."""
+    if not noll:
+        return  # a space-varying estimate's γ, or a PSF alone: not waves
+    if coefficients.shape != (len(noll),):
+        raise ValueError(
+            f"the estimate has {coefficients.size} coefficients for {len(noll)} Noll indices"
+        )
+    k = int(np.argmax(np.abs(coefficients)))
+    if abs(float(coefficients[k])) > MAX_COEFFICIENT_WAVES:
+        raise ValueError(
+            f"the estimate's coefficient of Z{noll[k]} is {float(coefficients[k]):.4g} waves "
+            f"RMS, beyond the ±{MAX_COEFFICIENT_WAVES:g} accepted: so large an aberration "
+            "would spread the PSF far beyond its 31 px kernel (identify finds a few tenths); "
+            "re-run identify to make a new estimate"
+        )
 
 
 #: A PSF's border level is a background (a camera offset) to subtract when, spread over
@@ -420,7 +447,7 @@ def iter_identify(
             f"{y.shape[0]}×{y.shape[1]} px, smaller than the {min_size} px needed"
         )
     low, scale = robust_range(torch.from_numpy(y))
-    check_contrast(scale, low)
+    check_contrast(scale, low, y)
     if refine and not isinstance(model.family, ZernikeConvolution):
         raise ValueError("refine=True needs a Zernike model (not a space-varying one)")
     if isinstance(model.family, ProductConvolution):
@@ -644,6 +671,12 @@ def iter_deblur(
 STRENGTH_RANGE = (0.25, 3.0)
 
 
+#: Noise given (``noise=``, ``--noise``) beyond this many times the image's intensity range
+#: is refused: the image would be noise only, and the network's arithmetic overflows
+#: (NaN pixels) before long.
+MAX_NOISE_TO_RANGE = 1e6
+
+
 def check_noise_and_strength(noise, strength) -> None:
     """ValueError unless ``strength`` is a number within :data:`STRENGTH_RANGE` and
     ``noise`` is None, a std, or ``{"alpha", "beta"}``, in finite nonnegative numbers."""
@@ -686,6 +719,14 @@ def _noise_in_normalised_units(y: torch.Tensor, low, scale, noise, fc: float):
         noise = {"alpha": 0.0, "beta": float(noise)}
     a, b = float(noise.get("alpha", 0.0)), float(noise.get("beta", 0.0))
     s, lo = float(scale), float(low)
+    top_std = float(np.sqrt(max(a * (lo + s), 0.0) + b * b))  # at the top of the range
+    if top_std > MAX_NOISE_TO_RANGE * s:
+        raise ValueError(
+            f"the noise given (a std of {top_std:.3g} at the image's bright end, image units) "
+            f"is {top_std / s:.3g}× the image's intensity range ({s:.3g}): beyond "
+            f"{MAX_NOISE_TO_RANGE:.0e}× the image is noise only; give the noise in the "
+            "image's units"
+        )
     return a / s, float(np.sqrt(max(a * lo + b * b, 0.0))) / s
 
 
@@ -830,7 +871,7 @@ def deblur_setup(
     else:  # a regular subsample of about 2**20 pixels
         step = int(np.ceil(np.sqrt(h * w / 2**20)))
         low, scale = robust_range(torch.from_numpy(as_image(source[::step, ::step])))
-    check_contrast(scale, low)
+    check_contrast(scale, low, y)
     alpha, beta = _noise_in_normalised_units(y, low, scale, noise, model.fc)
     return DeblurSetup(zoom, float(low), float(scale), alpha * strength**2, beta * strength)
 
@@ -1158,8 +1199,9 @@ def representative_plane(stack) -> tuple[int, ...]:
     for index in plane_indices(stack.shape):
         plane = stack[index]
         step = max(1, int(np.ceil(np.sqrt(plane.shape[0] * plane.shape[1] / 65536))))
-        sub = np.asarray(plane[::step, ::step], dtype=np.float32)
-        low, high = np.nanpercentile(sub, [1.0, 99.9])
+        with np.errstate(over="ignore", invalid="ignore"):  # beyond float32: refused when read
+            sub = np.asarray(plane[::step, ::step], dtype=np.float32)
+            low, high = np.nanpercentile(sub, [1.0, 99.9])
         if high - low > best_score:
             best, best_score = index, high - low
     return best

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -39,6 +41,9 @@ def add_poisson_gaussian(
 NOISE_TAPS = 21
 NOISE_BLOCK_PX = 8
 NOISE_MIN_SIDE_PX = NOISE_TAPS - 1 + NOISE_BLOCK_PX
+#: Images brighter than this are estimated scaled down (by a power of two): the fit
+#: multiplies intensities to the third power, which overflows float32 from about 1e12.
+NOISE_MAX_LEVEL = 1e6
 
 
 def _highpass_taps(cutoff: float, taps: int = NOISE_TAPS) -> torch.Tensor:
@@ -66,6 +71,11 @@ def estimate_noise(
     mean, over ``block × block`` blocks, is fitted by least squares with α, β² ≥ 0.
     Returns two tensors ``(B,)`` in the images' units.
     """
+    peak = float(images.abs().amax()) if images.numel() else 0.0
+    if peak > NOISE_MAX_LEVEL:  # the fit's cubic terms would overflow float32: rescale
+        scale = 2.0 ** math.floor(math.log2(peak))  # a power of two: exact
+        alpha, beta = estimate_noise(images / scale, fc, block)
+        return alpha * scale, beta * scale  # var = α·x + β² scales as x², α as x
     cutoff = min(2**0.5 * fc + 0.03, 0.45)
     taps = _highpass_taps(cutoff).to(images)
     x = images.reshape(-1, 1, *images.shape[-2:])

@@ -35,6 +35,27 @@ _NAMES = {
 }
 
 
+#: The highest Noll index accepted (radial order 10): finer aberrations than a 31 px kernel
+#: can show, and far beyond what one image lets a network tell apart.
+MAX_NOLL_INDEX = 66
+
+
+def check_noll_indices(indices: Iterable[int]) -> tuple[int, ...]:
+    """``indices`` as a tuple of whole numbers from 1 to :data:`MAX_NOLL_INDEX`, none twice;
+    ValueError (TypeError for what is not a list of numbers) otherwise."""
+    values = tuple(indices)
+    if not all(isinstance(j, int | np.integer) and not isinstance(j, bool) for j in values):
+        raise TypeError(f"Noll indices must be whole numbers, got {list(values)!r}")
+    bad = [int(j) for j in values if not 1 <= j <= MAX_NOLL_INDEX]
+    if bad:
+        raise ValueError(
+            f"Noll indices run from 1 to {MAX_NOLL_INDEX} (radial order 10) here, got {bad[0]}"
+        )
+    if len(set(values)) != len(values):
+        raise ValueError(f"a Noll index is given twice in {[int(j) for j in values]}")
+    return tuple(int(j) for j in values)
+
+
 def noll_to_nm(j: int) -> tuple[int, int]:
     """Radial order ``n`` and signed azimuthal frequency ``m`` of Noll index ``j`` (≥ 1).
 
