@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from napari_deepblur import batch, cli, io, pipeline
-from napari_deepblur._sample_data import make_blurred_sample
+from napari_deepblur.samples import make_blurred_sample
 
 
 @pytest.fixture(scope="module")

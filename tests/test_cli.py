@@ -14,7 +14,7 @@ import pytest
 import tifffile
 import torch
 
-from napari_deepblur import __version__, cli, devices, io, outputs
+from napari_deepblur import __version__, cli, devices, formats, io, outputs
 from napari_deepblur.optics import airy_pattern
 
 
@@ -35,7 +35,7 @@ def test_psf_writes_tiff_with_metadata(tmp_path, capsys):
     coeffs = [0.1, 0, 0.05, 0.08, 0, 0, 0]
     argv = ["psf", str(out), "--coefficients", ",".join(map(str, coeffs)), "--size", "25"]
     assert cli.main(argv) == 0
-    psf, meta = io.read_psf(out)
+    psf, meta = formats.read_psf(out)
     assert psf.shape == (25, 25) and psf.dtype == np.float32
     assert psf.sum() == pytest.approx(1.0, abs=1e-5)
     assert meta["noll_indices"] == [4, 5, 6, 7, 8, 9, 10]
@@ -48,7 +48,7 @@ def test_psf_writes_tiff_with_metadata(tmp_path, capsys):
 def test_psf_airy_matches_closed_form(tmp_path, capsys):
     out = tmp_path / "airy.tif"
     assert cli.main(["psf", str(out), "--fc", "0.2"]) == 0
-    psf, meta = io.read_psf(out)
+    psf, meta = formats.read_psf(out)
     assert meta["fc"] == pytest.approx(0.2)
     ref = airy_pattern(0.2, 31)
     assert np.abs(psf - ref).max() < 1e-3 * ref.max()
@@ -57,7 +57,7 @@ def test_psf_airy_matches_closed_form(tmp_path, capsys):
 def test_psf_defocus_stack(tmp_path, capsys):
     out = tmp_path / "stack.tif"
     assert cli.main(["psf", str(out), "--defocus-um=-0.5,0,0.5", "--size", "21"]) == 0
-    psf, meta = io.read_psf(out)
+    psf, meta = formats.read_psf(out)
     assert psf.shape == (3, 21, 21)
     np.testing.assert_allclose(psf.sum(axis=(1, 2)), 1.0, atol=1e-5)
     assert meta["defocus_um"] == [-0.5, 0.0, 0.5]
@@ -97,7 +97,7 @@ def test_bench_psf_prints_json(capsys):
 
 @pytest.fixture(scope="module")
 def sample_tif(tmp_path_factory):
-    from napari_deepblur._sample_data import make_blurred_sample
+    from napari_deepblur.samples import make_blurred_sample
 
     s = make_blurred_sample(0, 128)
     folder = tmp_path_factory.mktemp("cli")
@@ -120,7 +120,7 @@ def test_identify_prints_and_writes(sample_tif, tmp_path, capsys):
     assert "NA 1.4" in out  # the optics stored in the file were used
     data = json.loads(est.read_text())
     assert len(data["coefficients"]) == len(data["noll_indices"]) == 7
-    kernel, meta = io.read_psf(psf)
+    kernel, meta = formats.read_psf(psf)
     assert kernel.shape == (31, 31) and meta["names"][0] == "defocus"
     # the outputs exist now: refused without --overwrite
     assert cli.main([*argv, "--no-augment"]) == 2
@@ -353,8 +353,8 @@ def test_warnings_read_as_one_line_and_a_constant_plane_is_copied(sample_tif, tm
 
 def test_a_foreign_psf_is_cleaned_and_resampled_to_the_images_pixels(tmp_path, capsys):
     """A bead crop as labs have them: a camera offset, off-centre, at its own pixel size."""
-    from napari_deepblur._sample_data import make_blurred_sample
     from napari_deepblur.optics import zernike_psf
+    from napari_deepblur.samples import make_blurred_sample
 
     s = make_blurred_sample(0, 128)
     image = io.write_image(tmp_path / "raw.tif", s["image"], pixel_size_nm=74.0)
@@ -455,7 +455,7 @@ def test_an_imagej_stack_comes_back_as_an_imagej_hyperstack(sample_tif, tmp_path
 def test_a_damaged_tile_of_a_compressed_tiff_is_one_line(tmp_path, capsys):
     """Compressed tiled TIFFs are read lazily (chunk by chunk): a damaged tile in the middle
     fails mid-run, and says so in one line, not with a traceback."""
-    from napari_deepblur._sample_data import make_blurred_sample
+    from napari_deepblur.samples import make_blurred_sample
 
     image = make_blurred_sample(0, 256)["image"]
     path = tmp_path / "tiled.tif"
@@ -506,7 +506,7 @@ def test_a_full_disk_is_one_line_naming_the_path(sample_tif, tmp_path, capsys, m
     def quota(*args, **kwargs):
         raise OSError(errno.EDQUOT, "Disk quota exceeded", str(tmp_path / "psf.tif"))
 
-    monkeypatch.setattr(io, "write_psf", quota)
+    monkeypatch.setattr(formats, "write_psf", quota)
     assert cli.main(["psf", str(tmp_path / "psf.tif")]) == 2
     err = capsys.readouterr().err
     assert err == f"deepblur: error: Disk quota exceeded: {tmp_path / 'psf.tif'}\n"
@@ -514,7 +514,7 @@ def test_a_full_disk_is_one_line_naming_the_path(sample_tif, tmp_path, capsys, m
     def broken(*args, **kwargs):
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(io, "write_psf", broken)
+    monkeypatch.setattr(formats, "write_psf", broken)
     with pytest.raises(OSError, match="Input/output error"):
         cli.main(["psf", str(tmp_path / "psf.tif")])
 

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from napari_deepblur import cli, io
+from napari_deepblur import cli, formats, io
 
 
 def test_demo_writes_everything_and_scores(tmp_path, capsys):
@@ -17,8 +17,8 @@ def test_demo_writes_everything_and_scores(tmp_path, capsys):
     raw, deblurred = io.read_image(out / "raw.tif"), io.read_image(out / "deblurred.tif")
     assert raw.data.shape == deblurred.data.shape == (256, 256)
     assert raw.pixel_size_nm == 74.0 and raw.metadata["optics"]["na"] == 1.4
-    true_psf, meta = io.read_psf(out / "psf_true.tif")
-    estimated, _ = io.read_psf(out / "psf_estimated.tif")
+    true_psf, meta = formats.read_psf(out / "psf_true.tif")
+    estimated, _ = formats.read_psf(out / "psf_estimated.tif")
     assert true_psf.shape == estimated.shape == (31, 31)
     assert np.isclose(estimated.sum(), 1, atol=1e-4)
     summary = json.loads((out / "estimate.json").read_text())

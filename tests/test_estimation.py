@@ -47,7 +47,7 @@ def test_out_of_memory_retries_in_smaller_batches(monkeypatch):
     import numpy as np
 
     import napari_deepblur as ndb
-    from napari_deepblur._sample_data import make_blurred_sample
+    from napari_deepblur.samples import make_blurred_sample
 
     model = ndb.load_model()
     image = make_blurred_sample(seed=1, size=192)["image"]
@@ -77,7 +77,7 @@ def test_all_windows_and_their_copies_go_through_the_network_in_one_pass():
     """One forward pass per tile, whatever the number of windows and flipped copies (on a
     GPU every extra pass costs its launches; the windows are chosen on the CPU)."""
     import napari_deepblur as ndb
-    from napari_deepblur._sample_data import make_blurred_sample
+    from napari_deepblur.samples import make_blurred_sample
 
     model = ndb.load_model()
     batches = []

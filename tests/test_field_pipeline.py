@@ -188,7 +188,7 @@ def test_fig10_benchmark_runs_and_reports_every_position(tiny_field_model):
 
 
 def test_cli_identify_then_deblur_with_the_exported_field(tiny_field_model, tmp_path):
-    from napari_deepblur import io
+    from napari_deepblur import formats, io
     from napari_deepblur.cli import main
 
     family = tiny_field_model.family
@@ -198,7 +198,7 @@ def test_cli_identify_then_deblur_with_the_exported_field(tiny_field_model, tmp_
     model = str(tiny_field_model.path)
     psf = tmp_path / "est.psf.tif"
     assert main(["identify", str(image), "--model", model, "--psf-out", str(psf), "--quiet"]) == 0
-    _, meta = io.read_psf(psf)
+    _, meta = formats.read_psf(psf)
     assert "gamma" in meta and "coefficients_waves_rms" not in meta
     assert meta["estimate"]["field"]["shape"] == [128, 128]
     out = tmp_path / "out.tif"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_deepblur import io, outputs
+from napari_deepblur import formats, io, outputs
 
 
 def _partials(folder):
@@ -224,10 +224,10 @@ PSF_META = {
 
 def test_psf_round_trip_2d(tmp_path):
     psf = np.random.default_rng(0).random((31, 31)) * 7
-    tif, sidecar = io.write_psf(tmp_path / "psf.tif", psf, metadata=PSF_META)
+    tif, sidecar = formats.write_psf(tmp_path / "psf.tif", psf, metadata=PSF_META)
     assert sidecar == tmp_path / "psf.json"
     for p in (tif, sidecar):
-        data, meta = io.read_psf(p)
+        data, meta = formats.read_psf(p)
         assert data.dtype == np.float32
         assert data.sum() == pytest.approx(1.0, rel=1e-5)
         np.testing.assert_allclose(data, psf / psf.sum(), rtol=1e-6)
@@ -238,22 +238,22 @@ def test_psf_round_trip_2d(tmp_path):
     assert io.read_image(tif).pixel_size_nm == pytest.approx(65.0)
     # The TIFF description alone carries the same metadata.
     sidecar.unlink()
-    data2, meta2 = io.read_psf(tif)
+    data2, meta2 = formats.read_psf(tif)
     assert meta2 == meta
     np.testing.assert_array_equal(data2, data)
     with pytest.raises(FileExistsError):
-        io.write_psf(tmp_path / "psf.tif", psf, metadata=PSF_META)
+        formats.write_psf(tmp_path / "psf.tif", psf, metadata=PSF_META)
 
 
 def test_psf_stack_kept(tmp_path):
     stack = np.random.default_rng(1).random((3, 9, 9)).astype(np.float32)
-    io.write_psf(tmp_path / "stack.tif", stack, metadata={"model": "zernike"})
-    data, meta = io.read_psf(tmp_path / "stack.json")
+    formats.write_psf(tmp_path / "stack.tif", stack, metadata={"model": "zernike"})
+    data, meta = formats.read_psf(tmp_path / "stack.json")
     np.testing.assert_array_equal(data, stack)
     assert meta["shape"] == [3, 9, 9]
     assert meta["sum"] == pytest.approx(float(stack.sum(dtype=np.float64)))
     with pytest.raises(FileNotFoundError):
-        io.read_psf(tmp_path / "other.json")
+        formats.read_psf(tmp_path / "other.json")
 
 
 def test_read_image_memory_mapped(tmp_path):
@@ -331,7 +331,7 @@ def test_a_full_disk_is_one_sentence_and_leaves_no_file(tmp_path, monkeypatch):
     assert error.value.errno == errno.ENOSPC
     monkeypatch.setattr(Path, "write_text", _no_space)
     with pytest.raises(outputs.OutputDiskError, match=r"full while writing .*\.json"):
-        io._atomic_write(tmp_path / "e.json", lambda tmp: tmp.write_text("{}"))
+        io.atomic_write(tmp_path / "e.json", lambda tmp: tmp.write_text("{}"))
     assert list(tmp_path.iterdir()) == []
 
 

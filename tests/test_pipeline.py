@@ -7,11 +7,11 @@ import torch
 
 import napari_deepblur as ndb
 from napari_deepblur import pipeline
-from napari_deepblur._sample_data import make_blurred_sample
 from napari_deepblur.evaluation.baselines import no_identification_psf
 from napari_deepblur.evaluation.metrics import psf_snr_db, ssim
 from napari_deepblur.intensity import ConstantImageError
 from napari_deepblur.optics import ZernikeConvolution, add_poisson_gaussian
+from napari_deepblur.samples import make_blurred_sample
 
 
 @pytest.fixture(scope="module")

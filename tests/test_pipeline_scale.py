@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from napari_deepblur import devices, io, pipeline
-from napari_deepblur._sample_data import make_blurred_sample
 from napari_deepblur.evaluation.metrics import psf_snr_db
 from napari_deepblur.models import load_model
+from napari_deepblur.samples import make_blurred_sample
 
 
 @pytest.fixture(scope="module")

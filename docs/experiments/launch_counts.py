@@ -25,7 +25,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import napari_deepblur as ndb
-from napari_deepblur._sample_data import make_blurred_sample
+from napari_deepblur.samples import make_blurred_sample
 from napari_deepblur.evaluation.bench import bench_image
 
 SYNCING = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2",

@@ -25,6 +25,7 @@ _LAZY = {
     "list_models": "napari_deepblur.models",
     "Microscope": "napari_deepblur.optics.microscope",
     "zernike_psf": "napari_deepblur.optics.psf",
+    "make_blurred_sample": "napari_deepblur.samples",
 }
 
 __all__ = ["__version__", *_LAZY]

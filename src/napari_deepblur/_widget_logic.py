@@ -30,13 +30,20 @@ import enum
 import math
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-#: The ``format`` value of PSF layers and PSF files (= :data:`napari_deepblur.io.PSF_FORMAT`).
-PSF_FORMAT = "napari-deepblur-psf"
+from .formats import (  # noqa: F401 - PSF_FORMAT, is_psf_metadata: the widgets' names
+    PSF_FORMAT,
+    estimate_from_psf_metadata,
+    is_psf_metadata,
+    psf_metadata,
+    zernike_names,
+)
+from .formats import KnownOptics as Optics
+from .formats import known_optics as optics_from_layer  # noqa: F401 - the widgets' name
+
 #: Colormaps of the layers we add.
 PSF_COLORMAP = "magma"
 #: A full bar in the coefficient table is this many waves RMS.
@@ -124,29 +131,23 @@ def user_message(exc: BaseException, action: str = "") -> str:
     text = str(exc).strip() or type(exc).__name__
     if isinstance(exc, UserError):
         return prefix + _sentence(text)
-    try:
-        import torch
+    from .devices import is_out_of_memory
+    from .models import ModelFileError, ModelNotFoundError
+    from .outputs import OutputExistsError
 
-        oom = isinstance(exc, torch.cuda.OutOfMemoryError)
-    except (ImportError, AttributeError):  # pragma: no cover
-        oom = False
-    if oom or "out of memory" in text.lower():
+    if is_out_of_memory(exc):
         return prefix + (
             "the GPU ran out of memory. Choose the device 'cpu', close other programs that "
             "use the GPU, or use a smaller tile size."
         )
-    from .models import ModelFileError
-
     if isinstance(exc, ModelFileError):
         return prefix + _sentence(text) + " Choose a shipped model or another model file."
+    if isinstance(exc, ModelNotFoundError):
+        return prefix + _sentence(text) + " Check the path, or choose a shipped model."
     if isinstance(exc, FileNotFoundError):
-        about_model = "model" in text.split(":")[0].lower()  # not in the path that follows
-        advice = (
-            " Check the path, or choose a shipped model." if about_model else " Check the path."
-        )
-        return prefix + _sentence(text) + advice
-    if isinstance(exc, FileExistsError):
-        return prefix + _sentence(text.split(";")[0]) + " Choose another file name."
+        return prefix + _sentence(text) + " Check the path."
+    if isinstance(exc, OutputExistsError):
+        return prefix + f"{exc.path} already exists. Choose another file name."
     if isinstance(exc, ValueError):
         return prefix + _sentence(text)
     return prefix + (
@@ -187,112 +188,6 @@ def check_layer(
             f"the image ({shape[-2]}×{shape[-1]} px) is too small: at least "
             f"{min_size}×{min_size} px are needed"
         )
-
-
-#: Length unit → nanometres (pint's names as napari writes them, and short forms).
-_UNIT_NM = {
-    "nanometer": 1.0,
-    "nm": 1.0,
-    "micrometer": 1e3,
-    "micron": 1e3,
-    "um": 1e3,
-    "µm": 1e3,
-    "μm": 1e3,
-    "millimeter": 1e6,
-    "mm": 1e6,
-    "meter": 1e9,
-    "m": 1e9,
-    "angstrom": 0.1,
-}
-
-
-def unit_to_nm(unit: Any) -> float | None:
-    """Nanometres per ``unit`` (a string or a pint unit), or None if not a length."""
-    if unit is None:
-        return None
-    return _UNIT_NM.get(str(unit).strip().lower())
-
-
-@dataclass
-class Optics:
-    """The optics the widgets show: NA, emission wavelength (nm), pixel size (nm)."""
-
-    na: float | None = None
-    wavelength_nm: float | None = None
-    pixel_size_nm: float | None = None
-    refractive_index: float | None = None
-
-    @property
-    def complete(self) -> bool:
-        return None not in (self.na, self.wavelength_nm, self.pixel_size_nm)
-
-    def kwargs(self) -> dict:
-        """Keyword arguments for the pipeline (empty unless complete)."""
-        if not self.complete:
-            return {}
-        return {
-            "na": self.na,
-            "wavelength_nm": self.wavelength_nm,
-            "pixel_size_nm": self.pixel_size_nm,
-            "refractive_index": self.refractive_index,
-        }
-
-
-def _number(value) -> float | None:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) and value > 0 else None
-
-
-def optics_from_layer(
-    metadata: Mapping | None,
-    scale: Sequence[float] = (),
-    units: Sequence[Any] | None = None,
-    source_path: str | None = None,
-) -> Optics:
-    """Optics known for a layer: ``metadata['optics']`` (our samples and files), the
-    estimate of a PSF layer, flat keys (``na``, ``wavelength_nm``, ``pixel_size_nm``), then
-    what the TIFF the layer was opened from says (``source_path``: napari's own reader keeps
-    neither the optics deepblur stores nor the pixel size), and the pixel size from the
-    layer's scale when its units are lengths. Unknown values are None."""
-    metadata = metadata or {}
-    sources = [
-        metadata.get("optics"),
-        (metadata.get("estimate") or {}).get("optics"),
-        metadata,
-        *_file_optics(source_path),
-    ]
-    found: dict[str, float | None] = dict.fromkeys(
-        ("na", "wavelength_nm", "pixel_size_nm", "refractive_index")
-    )
-    for source in sources:
-        if not isinstance(source, Mapping):
-            continue
-        for key in found:
-            if found[key] is None:
-                found[key] = _number(source.get(key))
-    if found["pixel_size_nm"] is None and len(scale) >= 2 and units is not None:
-        per_unit = unit_to_nm(list(units)[-1]) if len(units) else None
-        pixel = _number(scale[-1])
-        if per_unit is not None and pixel is not None:
-            found["pixel_size_nm"] = pixel * per_unit
-    return Optics(**found)
-
-
-def _file_optics(path: str | None) -> list[Mapping]:
-    """The optics a TIFF file carries (ours, and its pixel size); none for other files."""
-    if not path or Path(str(path)).suffix.lower() not in (".tif", ".tiff"):
-        return []
-    from .io import read_header
-
-    try:
-        pixel_size_nm, metadata = read_header(path)
-    except (ValueError, OSError):
-        return []
-    optics = metadata.get("optics")
-    return [optics if isinstance(optics, Mapping) else {}, {"pixel_size_nm": pixel_size_nm}]
 
 
 def fc_text(optics: Optics, model_fc: float) -> str:
@@ -373,44 +268,14 @@ def _on_grid(geometry: Mapping) -> dict:
     return {key: geometry[key] for key in ("units", "affine") if key in geometry}
 
 
-# -- PSF metadata ------------------------------------------------------------------------
-def psf_metadata(estimate, source: str = "") -> dict:
-    """The metadata of a PSF layer: what PSF files carry (flat keys, as
-    :func:`napari_deepblur.io.write_psf` expects) plus the whole estimate (``to_dict()``)."""
-    d = estimate.to_dict()
-    optics = dict(estimate.optics) if estimate.optics else {"fc": float(estimate.fc)}
-    names = list(estimate.names) or _names(estimate.noll_indices)
-    return {
-        "format": PSF_FORMAT,
-        "source": source,
-        "optics": optics,
-        "fc": float(estimate.fc),
-        "noll_indices": [int(j) for j in estimate.noll_indices],
-        "names": names,
-        # γ of a space-varying estimate has no unit: it is not stored as Zernike waves
-        **(
-            {"gamma": d["coefficients"]}
-            if estimate.field is not None
-            else {
-                "coefficients_waves_rms": d["coefficients"],
-                "uncertainty_waves_rms": d.get("uncertainty"),
-            }
-        ),
-        "noise": d.get("noise") or {},
-        "model": estimate.model,
-        "estimate": d,
-    }
-
-
-def _names(noll) -> list[str]:
-    from .optics import zernike_name
-
-    return [zernike_name(int(j)) for j in noll]
-
-
-def is_psf_metadata(metadata: Mapping | None) -> bool:
-    """True for the metadata of our PSF layers and of PSF files we read."""
-    return bool(metadata) and metadata.get("format") == PSF_FORMAT
+def estimate_from_psf_layer(data, metadata: Mapping | None, default_fc: float | None = None):
+    """A :class:`~napari_deepblur.pipeline.BlurEstimate` from a PSF layer (an Identify
+    result, or a PSF file read back): :func:`~napari_deepblur.formats.estimate_from_psf_metadata`,
+    its refusals as :class:`UserError`."""
+    try:
+        return estimate_from_psf_metadata(data, metadata, default_fc)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
 
 
 def estimate_source(image: str, stack_mode: str = "plane", plane: Sequence[int] = ()) -> str:
@@ -445,52 +310,6 @@ def is_auxiliary_layer(metadata: Mapping | None) -> bool:
     return metadata.get("deepblur_layer") in AUXILIARY_LAYERS or bool(metadata.get("tiles"))
 
 
-def estimate_from_psf_layer(data, metadata: Mapping | None, default_fc: float | None = None):
-    """A :class:`~napari_deepblur.pipeline.BlurEstimate` from a PSF layer (an Identify
-    result, or a PSF file read back): its estimate when there is one, else its Zernike
-    coefficients, else the PSF alone (with its sampling ``fc`` from the metadata, or
-    ``default_fc``)."""
-    from .pipeline import BlurEstimate
-
-    metadata = dict(metadata or {})
-    psf = np.asarray(data, dtype=np.float32)
-    if psf.ndim != 2:
-        raise UserError(
-            f"the PSF layer has shape {psf.shape}; deblurring needs a 2D PSF (Y, X): "
-            "choose a 2D PSF or identify the blur of this image first"
-        )
-    if not (np.all(np.isfinite(psf)) and psf.sum() > 0):
-        raise UserError("the PSF layer has no positive, finite values; choose another PSF")
-    psf = psf / psf.sum(dtype=np.float64)
-    if isinstance(metadata.get("estimate"), Mapping):
-        return BlurEstimate.from_dict(dict(metadata["estimate"]), psf=psf)
-    optics = metadata.get("optics") if isinstance(metadata.get("optics"), Mapping) else {}
-    fc = _number(metadata.get("fc")) or _number(optics.get("fc")) or default_fc
-    if fc is None:
-        raise UserError(
-            "the PSF has no sampling information (fc or optics in its metadata); "
-            "identify the blur of the image instead"
-        )
-    coefficients = metadata.get("coefficients_waves_rms")
-    noll = metadata.get("noll_indices")
-    if coefficients is None or noll is None or len(coefficients) != len(noll):
-        return BlurEstimate.from_psf(
-            psf, fc, noise=metadata.get("noise") or {}, optics=dict(optics) or None
-        )
-    return BlurEstimate.from_dict(
-        {
-            "coefficients": list(coefficients),
-            "noll_indices": list(noll),
-            "fc": fc,
-            "noise": metadata.get("noise") or {},
-            "names": metadata.get("names") or [],
-            "model": metadata.get("model", ""),
-            "optics": dict(optics) or None,
-        },
-        psf=psf,
-    )
-
-
 # -- what the coefficient table shows -------------------------------------------------------
 def is_field_estimate(estimate: Mapping) -> bool:
     """True for a space-varying (product-convolution) estimate (a ``to_dict()`` or PSF
@@ -520,7 +339,7 @@ def coefficient_rows(estimate: Mapping) -> list[dict]:
         or []
     )
     noll = estimate.get("noll_indices") or []
-    names = estimate.get("names") or _names(noll)
+    names = estimate.get("names") or zernike_names(noll)
     uncertainty = estimate.get("uncertainty", estimate.get("uncertainty_waves_rms"))
     if not noll and is_field_estimate(estimate):
         return _field_rows(estimate, [float(c) for c in coefficients], names, uncertainty)

@@ -13,7 +13,6 @@ address (``tcp://host:8786``). One task per file; no home-made job queue.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -24,9 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
+from . import formats
 from .devices import resolve_precision
 from .optics import Microscope
-from .outputs import OutputBusyError, check_free_space, check_regular, claim_output
+from .outputs import (
+    OutputBusyError,
+    OutputExistsError,
+    check_free_space,
+    check_new,
+    claim_output,
+)
 from .pipeline import DEFAULT_TILE_PX, BlurEstimate, Progress
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -142,28 +148,11 @@ def check_image_axes(image, path) -> None:
         )
 
 
-def estimate_json(estimate) -> dict:
-    """The JSON form of one estimate, or ``{"planes": [...]}`` for one per plane."""
-    if isinstance(estimate, list | tuple):
-        return {"planes": [e.to_dict() for e in estimate]}
-    return estimate.to_dict()
-
-
-def estimate_from_json(data: dict):
-    """Inverse of :func:`estimate_json`."""
-    if "planes" in data:
-        return [BlurEstimate.from_dict(d) for d in data["planes"]]
-    return BlurEstimate.from_dict(data)
-
-
 def _unfinished(sidecar: Path, input_path: Path) -> bool:
     """Whether ``sidecar`` is the estimate of an unfinished run on ``input_path`` (written
     before the TIFF, whose rename marks the file finished: a run killed in between, or a
     deleted output to redo), which a new run may replace."""
-    try:
-        written_for = json.loads(sidecar.read_text(encoding="utf-8")).get("input")
-    except (OSError, ValueError, AttributeError):
-        return False
+    written_for = formats.output_estimate_input(sidecar)
     return written_for is not None and Path(written_for).resolve() == input_path.resolve()
 
 
@@ -220,13 +209,9 @@ def _deblur_claimed(input_path: Path, output_path: Path, sidecar: Path | None, o
     start = time.perf_counter()
     redo = sidecar is not None and estimate_missing(input_path, output_path)
     overwrite = options.overwrite or redo
-    check_regular(output_path)
-    if output_path.exists() and not overwrite:
-        raise FileExistsError(f"{output_path} already exists; pass --overwrite to replace it")
+    check_new(output_path, overwrite)
     if sidecar is not None:
-        check_regular(sidecar)
-        if sidecar.exists() and not options.overwrite and not _unfinished(sidecar, input_path):
-            raise FileExistsError(f"{sidecar} already exists; pass --overwrite to replace it")
+        check_new(sidecar, options.overwrite or _unfinished(sidecar, input_path))
     check_options(options)
     if options.torch_threads:
         import torch
@@ -250,10 +235,9 @@ def _deblur_claimed(input_path: Path, output_path: Path, sidecar: Path | None, o
             tile_px=options.tile_px,
             **optics,
         )
-    summary = estimate_json(estimate)
+    summary = formats.estimate_json(estimate)
     if sidecar is not None:
-        text = io.json_text({"input": str(input_path), "estimate": summary}, "the estimate")
-        io._atomic_write(sidecar, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        formats.write_output_estimate(sidecar, estimate, input_path)
     axes = image.axes if image.axes and len(image.axes) == data.ndim else None
     metadata = {
         "deblurred_from": input_path.name,
@@ -476,7 +460,9 @@ def iter_batch(
                 if isinstance(error, OutputBusyError):
                     result.busy.append(str(dst))
                     message = f"{src.name}: being written by another run"
-                elif isinstance(error, FileExistsError) and _finished_meanwhile(src, dst, options):
+                elif isinstance(error, OutputExistsError) and _finished_meanwhile(
+                    src, dst, options
+                ):
                     result.skipped.append(str(dst))
                     message = f"{src.name}: done meanwhile by another run"
                 elif error is not None:

@@ -376,7 +376,7 @@ def iter_calibrate_from_beads(
         predicted = _normalised(_predict(part, part_gamma, fractions[held], image_ids[held]))
         truth = psfs[held]
         baseline = _normalised(psfs[fit].mean(0))
-        from .evaluation.metrics import psf_snr_db
+        from .optics.psf import psf_snr_db
 
         baseline_snr = psf_snr_db(np.broadcast_to(baseline, truth.shape), truth)
         holdout = HoldoutReport(
@@ -504,15 +504,14 @@ def save_calibration(
     from pathlib import Path
 
     from .models import save_family
+    from .outputs import check_new
 
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"the family file must end in .safetensors, got {path.name}")
     card_path = path.with_suffix(".json")
-    if not overwrite:
-        for p in (path, card_path):
-            if p.exists():
-                raise FileExistsError(f"{p} exists; use overwrite (--overwrite) or another name")
+    for p in (path, card_path):
+        check_new(p, overwrite)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"folder not found: {path.parent}")
     full = {

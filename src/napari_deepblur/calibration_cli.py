@@ -85,14 +85,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from . import __version__
     from .calibration import iter_calibrate_from_beads, save_calibration
     from .cli import _drive, _microscope
+    from .outputs import check_new
 
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise ValueError(f"--out must end in .safetensors, got {out.name}")
-    if not args.overwrite:  # fail before the work, not after it
-        for p in (out, out.with_suffix(".json")):
-            if p.exists():
-                raise FileExistsError(f"{p} exists; use --overwrite or another --out")
+    for p in (out, out.with_suffix(".json")):  # fail before the work, not after it
+        check_new(p, args.overwrite)
     planes, pixel, inputs = _read(args.beads)
     if args.fc is None and args.pixel_size_nm is None and pixel:
         args.pixel_size_nm = pixel

@@ -26,7 +26,7 @@ from . import __version__
 from .calibration_cli import add_calibrate_parser
 from .evaluation.cli import add_evaluate_parser
 from .family_cli import add_field_family_parser
-from .outputs import DISK_ERRNOS
+from .outputs import DISK_ERRNOS, check_outputs
 
 #: Errors that are the user's to fix: reported in one line, exit code 2.
 USER_ERRORS = (
@@ -134,8 +134,8 @@ def _add_psf(sub) -> None:
 
 
 def _run_psf(args: argparse.Namespace) -> int:
-    from . import io
-    from .optics import zernike_name, zernike_psf
+    from . import formats
+    from .optics import zernike_psf
 
     scope = _microscope(args)
     noll = list(args.noll)
@@ -154,16 +154,8 @@ def _run_psf(args: argparse.Namespace) -> int:
         pixel_size_nm=scope.pixel_size_nm,
         refractive_index=scope.refractive_index,
     ).numpy()
-    metadata = {
-        "optics": scope.to_dict(),
-        "fc": scope.fc,
-        "noll_indices": noll,
-        "coefficients_waves_rms": [float(c) for c in coefficients],
-        "names": [zernike_name(j) for j in noll],
-    }
-    if args.defocus_um is not None:
-        metadata["defocus_um"] = list(args.defocus_um)
-    tif, sidecar = io.write_psf(args.out, psf, metadata=metadata, overwrite=args.overwrite)
+    metadata = formats.zernike_psf_metadata(scope, noll, coefficients, args.defocus_um)
+    tif, sidecar = formats.write_psf(args.out, psf, metadata=metadata, overwrite=args.overwrite)
     print(f"wrote {tif} and {sidecar}: PSF {tuple(psf.shape)}, fc {scope.fc:.4f} cycles/pixel")
     return 0
 
@@ -329,31 +321,6 @@ def _optics_args(args) -> dict:
     }
 
 
-def _check_new(paths, overwrite: bool, inputs=()) -> None:
-    """Before any work: each output path (None: skipped) must be new (or ``overwrite``) and
-    not a device or a pipe, in an existing folder we may write in, and neither an input
-    nor another output."""
-    from pathlib import Path
-
-    from .outputs import check_regular
-
-    taken = {Path(p).resolve(): f"the input {p}" for p in inputs}
-    for path in (Path(p) for p in paths if p is not None):
-        if path.resolve() in taken:
-            raise ValueError(f"{path} would replace {taken[path.resolve()]}; choose another path")
-        taken[path.resolve()] = f"the other output {path}"
-        check_regular(path)
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
-        if not path.parent.is_dir():
-            raise FileNotFoundError(f"the output folder {path.parent} does not exist")
-        if not os.access(path.parent, os.W_OK | os.X_OK):
-            raise PermissionError(
-                f"cannot write in the output folder {path.parent} (no permission, or a "
-                "read-only disk)"
-            )
-
-
 def _check_image(path) -> None:
     """An input image given as a folder: say so (and that ``batch`` takes folders)."""
     if os.path.isdir(path):
@@ -424,8 +391,8 @@ def _run_identify(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from . import io, pipeline
-    from .batch import check_image_axes, estimate_json, image_optics
+    from . import formats, io, pipeline
+    from .batch import check_image_axes, image_optics
     from .models import load_model
 
     psf_out = Path(args.psf_out) if args.psf_out else None
@@ -433,7 +400,7 @@ def _run_identify(args: argparse.Namespace) -> int:
         raise ValueError(f"--psf-out must end with .tif or .tiff: {psf_out}")
     to_stdout = args.json in STDOUT_PATHS  # the JSON on stdout (a pipe), the report on stderr
     report = functools.partial(print, file=sys.stderr if to_stdout else sys.stdout)
-    _check_new(
+    check_outputs(
         [
             psf_out,
             psf_out.with_suffix(".json") if psf_out else None,
@@ -478,33 +445,20 @@ def _run_identify(args: argparse.Namespace) -> int:
         report("Zernike coefficients (Noll):")
         report("\n".join(_format_estimate(estimate)))
     if args.json:
-        data = {"image": str(args.image), "mode": mode, **estimate_json(estimate)}
-        text = io.json_text(data, "the estimate")
+        extra = {"image": str(args.image), "mode": mode}
         if to_stdout:
-            print(text)
+            print(formats.estimate_json_text(estimate, **extra))
         else:
-            io._atomic_write(Path(args.json), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+            formats.write_estimate_json(args.json, estimate, **extra)
             report(f"wrote {args.json}")
     if psf_out is not None:
-        psf = np.stack([e.psf for e in estimates]) if len(estimates) > 1 else first.psf
-        metadata = {
-            "optics": first.optics or {},
-            "fc": first.fc,
-            "noll_indices": list(first.noll_indices),
-            "names": list(first.names),
-            "model": first.model,
-            "image": str(args.image),
-        }
-        key = "gamma" if first.field is not None else "coefficients_waves_rms"
-        if first.field is not None:  # the whole field, so that deblur --psf can use it
-            metadata["estimate"] = first.to_dict()
-        if len(estimates) == 1:
-            metadata.update({key: first.coefficients}, noise=first.noise)
-            if first.field is None:
-                metadata["uncertainty_waves_rms"] = first.uncertainty
+        if len(estimates) > 1:
+            psf = np.stack([e.psf for e in estimates])
+            metadata = formats.stack_psf_metadata(estimates, str(args.image))
         else:
-            metadata[key] = [e.coefficients for e in estimates]
-        tif, sidecar = io.write_psf(psf_out, psf, metadata=metadata, overwrite=args.overwrite)
+            psf, metadata = first.psf, formats.psf_metadata(first, str(args.image))
+        metadata["image"] = str(args.image)
+        tif, sidecar = formats.write_psf(psf_out, psf, metadata=metadata, overwrite=args.overwrite)
         report(f"wrote {tif} and {sidecar}")
     return 0
 
@@ -562,78 +516,13 @@ def _add_deblur(sub) -> None:
 
 def _given_estimate(args):
     """The estimate from --estimate or --psf, or None."""
-    from pathlib import Path
-
-    from .batch import estimate_from_json
+    from . import formats
 
     if args.estimate:
-        path = Path(args.estimate)
-        if not path.is_file():
-            raise FileNotFoundError(f"estimate file not found: {path}")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return estimate_from_json(data)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(
-                f"{path} is not an estimate JSON from 'deepblur identify "
-                f"--json' ({type(exc).__name__}: {exc})"
-            ) from None
+        return formats.read_estimate_json(args.estimate)
     if args.psf:
-        return _estimate_from_psf(args.psf, args)
+        return formats.estimate_from_psf_file(args.psf)
     return None
-
-
-def _estimate_from_psf(path, args):
-    """The estimate of a ``--psf`` file: deepblur's PSF export (its sampling and
-    coefficients included), or any 2D PSF, whose sampling is resolved with the image's
-    (:func:`_psf_sampled_like`): its ``fc`` is NaN until then."""
-    import dataclasses
-
-    import numpy as np
-
-    from . import io
-    from .pipeline import BlurEstimate
-
-    foreign = None
-    try:
-        psf, meta = io.read_psf(path)
-    except ValueError as exc:
-        if "is not a" not in str(exc):
-            raise
-        foreign = io.read_image(path)
-        psf = np.asarray(foreign.data, np.float32)
-    if psf.ndim != 2:
-        hint = " (a PSF stack per plane: pass its estimate JSON with --estimate)" * (psf.ndim == 3)
-        raise ValueError(f"the PSF {path} has shape {psf.shape}: a 2D (Y, X) PSF is needed{hint}")
-    if not np.isfinite(psf).all():
-        raise ValueError(f"the PSF {path} has NaN or infinite values")
-    if not psf.sum() > 0:
-        raise ValueError(f"the PSF {path} has no positive sum")
-    if foreign is not None:  # cleaned (background, centre); its pixel size kept for later
-        optics = {"pixel_size_nm": foreign.pixel_size_nm} if foreign.pixel_size_nm else None
-        estimate = BlurEstimate.from_psf(psf, float("nan"), optics=optics)
-        return dataclasses.replace(estimate, model=f"psf:{path}")
-    psf = psf / psf.sum()
-    if isinstance(meta.get("estimate"), dict) and meta["estimate"].get("field"):
-        return BlurEstimate.from_dict(meta["estimate"], psf=psf.astype(np.float32))
-    coefficients = meta.get("coefficients_waves_rms")
-    noll = meta.get("noll_indices") or []
-    if (
-        coefficients is None
-        or len(coefficients) != len(noll)
-        or (coefficients and isinstance(coefficients[0], list))
-    ):
-        coefficients, noll = [], []
-    return BlurEstimate(
-        np.asarray(coefficients, np.float32),
-        tuple(int(j) for j in noll),
-        float(meta.get("fc", "nan")),
-        psf.astype(np.float32),
-        dict(meta.get("noise") or {}),
-        list(meta.get("names") or []) if noll else [],
-        "psf:" + str(path),
-        meta.get("optics"),
-    )
 
 
 def _psf_sampled_like(estimate, image_fc: float, image_pixel_nm: float | None):
@@ -665,7 +554,7 @@ def _run_deblur(args: argparse.Namespace) -> int:
     from . import io
     from .batch import image_optics, iter_deblur_file
 
-    _check_new([args.out], args.overwrite)
+    check_outputs([args.out], args.overwrite)
     _check_image(args.image)
     estimate = _given_estimate(args)
     if estimate is not None and not isinstance(estimate, list) and math.isnan(estimate.fc):
@@ -876,14 +765,13 @@ def _add_bench(sub) -> None:
 
 def _run_bench(args: argparse.Namespace) -> int:
     import datetime
-    from pathlib import Path
 
     from . import io
     from .evaluation.bench import bench_pipeline
 
     if any(n < 32 for n in args.sizes):
         raise ValueError("--sizes must be at least 32 px")
-    _check_new([args.json], args.overwrite)
+    check_outputs([args.json], args.overwrite)
 
     def say(message):
         if not args.quiet:
@@ -937,7 +825,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         )
     if args.json:
         text = json.dumps(r, indent=2)
-        io._atomic_write(Path(args.json), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        io.write_text(args.json, text)
     print(json.dumps(r))
     return 0
 

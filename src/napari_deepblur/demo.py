@@ -1,6 +1,6 @@
 """``deepblur demo``: the whole pipeline on the shipped synthetic sample, with its ground truth.
 
-The sample (:func:`~napari_deepblur._sample_data.make_blurred_sample`, 256×256 px, NA 1.4,
+The sample (:func:`~napari_deepblur.samples.make_blurred_sample`, 256×256 px, NA 1.4,
 520 nm, 74 nm pixels, a known aberrated PSF and Poisson–Gaussian noise) is identified and
 deblurred with the shipped model through :func:`pipeline.iter_identify` /
 :func:`pipeline.iter_deblur`; the results are written as TIFFs, a JSON estimate and a PNG
@@ -59,21 +59,19 @@ def run_demo(
     ``psf_snr_db_airy`` (the aberration-free Airy PSF vs true: what no identification
     gives), ``ssim_raw`` and ``ssim_deblurred`` (against the sharp image).
     """
-    from . import io, pipeline
-    from ._sample_data import make_blurred_sample
+    from . import formats, io, pipeline
     from .evaluation.baselines import no_identification_psf
     from .evaluation.metrics import psf_snr_db, ssim
+    from .models import as_model
+    from .optics import Microscope
+    from .outputs import check_new
+    from .samples import make_blurred_sample
 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a folder")
-    if not overwrite:
-        existing = [p for p in _all_paths(out) if p.exists()]
-        if existing:
-            raise FileExistsError(
-                f"{existing[0]} already exists; pass --overwrite (overwrite=True) to replace "
-                "the demo files, or choose another --out folder"
-            )
+    for path in _all_paths(out):  # before any work
+        check_new(path, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     paths = {key: out / name for key, name in DEMO_FILES.items()}
     report = progress or (lambda p: None)
@@ -86,7 +84,7 @@ def run_demo(
     optics_kwargs = {
         k: optics[k] for k in ("pixel_size_nm", "na", "wavelength_nm", "refractive_index")
     }
-    model = pipeline._model(model, device)  # a name, a path or a model; default: shipped
+    model = as_model(model, device)  # a name, a path or a model; default: shipped
 
     t0 = time.perf_counter()
     estimate = pipeline.run(
@@ -137,28 +135,16 @@ def run_demo(
         metadata={**meta, "model": estimate.model, "estimate": estimate.to_dict()},
         overwrite=overwrite,
     )
-    psf_meta = {
-        "optics": optics,
-        "fc": optics["fc"],
-        "noll_indices": list(estimate.noll_indices),
-        "names": names,
-    }
-    io.write_psf(
-        paths["true_psf"],
-        true_psf,
-        metadata={**psf_meta, "coefficients_waves_rms": coefficients["true_waves_rms"]},
-        overwrite=overwrite,
+    scope = Microscope(**{k: optics[k] for k in ("na", "wavelength_nm", "pixel_size_nm")},
+                       refractive_index=optics.get("refractive_index"))  # fmt: skip
+    true_meta = formats.zernike_psf_metadata(
+        scope, sample["noll_indices"], coefficients["true_waves_rms"]
     )
-    io.write_psf(
+    formats.write_psf(paths["true_psf"], true_psf, metadata=true_meta, overwrite=overwrite)
+    formats.write_psf(
         paths["estimated_psf"],
         estimate.psf,
-        metadata={
-            **psf_meta,
-            "fc": estimate.fc,
-            "coefficients_waves_rms": coefficients["estimated_waves_rms"],
-            "model": estimate.model,
-            "noise": estimate.noise,
-        },
+        metadata=formats.psf_metadata(estimate, "make_blurred_sample"),
         overwrite=overwrite,
     )
     summary = {
@@ -172,7 +158,7 @@ def run_demo(
         "metrics": metrics,
     }
     text = json.dumps(io.to_jsonable(summary), indent=2)
-    io._atomic_write(paths["estimate"], lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    io.write_text(paths["estimate"], text)
     write_figure(paths["figure"], sample["image"], restored, true_psf, estimate.psf, metrics)
     return {
         "paths": paths,
@@ -189,7 +175,7 @@ def write_figure(path, raw, restored, true_psf, estimated_psf, metrics: dict) ->
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from .io import _atomic_write
+    from .io import atomic_write
 
     fig = Figure(figsize=(13, 3.6), dpi=100)
     FigureCanvasAgg(fig)
@@ -212,5 +198,5 @@ def write_figure(path, raw, restored, true_psf, estimated_psf, metrics: dict) ->
     fig.suptitle("Deep-Blur on the synthetic sample (NA 1.4, 520 nm, 74 nm pixels)", fontsize=11)
     fig.tight_layout()
     path = Path(path)
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     return path

@@ -23,9 +23,9 @@ import torch
 
 from . import devices, notices
 from .devices import empty_cache, is_out_of_memory
+from .intensity import identification_inputs
 from .models import fall_back_to_cpu
 from .optics import EigenPSFConvolution, ZernikeConvolution
-from .training.train import identification_inputs
 
 #: Network evaluations per image or tile: windows × dihedral copies (CPU time is linear in it).
 MAX_EVALUATIONS = 64

@@ -46,11 +46,11 @@ def _run_field_family(args: argparse.Namespace) -> int:
     from .models import save_family
     from .optics import check_fc
     from .optics.field import build_field_family, random_fields
+    from .outputs import check_new
     from .training.run import git_commit
 
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    check_new(out, args.overwrite)
     check_fc(args.fc)
     start = time.time()
     fields = random_fields(

@@ -82,3 +82,12 @@ def check_contrast(scale: torch.Tensor, low: torch.Tensor, images=None) -> None:
         "the image is constant (or nearly so): its 1st and 99.9th percentiles are equal, "
         "so it shows no structure from which to estimate or remove blur"
     )
+
+
+def identification_inputs(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Raw blurred images ``(B, H, W)`` → ``(y_n (B,1,H,W), low, scale)``: the robustly
+    normalised images the identification network sees, and the range they were normalised by
+    (``scale`` is also each image's contrast)."""
+    low, scale = robust_range(y)
+    scale = scale.clamp_min(1e-6)
+    return normalize(y, low, scale)[:, None], low, scale

@@ -1,4 +1,5 @@
-"""TIFF / OME-TIFF I/O with pixel size (nm) and JSON metadata, and the PSF export format.
+"""TIFF / OME-TIFF I/O with pixel size (nm) and JSON metadata (images in and out; the PSF
+files and estimates are :mod:`napari_deepblur.formats`).
 
 Images are ``(…, Y, X)`` as stored. Pixel sizes are in nanometres (``pixel_size_nm``).
 Writes are atomic (temporary ``.<name>.<id>.partial`` file in the same folder, then
@@ -28,25 +29,25 @@ from . import notices
 from .outputs import (
     DISK_ERRNOS,
     check_free_space,
-    check_regular,
+    check_new,
     disk_error,
     remove_partial_files,  # noqa: F401 - io.remove_partial_files, as before
     reserve_blocks,
 )
 
 __all__ = [
-    "PSF_FORMAT",
     "ImageData",
+    "atomic_write",
     "create_image",
+    "json_text",
     "read_header",
     "read_image",
-    "read_psf",
     "to_jsonable",
+    "unit_to_nm",
     "write_image",
-    "write_psf",
+    "write_text",
 ]
 
-PSF_FORMAT = "napari-deepblur-psf"
 _OUR_FORMAT = "napari-deepblur"
 _BIGTIFF_BYTES = 2**31 - 2**26  # switch to BigTIFF a little below the 4 GB / 2 GB limits
 # Length unit → nanometres.
@@ -143,7 +144,13 @@ class ImageData:
     stack_steps: dict = field(default_factory=dict)
 
 
-def _unit_nm(unit: str | None) -> float | None:
+def unit_to_nm(unit: Any) -> float | None:
+    """Nanometres per length ``unit`` (a name or abbreviation as TIFF, OME, ImageJ or napari's
+    pint write it, or a pint unit), or None when it is not a known length unit.
+
+    >>> unit_to_nm("micron"), unit_to_nm("nm"), unit_to_nm("pixel")
+    (1000.0, 1.0, None)
+    """
     if unit is None:
         return None
     return _UNIT_NM.get(str(unit).strip().lower().replace("\\u00b5", "µ"))
@@ -154,7 +161,7 @@ def _imagej_stack_steps(tif: tifffile.TiffFile) -> dict:
     interval (s)."""
     imagej = (tif.imagej_metadata or {}) if tif.is_imagej else {}
     steps = {"finterval": float(imagej["finterval"])} if "finterval" in imagej else {}
-    unit_nm = _unit_nm(imagej.get("unit"))
+    unit_nm = unit_to_nm(imagej.get("unit"))
     if "spacing" in imagej and unit_nm is not None:
         steps["spacing"] = float(imagej["spacing"]) * unit_nm
     return steps
@@ -199,7 +206,7 @@ def _ome_pixels(tif: tifffile.TiffFile) -> dict:
 def _ome_length_nm(pixels: dict, name: str) -> float | None:
     """An OME physical size (``PhysicalSizeX``, ``PhysicalSizeZ``) in nm (OME's default unit
     is µm), or None when absent or in an unknown unit."""
-    scale = _unit_nm(pixels.get(f"{name}Unit", "µm"))
+    scale = unit_to_nm(pixels.get(f"{name}Unit", "µm"))
     if name not in pixels or scale is None:
         return None
     return float(pixels[name]) * scale
@@ -239,7 +246,7 @@ def _pixel_size_nm(tif: tifffile.TiffFile, description: dict | None) -> float | 
     page = tif.pages.first
     xres = _x_resolution(page)
     if tif.is_imagej:
-        scale = _unit_nm((tif.imagej_metadata or {}).get("unit"))
+        scale = unit_to_nm((tif.imagej_metadata or {}).get("unit"))
         if scale is not None and xres:
             return scale / xres
     unit_tag = page.tags.get("ResolutionUnit")
@@ -369,22 +376,15 @@ def _settle_zarr_reads(timeout_s: float = 10.0) -> None:
         pass
 
 
-def _check_target(path: Path, overwrite: bool) -> None:
-    check_regular(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(
-            f"{path} already exists; pass overwrite=True (--overwrite on the command line)"
-        )
-
-
 #: Room kept for a TIFF's header and tags beside its pixels, in bytes.
 _HEADER_BYTES = 1 << 16
 
 
-def _atomic_write(path: Path, write: Any) -> None:
+def atomic_write(path: str | os.PathLike, write: Any) -> None:
     """Call ``write(tmp_path)`` on a hidden temporary file next to ``path``, then rename it.
     A full or read-only disk is an :class:`~napari_deepblur.outputs.OutputDiskError` naming
     ``path``."""
+    path = Path(path)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.partial"
     try:
         write(tmp)
@@ -396,6 +396,13 @@ def _atomic_write(path: Path, write: Any) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`atomic_write`); returns the path."""
+    path = Path(path)
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return path
 
 
 #: A private TIFF tag (65000–65535 are free for private use) holding our JSON description
@@ -531,7 +538,7 @@ def write_image(
     """
     path = Path(path)
     data = np.asarray(data)
-    _check_target(path, overwrite)
+    check_new(path, overwrite)
     options = _tiff_options(
         data.shape, data.dtype, pixel_size_nm, metadata, axes, stack_steps, is_ome_name(path)
     )
@@ -540,7 +547,7 @@ def write_image(
     def write(tmp: Path) -> None:
         tifffile.imwrite(tmp, data, **options)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
     return path
 
 
@@ -569,7 +576,7 @@ def create_image(
     """
     path = Path(path)
     shape = tuple(int(n) for n in shape)
-    _check_target(path, overwrite)
+    check_new(path, overwrite)
     options = _tiff_options(
         shape, dtype, pixel_size_nm, metadata, axes, stack_steps, is_ome_name(path)
     )
@@ -585,7 +592,7 @@ def create_image(
         yield array
         array.flush()
         del array
-        _check_target(path, overwrite)  # appeared meanwhile (another process)
+        check_new(path, overwrite)  # appeared meanwhile (another process)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -606,77 +613,3 @@ def _new_memmap(tmp: Path, shape, dtype, options: dict) -> np.memmap:
     )
     reserve_blocks(tmp)
     return np.memmap(tmp, dtype, "r+", offset, shape, "C")
-
-
-def write_psf(
-    path: str | os.PathLike, psf: np.ndarray, *, metadata: dict, overwrite: bool = False
-) -> tuple[Path, Path]:
-    """Export a PSF: float32 TIFF at ``path`` + JSON sidecar ``path.with_suffix('.json')``.
-
-    A 2D PSF (Y, X) is renormalised to sum 1; a 3D stack (Z, Y, X) is kept as given (float32).
-    The sidecar (and the TIFF description) hold ``metadata`` (expected: optics {na,
-    wavelength_nm, pixel_size_nm, refractive_index, fc}, noll_indices, coefficients_waves_rms,
-    names, model, noise) plus "format", "format_version", "shape" and "sum".
-    Returns (tif path, json path).
-    """
-    path = Path(path)
-    sidecar = path.with_suffix(".json")
-    if path.suffix.lower() not in (".tif", ".tiff"):
-        raise ValueError(f"PSF path must end with .tif or .tiff: {path}")
-    for p in (path, sidecar):
-        _check_target(p, overwrite)
-    psf = np.asarray(psf, dtype=np.float32)
-    if psf.ndim not in (2, 3):
-        raise ValueError(f"PSF must be 2D (Y, X) or 3D (Z, Y, X), got shape {psf.shape}")
-    if psf.ndim == 2:
-        total = float(psf.sum(dtype=np.float64))
-        if not total > 0:
-            raise ValueError("a 2D PSF must have a positive sum")
-        psf = (psf / total).astype(np.float32)
-    meta = to_jsonable(dict(metadata))
-    meta.update(
-        format=PSF_FORMAT,
-        format_version=1,
-        shape=list(psf.shape),
-        sum=float(psf.sum(dtype=np.float64)),
-    )
-    pixel_size_nm = (meta.get("optics") or {}).get("pixel_size_nm")
-    text = json_text(meta, "the PSF's metadata")
-    write_image(
-        path,
-        psf,
-        pixel_size_nm=pixel_size_nm,
-        metadata=meta,
-        overwrite=overwrite,
-        axes="YX" if psf.ndim == 2 else "ZYX",
-    )
-    _atomic_write(sidecar, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    return path, sidecar
-
-
-def read_psf(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
-    """Read a PSF exported by :func:`write_psf` from its .tif/.tiff or its .json path.
-
-    Returns (psf float32 array, metadata dict); the sidecar is preferred, the TIFF description
-    is the fallback when the sidecar is missing.
-    """
-    path = Path(path)
-    if path.suffix.lower() == ".json":
-        sidecar = path
-        candidates = [path.with_suffix(".tif"), path.with_suffix(".tiff")]
-        tif = next((p for p in candidates if p.is_file()), None)
-        if tif is None:
-            raise FileNotFoundError(f"PSF TIFF not found next to {path} (looked for .tif/.tiff)")
-    else:
-        tif, sidecar = path, path.with_suffix(".json")
-    image = read_image(tif)
-    if sidecar.is_file():
-        try:
-            metadata = json.loads(sidecar.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise ValueError(f"PSF sidecar is not valid JSON: {sidecar} ({exc})") from exc
-    else:
-        metadata = image.metadata
-    if metadata.get("format") != PSF_FORMAT:
-        raise ValueError(f"{path} is not a {PSF_FORMAT} file (no such 'format' in its metadata)")
-    return np.asarray(image.data, dtype=np.float32), metadata

@@ -44,6 +44,10 @@ class ModelFileError(ValueError):
     """A model file that cannot be used: corrupt, truncated, or of another format."""
 
 
+class ModelNotFoundError(FileNotFoundError):
+    """A model or family file that does not exist, or no shipped model of that name."""
+
+
 @dataclass(frozen=True)
 class DeepBlurModel:
     """An operator family with its identification and deblurring networks.
@@ -226,12 +230,12 @@ def resolve_model_path(name_or_path: str | Path | None) -> Path:
     candidate = Path(name_or_path)
     if candidate.suffix == ".safetensors" or candidate.exists() or os.sep in str(name_or_path):
         if not candidate.exists():
-            raise FileNotFoundError(f"model file not found: {candidate}")
+            raise ModelNotFoundError(f"model file not found: {candidate}")
         return candidate
     shipped = WEIGHTS_DIR / f"{name_or_path}.safetensors"
     if not shipped.exists():
         names = ", ".join(list_models()) or "none"
-        raise FileNotFoundError(
+        raise ModelNotFoundError(
             f"no shipped model named {name_or_path!r} (looked for {shipped}); available: {names}"
         )
     return shipped
@@ -261,6 +265,16 @@ def load_model(
         precision = "auto"
     model = model.with_precision(precision)
     return replace(model, card=copy.deepcopy(model.card))
+
+
+def as_model(model=None, device="auto", precision: str | None = None) -> DeepBlurModel:
+    """The model an entry point was given, on ``device``, in eval mode: a
+    :class:`DeepBlurModel` as it is (moved to ``device``: :meth:`DeepBlurModel.to` returns
+    another model, this one is unchanged), else :func:`load_model` of a shipped model's name or
+    a model file (None: the default model) at ``precision``."""
+    if isinstance(model, DeepBlurModel):
+        return model.to(resolve_device(device)).eval()
+    return load_model(model, device=device, precision=precision)
 
 
 def _read_file(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
@@ -434,7 +448,7 @@ def load_family(path: str | Path) -> tuple[OperatorFamily, float, dict]:
     """An operator family from a family file or a model file: ``(family, fc, card)``."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"family file not found: {path}")
+        raise ModelNotFoundError(f"family file not found: {path}")
     config, tensors, card = _read_file(path)
     return _family(path, config, tensors), float(config["fc"]), card
 

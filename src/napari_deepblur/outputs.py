@@ -7,7 +7,10 @@
   blocks before it is filled (:func:`reserve_blocks`: a full disk is then an error, not a
   SIGBUS).
 - An output path that exists as a folder, a device or a pipe is never replaced
-  (:func:`check_regular`).
+  (:func:`check_regular`), nor an existing file unless asked (:func:`check_new`: the one
+  "refuse to overwrite" check, an :class:`OutputExistsError`); :func:`check_outputs` checks
+  a command's outputs together before any work (new, distinct, not an input, in a folder
+  we may write in).
 - One writer at a time: :func:`claim_output` locks an output for a run, across threads,
   processes and (through the file system's locks) machines; the temporary files a killed
   writer left behind are removed by the next one to claim the output.
@@ -28,7 +31,10 @@ __all__ = [
     "DISK_ERRNOS",
     "OutputBusyError",
     "OutputDiskError",
+    "OutputExistsError",
     "check_free_space",
+    "check_new",
+    "check_outputs",
     "check_regular",
     "claim_output",
     "disk_error",
@@ -110,6 +116,48 @@ def check_regular(path) -> None:
             f"{path} exists and is not a regular file (a device or a pipe): outputs are "
             "written as new files, so give the path of a file"
         )
+
+
+class OutputExistsError(FileExistsError):
+    """An output that exists, which was not to be replaced (``overwrite`` not given);
+    ``path``: the output."""
+
+    def __init__(self, path) -> None:
+        self.path = Path(path)
+        super().__init__(
+            f"{self.path} already exists; pass --overwrite (overwrite=True) to replace it"
+        )
+
+    def __reduce__(self):  # pickled with its path (dask sends a worker's errors back)
+        return type(self), (self.path,)
+
+
+def check_new(path, overwrite: bool = False) -> None:
+    """The one "refuse to overwrite" check: :class:`OutputExistsError` when ``path`` exists
+    and ``overwrite`` is not given, and never a path that is not a regular file
+    (:func:`check_regular`), ``overwrite`` or not."""
+    path = Path(path)
+    check_regular(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(path)
+
+
+def check_outputs(paths, overwrite: bool, inputs=()) -> None:
+    """Before any work: each output path (None: skipped) passes :func:`check_new`, lies in an
+    existing folder we may write in, and is neither an input nor another output."""
+    taken = {Path(p).resolve(): f"the input {p}" for p in inputs}
+    for path in (Path(p) for p in paths if p is not None):
+        if path.resolve() in taken:
+            raise ValueError(f"{path} would replace {taken[path.resolve()]}; choose another path")
+        taken[path.resolve()] = f"the other output {path}"
+        check_new(path, overwrite)
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"the output folder {path.parent} does not exist")
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            raise PermissionError(
+                f"cannot write in the output folder {path.parent} (no permission, or a "
+                "read-only disk)"
+            )
 
 
 def remove_partial_files(path) -> list[Path]:

@@ -15,7 +15,7 @@ agree. A GPU out-of-memory error while deblurring retries with half-size tiles, 
 CPU (with a warning).
 
     >>> import napari_deepblur as ndb
-    >>> from napari_deepblur._sample_data import make_blurred_sample
+    >>> from napari_deepblur.samples import make_blurred_sample
     >>> image = make_blurred_sample(seed=0, size=128)["image"]
     >>> est = ndb.identify(image, pixel_size_nm=74, na=1.4, wavelength_nm=520, device="cpu")
     >>> est.noll_indices, round(est.fc, 4), est.optics["refractive_index"]
@@ -39,7 +39,7 @@ from .estimation import identify_in_windows, robust_combine
 from .field_estimation import fit_field, read_windows
 from .fieldmap import FieldEstimate, cell_centres
 from .intensity import ConstantImageError, check_contrast, denormalize, normalize, robust_range
-from .models import DeepBlurModel, fall_back_to_cpu, load_model
+from .models import DeepBlurModel, as_model, fall_back_to_cpu, load_model
 from .optics import (
     Convolution,
     Microscope,
@@ -48,7 +48,7 @@ from .optics import (
     check_fc,
     zernike_psf,
 )
-from .optics.noise import NOISE_MIN_SIDE_PX, estimate_noise
+from .optics.noise import NOISE_MIN_SIDE_PX, estimate_noise, noise_sigma_map
 from .optics.zernike import check_noll_indices
 from .refinement import (
     MAX_CROP_PIXELS,
@@ -260,13 +260,6 @@ def _jsonable(obj):
     raise TypeError(f"not JSON serialisable: {type(obj)}")
 
 
-# -- models ------------------------------------------------------------------------------
-def _model(model, device, precision: str | None = None) -> DeepBlurModel:
-    if isinstance(model, DeepBlurModel):
-        return model.to(resolve_device(device)).eval()
-    return load_model(model, device=device, precision=precision)
-
-
 # -- validation and sampling ------------------------------------------------------------
 def as_image(image, min_size: int = 1) -> np.ndarray:
     """Check that ``image`` is a finite, real 2D array of at least ``min_size`` px a side and
@@ -428,7 +421,7 @@ def iter_identify(
 ) -> Generator[Progress, None, BlurEstimate]:
     """Generator form of :func:`identify`: yields :class:`Progress` per tile (and once
     more after the refinement, when asked)."""
-    model = _model(model, device)
+    model = as_model(model, device)
     min_size = model.identification.config.min_size
     raw = as_image(image, min_size)
     fc_img, optics = image_fc(
@@ -636,7 +629,7 @@ def iter_deblur(
     tile_px: int = DEFAULT_TILE_PX,
 ) -> Generator[Progress, None, np.ndarray]:
     """Generator form of :func:`deblur`: yields :class:`Progress` per tile."""
-    model = _model(model, device)
+    model = as_model(model, device)
     if model.deblurring is None:
         raise ValueError(f"the model {model.name!r} has no deblurring network")
     optics = dict(
@@ -965,8 +958,7 @@ def _deblur_tile(
     y = resample(tile, setup.zoom)
     dev = model.device
     y_n = normalize(torch.from_numpy(y).to(dev), setup.low, setup.scale)[None, None]
-    smooth = torch.nn.functional.avg_pool2d(y_n, 3, 1, 1, count_include_pad=False)
-    sigma = torch.sqrt(setup.alpha * smooth.clamp_min(0) + setup.beta**2)
+    sigma = noise_sigma_map(y_n, setup.alpha, setup.beta)
     rows = (origin[0], origin[0] + tile.shape[0])
     cols = (origin[1], origin[1] + tile.shape[1])
     operator = _operator_for(model, estimate, y.shape, dev, rows, cols)
@@ -1084,7 +1076,7 @@ def iter_deblur_into(
     identified first (which loads it). ``optics``: ``fc`` or ``pixel_size_nm``, ``na``,
     ``wavelength_nm`` (``refractive_index``) as for :func:`deblur`.
     """
-    model = _model(model, device)
+    model = as_model(model, device)
     if model.deblurring is None:
         raise ValueError(f"the model {model.name!r} has no deblurring network")
     if tuple(out.shape) != tuple(source.shape):
@@ -1124,7 +1116,7 @@ def deblur_dask(
     """
     import dask.array as da
 
-    model = _model(model, device)
+    model = as_model(model, device)
     if model.deblurring is None:
         raise ValueError(f"the model {model.name!r} has no deblurring network")
     array = da.asarray(array)
@@ -1150,7 +1142,7 @@ def deblur_dask(
             int(chunk_starts[0][i]) - (depth if i else 0),
             int(chunk_starts[1][j]) - (depth if j else 0),
         )
-        local = _model(ref, device, precision)
+        local = as_model(ref, device, precision)
         result = np.empty(x.shape, np.float32)
         run(_iter_tiles(x, result, setup, estimate, local, tile_px, origin))
         return result
@@ -1280,7 +1272,7 @@ def iter_identify_stack(
     if mode not in STACK_MODES:
         raise ValueError(f"mode must be one of {', '.join(STACK_MODES)}, got {mode!r}")
     _check_stack(stack)
-    model = _model(model, device)
+    model = as_model(model, device)
     indices = plane_indices(stack.shape)
     if mode == "plane":
         chosen = [representative_plane(stack) if plane is None else plane_index(stack.shape, plane)]
@@ -1364,7 +1356,7 @@ def iter_deblur_stack(
     """
     _check_stack(stack)
     check_finite(stack)
-    model = _model(model, device)
+    model = as_model(model, device)
     indices = plane_indices(stack.shape)
     if estimate is None:
         estimate = yield from iter_identify_stack(

@@ -8,7 +8,7 @@ import pytest
 @pytest.fixture(scope="session")
 def small_sample():
     """The synthetic sample at 128×128 px (data + layer kwargs), computed once."""
-    from napari_deepblur._sample_data import SAMPLE_NAME, make_blurred_sample
+    from napari_deepblur.samples import SAMPLE_NAME, make_blurred_sample
 
     sample = make_blurred_sample(seed=0, size=128)
     image = sample.pop("image")

@@ -80,8 +80,11 @@ def test_a_missing_file_is_about_a_model_only_when_it_is():
     folder = FileNotFoundError(2, "No such file or directory", "/no/folder/x.psf.tif")
     message = logic.user_message(folder, "Export PSF")
     assert "Check the path." in message and "model" not in message
-    model = FileNotFoundError("model file not found: /models/mine.safetensors")
-    assert "choose a shipped model" in logic.user_message(model, "Identify blur")
+    from napari_deepblur.models import ModelNotFoundError, load_model
+
+    with pytest.raises(ModelNotFoundError) as missing:  # the type tells, not the text
+        load_model("/models/mine.safetensors")
+    assert "choose a shipped model" in logic.user_message(missing.value, "Identify blur")
 
 
 def test_is_psf_of_matches_the_image_exactly():

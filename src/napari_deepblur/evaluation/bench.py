@@ -134,7 +134,7 @@ def bench_image(size: int, seed: int = 0):
     directly takes minutes)."""
     import numpy as np
 
-    from .._sample_data import make_blurred_sample
+    from ..samples import make_blurred_sample
 
     a = make_blurred_sample(seed, 256)["image"]
     block = np.block([[a, a[:, ::-1]], [a[::-1], a[::-1, ::-1]]])

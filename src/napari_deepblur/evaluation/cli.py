@@ -67,16 +67,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from ..outputs import check_new
     from .fig10 import LEVELS_DEFAULT, format_fig10, run_fig10
     from .table1 import LEVELS, format_table, record_in_card, run_table1, write_results
 
     protocol = args.protocol
     n = args.n or DEFAULT_N[protocol]
     out = Path(args.out) if args.out else None
-    if out is not None and not args.overwrite:  # fail before the run, not after it
-        for name in (f"{protocol}.json", f"{protocol}.csv"):
-            if (out / name).exists():
-                raise FileExistsError(f"{out / name} exists; use --overwrite or another --out")
+    for name in (f"{protocol}.json", f"{protocol}.csv") if out is not None else ():
+        check_new(out / name, args.overwrite)  # fail before the run, not after it
     with tqdm(total=None, desc=protocol, unit="pair", disable=args.quiet) as bar:
 
         def progress(step):

@@ -31,9 +31,10 @@ import torch
 
 from ..devices import machine_info
 from ..fieldmap import FieldEstimate, cell_centres
+from ..models import as_model
 from ..optics import ProductConvolution, add_poisson_gaussian
 from ..optics.field import FieldAberrations, grid_positions
-from ..pipeline import BlurEstimate, Progress, _model, deblur, identify, run
+from ..pipeline import BlurEstimate, Progress, deblur, identify, run
 from .metrics import psf_snr_db, ssim
 from .table1 import (
     LEVELS,
@@ -144,7 +145,7 @@ def iter_fig10(
     unknown = [r for r in rows if r not in ROWS] + [lv for lv in levels if lv not in LEVELS]
     if unknown:
         raise ValueError(f"unknown rows/levels {unknown}; rows: {ROWS}, levels: {list(LEVELS)}")
-    model, baseline = (_model(m, device, precision) for m in (model, baseline))
+    model, baseline = (as_model(m, device, precision) for m in (model, baseline))
     if not isinstance(model.family, ProductConvolution):
         raise ValueError(f"{model.name!r} is not a space-varying (product-convolution) model")
     fc = model.fc

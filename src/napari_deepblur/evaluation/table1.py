@@ -32,9 +32,10 @@ import numpy as np
 import torch
 
 from ..devices import machine_info, resolve_precision
-from ..models import DeepBlurModel, sha256
+from ..models import DeepBlurModel, as_model, sha256
 from ..optics import DEFAULT_NOLL_INDICES, ZernikeConvolution, add_poisson_gaussian
-from ..pipeline import BlurEstimate, Progress, _model, deblur, identify, run
+from ..outputs import check_new
+from ..pipeline import BlurEstimate, Progress, deblur, identify, run
 from .baselines import RL_ITERATIONS, no_identification_psf, richardson_lucy, tune_rl_iterations
 from .metrics import psf_snr_db, psnr, ssim
 from .testimages import load_test_images, prepare_test_image
@@ -203,7 +204,7 @@ def iter_table1(
         raise ValueError(f"unknown rows/levels {unknown}; rows: {ROWS}, levels: {list(LEVELS)}")
     if n < 1 or rl_validation < 1:
         raise ValueError(f"n and rl_validation must be at least 1, got {n}, {rl_validation}")
-    model = _model(model, device, precision)
+    model = as_model(model, device, precision)
     dev = model.device
     images, source = _as_images(images, size)
     airy = no_identification_psf(FC, KERNEL_SIZE)
@@ -377,8 +378,8 @@ def write_results(result: dict, out_dir, overwrite: bool = False) -> tuple[Path,
     out = Path(out_dir)
     protocol = result["protocol"]
     json_path, csv_path = out / f"{protocol}.json", out / f"{protocol}.csv"
-    if not overwrite and (existing := [p for p in (json_path, csv_path) if p.exists()]):
-        raise FileExistsError(f"{existing[0]} exists; choose another folder or overwrite")
+    for path in (json_path, csv_path):
+        check_new(path, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(_finite(result), indent=1) + "\n")
     with csv_path.open("w", newline="") as f:

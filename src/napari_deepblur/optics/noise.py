@@ -18,6 +18,20 @@ def noise_std(clean: torch.Tensor, alpha, beta) -> torch.Tensor:
     return torch.sqrt(alpha * clean.clamp_min(0) + beta**2)
 
 
+def noise_sigma_map(y_n: torch.Tensor, alpha, beta) -> torch.Tensor:
+    """The per-pixel noise std ``σ = sqrt(α·ȳ + β²)`` the deblurring network takes as its
+    extra input, for normalised images ``y_n (B, 1, H, W)``: ``ȳ`` is ``y_n`` averaged over
+    3 × 3 pixels (clipped at 0), ``alpha``/``beta`` (floats, or tensors broadcastable to
+    ``(B, 1, 1, 1)``) in the same normalised units. The one formula for training and the
+    pipeline.
+
+    >>> noise_sigma_map(torch.zeros(1, 1, 4, 4), 0.0, 0.5).unique()
+    tensor([0.5000])
+    """
+    smooth = torch.nn.functional.avg_pool2d(y_n, 3, 1, 1, count_include_pad=False)
+    return torch.sqrt(alpha * smooth.clamp_min(0) + beta**2)
+
+
 def add_poisson_gaussian(
     clean: torch.Tensor, alpha, beta, generator: torch.Generator | None = None
 ) -> torch.Tensor:

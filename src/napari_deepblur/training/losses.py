@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..evaluation.metrics import psf_snr_db  # noqa: F401  (one implementation, re-exported)
 from ..optics import OperatorFamily
+from ..optics.psf import psf_snr_db  # noqa: F401  (one implementation, re-exported)
 
 
 def identification_loss(

@@ -17,10 +17,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..devices import convolution_layout, native_bfloat16
-from ..intensity import normalize, robust_range
+from ..intensity import identification_inputs, normalize
 from ..nets import DeblurringNetwork, IdentificationNetwork
 from ..optics import OperatorFamily
-from ..optics.noise import estimate_noise
+from ..optics.noise import estimate_noise, noise_sigma_map
 from .data import BlurredBatches
 from .losses import identification_loss, psf_snr_db
 
@@ -37,30 +37,19 @@ class LoopConfig:
     amp: bool = True  # bf16 autocast where the device computes it natively (CUDA, recent CPUs)
 
 
-def identification_inputs(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Raw blurred images ``(B, H, W)`` → ``(y_n (B,1,H,W), low, scale)``: the robustly
-    normalised images the identification network sees, and the range they were normalised by
-    (``scale`` is also each image's contrast)."""
-    low, scale = robust_range(y)
-    scale = scale.clamp_min(1e-6)
-    return normalize(y, low, scale)[:, None], low, scale
-
-
 def network_inputs(
     y: torch.Tensor, fc: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Raw blurred images ``(B, H, W)`` → ``(y_n (B,1,H,W), σ_n (B,1,H,W), low, scale)``.
 
     ``y_n`` is :func:`identification_inputs`' normalised image and ``σ_n`` the per-pixel
-    noise std estimated from it (Poisson–Gaussian, in normalised units), which the deblurring
-    network needs. The pipeline and training share it.
+    noise std estimated from it (Poisson–Gaussian, in normalised units,
+    :func:`~napari_deepblur.optics.noise.noise_sigma_map`, as the pipeline computes it), which
+    the deblurring network needs.
     """
     y_n, low, scale = identification_inputs(y)
     alpha, beta = estimate_noise(y_n[:, 0], fc)
-    smooth = torch.nn.functional.avg_pool2d(y_n, 3, 1, 1, count_include_pad=False)
-    sigma = torch.sqrt(
-        alpha[:, None, None, None] * smooth.clamp_min(0) + beta[:, None, None, None] ** 2
-    )
+    sigma = noise_sigma_map(y_n, alpha[:, None, None, None], beta[:, None, None, None])
     return y_n, sigma, low, scale
 
 
