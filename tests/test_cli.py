@@ -189,7 +189,7 @@ def test_deblur_failure_leaves_no_file(sample_tif, tmp_path, capsys, monkeypatch
 
     psf = tmp_path / "airy.tif"
     assert cli.main(["psf", str(psf)]) == 0  # a given PSF: no identification (faster)
-    monkeypatch.setattr(pipeline, "_deblur_tile", broken)
+    monkeypatch.setattr(pipeline._deblur, "_deblur_tile", broken)
     out = tmp_path / "out.tif"
     argv = ["deblur", str(sample_tif), "-o", str(out), "--psf", str(psf), "--quiet"]
     assert cli.main(argv) == 2
@@ -200,7 +200,7 @@ def test_deblur_failure_leaves_no_file(sample_tif, tmp_path, capsys, monkeypatch
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "_deblur_tile", interrupted)
+    monkeypatch.setattr(pipeline._deblur, "_deblur_tile", interrupted)
     assert cli.main(argv) == 130
     assert not out.exists() and _no_partials(tmp_path)
 

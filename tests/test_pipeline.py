@@ -305,7 +305,7 @@ def test_the_documented_smallest_image_to_deblur_is_the_enforced_one(model):
 
 def _deblurrable(side: int, kernel: int) -> bool:
     try:
-        pipeline._check_deblurrable_size((side, side), 1.0, kernel)
+        pipeline._prepare._check_deblurrable_size((side, side), 1.0, kernel)
     except ValueError:
         return False
     return True

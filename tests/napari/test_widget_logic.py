@@ -194,7 +194,7 @@ def test_headless_identify_stack(small_sample, monkeypatch):
         calls.append(image.shape)
         return (yield from real(image, *args, **kwargs))
 
-    monkeypatch.setattr(pipeline, "iter_identify", counting)
+    monkeypatch.setattr(pipeline._stacks, "iter_identify", counting)
     job = logic.iter_identify_layers(request)
     step = next(job)
     while step.done < 1:
