@@ -305,7 +305,41 @@ def test_the_documented_smallest_image_to_deblur_is_the_enforced_one(model):
 
 def _deblurrable(side: int, kernel: int) -> bool:
     try:
-        pipeline._prepare._check_deblurrable_size((side, side), 1.0, kernel)
+        pipeline._deblur._check_deblurrable_size((side, side), 1.0, kernel)
     except ValueError:
         return False
     return True
+
+
+@pytest.mark.parametrize("pixel_size_nm", [74.0, 90.0])  # zoom ≈ 1 and ≠ 1
+def test_deblur_without_an_estimate_prepares_the_image_once(
+    model, sample, monkeypatch, pixel_size_nm
+):
+    """Identify prepares the image (resampled, ranged, its noise measured) and deblurring
+    reuses it: the result is identify-then-deblur's, bit for bit, with one noise measurement
+    and the image resampled once on the way in (and the result once on the way out)."""
+    exact = model.with_precision("float32")
+    image = sample["image"]
+    optics = {"pixel_size_nm": pixel_size_nm, "na": 1.4, "wavelength_nm": 520}
+    two_calls = pipeline.deblur(image, pipeline.identify(image, exact, **optics), exact, **optics)
+    counts = {"estimate_noise": 0, "resample": 0}
+
+    def counted(module, name):
+        real = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            counts[name] += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    counted(pipeline._prepare, "estimate_noise")
+    for module in (pipeline._prepare, pipeline._identify, pipeline._deblur):
+        counted(module, "resample")
+    prepared = {}
+    one_call = pipeline.run(pipeline.iter_deblur(image, None, exact, prepared=prepared, **optics))
+    np.testing.assert_array_equal(one_call, two_calls)
+    assert counts == {"estimate_noise": 1, "resample": 2}
+    plane = prepared[()]
+    assert plane.noise is not None and plane.y.dtype == np.float32
+    assert plane.zoom == pytest.approx(1.4 * pixel_size_nm / 520 / exact.fc)

@@ -51,14 +51,12 @@ class CalibrateRequest:
 
     def resolved_fc(self) -> float:
         """The cutoff in cycles/pixel: ``fc`` if given, else from the optics (checked)."""
-        from .optics import Microscope, check_fc
+        from .pipeline import Sampling
 
-        if self.fc is not None:
-            return check_fc(self.fc)
-        if not self.optics.complete:
+        sampling = Sampling.of(fc=self.fc) if self.fc is not None else self.optics.sampling()
+        if not sampling.known:
             raise UserError("give NA, wavelength and pixel size, or the cutoff fc")
-        o = self.optics
-        return Microscope(o.na, o.wavelength_nm, o.pixel_size_nm, o.refractive_index).fc
+        return sampling.fc
 
 
 @dataclass

@@ -190,18 +190,21 @@ def check_layer(
         )
 
 
-def fc_text(optics: Optics, model_fc: float) -> str:
-    """A line about the sampling, for the widget: fc and whether it is above Nyquist."""
+def fc_text(optics: Optics, model_fc: float | None) -> str:
+    """A line about the sampling, for the widget: fc and whether it is above Nyquist
+    (``model_fc``: the model's cutoff, None when the model cannot be read)."""
     from .optics import NYQUIST_FC
-    from .pipeline import image_fc
 
+    model = "" if model_fc is None else f"{model_fc:.3f}"
     if not optics.complete:
-        return f"Optics unknown: the image is assumed sampled like the model (fc = {model_fc:.3f})."
+        like = f" (fc = {model})" if model else ""
+        return f"Optics unknown: the image is assumed sampled like the model{like}."
     try:
-        fc, _ = image_fc(model_fc, **optics.kwargs())
+        fc = optics.sampling().fc
     except ValueError as exc:
         return f"⚠ {exc}"
-    return f"fc = {fc:.3f} cycles/pixel (Nyquist: at most {NYQUIST_FC}; model: {model_fc:.3f})"
+    model = f"; model: {model}" if model else ""
+    return f"fc = {fc:.3f} cycles/pixel (Nyquist: at most {NYQUIST_FC}{model})"
 
 
 def plane_index(shape: Sequence[int], data_position: Sequence[float] | None) -> tuple[int, ...]:
@@ -755,7 +758,7 @@ def iter_identify_layers(request: IdentifyRequest) -> Generator[Any, None, Ident
         "augment": request.augment,
         "refine": request.refine,
         "tile_px": request.tile_px or DEFAULT_TILE_PX,
-        **request.optics.kwargs(),
+        "sampling": request.optics.sampling(),
     }
     shape = tuple(np.shape(request.data))
     mode = request.stack_mode if len(shape) > 2 else "plane"
@@ -789,13 +792,16 @@ def identify_layers(request: IdentifyRequest) -> IdentifyResult:
 class DeblurRequest:
     """What the Deblur widget asks for. ``plane``: indices of the leading axes to deblur one
     plane, or None for all planes. ``estimate``: a ``BlurEstimate`` or None (identify first:
-    that plane, or for all planes the plane with the most contrast). ``noise``: override
-    ``{"alpha", "beta"}`` in image units, or None."""
+    that plane, or for all planes the plane with the most contrast); ``of_this_image``: it
+    was identified on this image (its sampling is then the image's, whatever ``optics``
+    says: :meth:`~napari_deepblur.pipeline.Sampling.for_deblurring`). ``noise``: override
+    ``{"alpha", "beta"}`` in image units, or None (the estimate's)."""
 
     data: Any
     source: str
     plane: tuple[int, ...] | None = ()
     estimate: Any = None
+    of_this_image: bool = False
     model: str | None = None
     optics: Optics = field(default_factory=Optics)
     device: str = "auto"
@@ -825,27 +831,37 @@ def iter_deblur_layers(request: DeblurRequest) -> Generator[Any, None, DeblurRes
     data = request.data
     layers: list[LayerDataTuple] = []
     estimate = request.estimate
+    sampling = request.optics.sampling()
+    of_this_image = request.of_this_image
+    prepared: dict = {}  # the plane identify prepares, deblurred without preparing it again
     if estimate is None:
         plane = representative_plane(data) if request.plane is None else tuple(request.plane)
         image = np.asarray(data[plane] if plane else data)
         estimate = yield from iter_identify(
-            image, model, device=request.device, **request.optics.kwargs()
+            image, model, device=request.device, sampling=sampling, prepared=prepared
         )
+        if request.plane is None:  # the stack's planes are keyed by their index
+            prepared = {plane: prepared[()]}
         psf = psf_layer_data(
             estimate, estimate_source(request.source, plane=plane), request.geometry, image.shape
         )
         if plane:
             psf[1]["metadata"].update(stack_mode="plane", planes=[[int(i) for i in plane]])
         layers.append(psf)
-    # with an estimate from this image, its fc is the image's sampling; the layer's optics
+        of_this_image = True
+    # the estimate knows the sampling of the image it was identified on; the layer's optics
     # matter for a PSF from elsewhere
-    optics = request.optics.kwargs() if request.estimate is not None else {}
-    options = dict(noise=request.noise, strength=request.strength, device=request.device)
+    options = dict(
+        noise=request.noise,
+        strength=request.strength,
+        device=request.device,
+        sampling=sampling.for_deblurring(estimate, of_this_image),
+    )
     if request.plane is not None:
         image = np.asarray(data[request.plane])
-        restored = yield from iter_deblur(image, estimate, model, **options, **optics)
+        restored = yield from iter_deblur(image, estimate, model, **options, prepared=prepared)
     else:  # every plane (or the only one), in the pipeline's plane loop
-        restored = yield from iter_deblur_stack(data, estimate, model, **options, **optics)
+        restored = yield from iter_deblur_stack(data, estimate, model, **options, prepared=prepared)
     name = f"{request.source} deblurred"
     if request.plane:
         name += f" {list(request.plane)}"

@@ -33,7 +33,7 @@ from .outputs import (
     check_new,
     claim_output,
 )
-from .pipeline import DEFAULT_TILE_PX, BlurEstimate, Progress
+from .pipeline import DEFAULT_TILE_PX, BlurEstimate, Progress, Sampling
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 
@@ -42,10 +42,11 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 class DeblurOptions:
     """How to deblur each file (picklable: shipped to dask workers).
 
-    ``optics``: pipeline keywords (``fc`` or ``pixel_size_nm``, ``na``, ``wavelength_nm``,
-    ``refractive_index``; None values are ignored), completed from each file's pixel size and
-    metadata by :func:`image_optics`. ``estimate``: a shared estimate (one, or one per plane)
-    instead of identifying each file. ``mode``/``plane``: how stacks are identified (see
+    ``optics``: the optics given (pipeline keywords: ``fc`` or ``pixel_size_nm``, ``na``,
+    ``wavelength_nm``, ``refractive_index``; None values are ignored), completed from each
+    file's pixel size and metadata into its sampling by :func:`image_sampling`.
+    ``estimate``: a shared estimate (one, or one per plane) instead of identifying each
+    file. ``mode``/``plane``: how stacks are identified (see
     :func:`pipeline.iter_identify_stack`). ``dtype``: "float32" or "input" (the input's
     dtype, rounded and clipped). ``torch_threads``: set in the worker before running.
     """
@@ -78,21 +79,23 @@ def check_options(options: DeblurOptions) -> None:
         check_fc(options.optics["fc"])
 
 
-def image_optics(image, optics: dict | None = None) -> tuple[dict, str]:
-    """The pipeline's optics keywords for an :class:`~napari_deepblur.io.ImageData`, and
-    where they came from (a short text).
+def image_sampling(image, optics: dict | None = None) -> tuple[Sampling, str]:
+    """The :class:`~napari_deepblur.pipeline.Sampling` of an
+    :class:`~napari_deepblur.io.ImageData`, and where it came from (a short text): the one
+    place a file's sampling is resolved.
 
-    ``fc`` given wins. Otherwise NA, wavelength and pixel size come from ``optics`` where given,
-    else from the file (its pixel size; NA, wavelength and refractive index from the optics our
-    TIFFs carry in their metadata). Partial optics that cannot be completed are an error;
-    nothing at all means "sampled like the model".
+    ``fc`` given wins. Otherwise NA, wavelength and pixel size come from ``optics`` (the
+    pipeline's keywords; None values are ignored) where given, else from the file (its pixel
+    size; NA, wavelength and refractive index from the optics our TIFFs carry in their
+    metadata). Partial optics that cannot be completed are an error; nothing at all means
+    "sampled like the model" (an unknown sampling).
     """
     optics = {k: v for k, v in (optics or {}).items() if v is not None}
     explicit = any(k in optics for k in ("pixel_size_nm", "na", "wavelength_nm"))
     if "fc" in optics:
         if explicit:
             raise ValueError("give either --fc or the optics (NA, wavelength, pixel size)")
-        return {"fc": float(optics["fc"])}, f"fc {optics['fc']} cycles/pixel (given)"
+        return Sampling.of(fc=optics["fc"]), f"fc {optics['fc']} cycles/pixel (given)"
     stored = (image.metadata or {}).get("optics") or {}
     if explicit or ("na" in stored and "wavelength_nm" in stored):
 
@@ -114,22 +117,20 @@ def image_optics(image, optics: dict | None = None) -> tuple[dict, str]:
                 "give NA, wavelength and pixel size together, or --fc"
             )
         index = first(optics.get("refractive_index"), stored.get("refractive_index"))
-        if index is not None:
-            merged["refractive_index"] = index
+        sampling = Sampling.of(**merged, refractive_index=index)
+        immersion = Microscope.from_dict(sampling.optics).immersion
         source = "given" if explicit else "from the file"
-        scope = Microscope(merged["na"], merged["wavelength_nm"], merged["pixel_size_nm"],
-                           merged.get("refractive_index"))  # fmt: skip
         text = (
             f"NA {merged['na']}, {merged['wavelength_nm']} nm, "
-            f"{merged['pixel_size_nm']:.4g} nm pixels, {scope.immersion} immersion ({source})"
+            f"{merged['pixel_size_nm']:.4g} nm pixels, {immersion} immersion ({source})"
         )
-        return merged, text
+        return sampling, text
     if image.pixel_size_nm:
-        return {}, (
+        return Sampling(), (
             f"assumed sampled like the model (the file gives {image.pixel_size_nm:.4g} nm pixels "
             "but no NA or wavelength: give --na and --wavelength-nm to use them)"
         )
-    return {}, "assumed sampled like the model (no optics given or stored in the file)"
+    return Sampling(), "assumed sampled like the model (no optics given or stored in the file)"
 
 
 def check_image_axes(image, path) -> None:
@@ -222,9 +223,10 @@ def _deblur_claimed(input_path: Path, output_path: Path, sidecar: Path | None, o
     data = image.data
     dtype = np.float32 if options.dtype == "float32" else data.dtype
     check_free_space(output_path, int(np.prod(data.shape)) * np.dtype(dtype).itemsize)
-    optics, _ = image_optics(image, options.optics)
+    sampling, _ = image_sampling(image, options.optics)
     model = load_model(options.model, device=options.device, precision=options.precision)
     estimate = options.estimate
+    prepared: dict = {}  # the planes identify prepares, deblurred without preparing them again
     if estimate is None:
         estimate = yield from pipeline.iter_identify_stack(
             data,
@@ -232,8 +234,9 @@ def _deblur_claimed(input_path: Path, output_path: Path, sidecar: Path | None, o
             mode=options.mode,
             plane=options.plane,
             device=options.device,
+            sampling=sampling,
             tile_px=options.tile_px,
-            **optics,
+            prepared=prepared,
         )
     summary = formats.estimate_json(estimate)
     if sidecar is not None:
@@ -266,7 +269,8 @@ def _deblur_claimed(input_path: Path, output_path: Path, sidecar: Path | None, o
                 strength=options.strength,
                 device=options.device,
                 tile_px=options.tile_px,
-                **optics,
+                sampling=sampling,
+                prepared=prepared,
             )
     except BaseException:
         if sidecar is not None:  # no estimate left behind for an output that was not written

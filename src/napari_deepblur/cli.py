@@ -392,7 +392,7 @@ def _run_identify(args: argparse.Namespace) -> int:
     import numpy as np
 
     from . import formats, io, pipeline
-    from .batch import check_image_axes, image_optics
+    from .batch import check_image_axes, image_sampling
     from .models import load_model
 
     psf_out = Path(args.psf_out) if args.psf_out else None
@@ -412,7 +412,7 @@ def _run_identify(args: argparse.Namespace) -> int:
     _check_image(args.image)
     image = io.read_image(args.image, mmap=True)
     check_image_axes(image, args.image)
-    optics, optics_text = image_optics(image, _optics_args(args))
+    sampling, sampling_text = image_sampling(image, _optics_args(args))
     mode, plane = _stack_mode(args)
     model = load_model(args.model, device=args.device, precision=args.precision)
     estimate = _drive(
@@ -425,7 +425,7 @@ def _run_identify(args: argparse.Namespace) -> int:
             augment=not args.no_augment,
             tile_px=args.tile_px,
             refine=args.refine,
-            **optics,
+            sampling=sampling,
         ),
         args.quiet,
         "identify",
@@ -433,7 +433,7 @@ def _run_identify(args: argparse.Namespace) -> int:
     estimates = estimate if isinstance(estimate, list) else [estimate]
     first = estimates[0]
     report(f"image: {args.image} {tuple(image.data.shape)} {image.data.dtype}")
-    report(f"sampling: {optics_text}; fc {first.fc:.4f} cycles/pixel")
+    report(f"sampling: {sampling_text}; fc {first.fc:.4f} cycles/pixel")
     report(f"model: {first.model} on {model.device}")
     if isinstance(estimate, list):
         for index, est in zip(pipeline.plane_indices(image.data.shape), estimates, strict=True):
@@ -525,34 +525,12 @@ def _given_estimate(args):
     return None
 
 
-def _psf_sampled_like(estimate, image_fc: float, image_pixel_nm: float | None):
-    """A foreign PSF (``fc`` NaN) sampled like the image (cutoff ``image_fc``), or, when its
-    file gives a pixel size different from the image's, at its own pixels' cutoff (the
-    pipeline resamples it to the model's sampling). Other estimates are returned as they are."""
-    import math
-    from dataclasses import replace
-
-    from . import notices
-
-    if not math.isnan(estimate.fc):
-        return estimate
-    psf_pixel_nm = (estimate.optics or {}).get("pixel_size_nm")
-    if psf_pixel_nm is None or image_pixel_nm is None:
-        return replace(estimate, fc=image_fc)
-    if abs(psf_pixel_nm / image_pixel_nm - 1) > 0.01:
-        notices.warn(
-            f"the PSF has {psf_pixel_nm:.4g} nm pixels, the image {image_pixel_nm:.4g} nm: "
-            "the PSF is resampled to the image's pixels"
-        )
-    return replace(estimate, fc=image_fc * psf_pixel_nm / image_pixel_nm)
-
-
 def _run_deblur(args: argparse.Namespace) -> int:
     import math
     from pathlib import Path
 
     from . import io
-    from .batch import image_optics, iter_deblur_file
+    from .batch import image_sampling, iter_deblur_file
 
     check_outputs([args.out], args.overwrite)
     _check_image(args.image)
@@ -560,13 +538,13 @@ def _run_deblur(args: argparse.Namespace) -> int:
     if estimate is not None and not isinstance(estimate, list) and math.isnan(estimate.fc):
         # a foreign PSF without sampling: the image's (or the model's) cutoff
         from .models import load_model
-        from .pipeline import image_fc
+        from .pipeline import psf_sampled_like
 
         image = io.read_image(args.image, mmap=True)
-        optics, _ = image_optics(image, _optics_args(args))
+        sampling, _ = image_sampling(image, _optics_args(args))
         model_fc = load_model(args.model, device="cpu").fc
-        image_pixel_nm = optics.get("pixel_size_nm", image.pixel_size_nm)
-        estimate = _psf_sampled_like(estimate, image_fc(model_fc, **optics)[0], image_pixel_nm)
+        image_pixel_nm = (sampling.optics or {}).get("pixel_size_nm", image.pixel_size_nm)
+        estimate = psf_sampled_like(estimate, sampling, model_fc, image_pixel_nm)
     options = _deblur_options(args, estimate, estimate_json=False)
     result = _drive(iter_deblur_file(args.image, Path(args.out), options), args.quiet, "deblur")
     print(f"wrote {result['output']} {tuple(result['shape'])} in {result['seconds']:.1f} s")
@@ -680,7 +658,7 @@ def _run_batch(args: argparse.Namespace) -> int:
     estimate = _given_estimate(args)
     if estimate is not None and not isinstance(estimate, list) and math.isnan(estimate.fc):
         # one PSF for all files: their sampling must be given
-        from .pipeline import image_fc
+        from .pipeline import Sampling, psf_sampled_like
 
         if args.fc is None and None in (args.na, args.wavelength_nm, args.pixel_size_nm):
             raise ValueError(
@@ -692,8 +670,8 @@ def _run_batch(args: argparse.Namespace) -> int:
                 f"the PSF {args.psf} has its own pixel size: give the images' NA, wavelength "
                 "and pixel size (not --fc) so that it can be resampled to them"
             )
-        images_fc, _ = image_fc(0.2, **_optics_args(args))
-        estimate = _psf_sampled_like(estimate, images_fc, args.pixel_size_nm)
+        images = Sampling.of(**_optics_args(args))
+        estimate = psf_sampled_like(estimate, images, None, args.pixel_size_nm)
     options = _deblur_options(args, estimate)
     result = _drive(
         iter_batch(args.inputs, args.out, options, scheduler=args.scheduler, workers=args.workers),

@@ -81,21 +81,21 @@ def run_demo(
     sample = make_blurred_sample(seed, size)
     seconds["sample"] = time.perf_counter() - t0
     optics = sample["optics"]
-    optics_kwargs = {
-        k: optics[k] for k in ("pixel_size_nm", "na", "wavelength_nm", "refractive_index")
-    }
+    sampling = pipeline.Sampling.of(
+        **{k: optics[k] for k in ("pixel_size_nm", "na", "wavelength_nm", "refractive_index")}
+    )
     model = as_model(model, device)  # a name, a path or a model; default: shipped
 
     t0 = time.perf_counter()
     estimate = pipeline.run(
-        pipeline.iter_identify(sample["image"], model, device=device, **optics_kwargs),
+        pipeline.iter_identify(sample["image"], model, device=device, sampling=sampling),
         lambda p: report(pipeline.Progress(0, 2, f"identify: {p.message}")),
     )
     report(pipeline.Progress(1, 2, "identified"))
     seconds["identify"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     restored = pipeline.run(
-        pipeline.iter_deblur(sample["image"], estimate, model, device=device, **optics_kwargs),
+        pipeline.iter_deblur(sample["image"], estimate, model, device=device, sampling=sampling),
         lambda p: report(pipeline.Progress(1, 2, f"deblur: {p.message}")),
     )
     report(pipeline.Progress(2, 2, "deblurred"))

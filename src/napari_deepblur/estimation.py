@@ -99,6 +99,15 @@ def robust_combine(gammas: torch.Tensor, family) -> tuple[torch.Tensor, torch.Te
     return centre, spread
 
 
+def canonical_median(gammas: torch.Tensor, family) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`robust_combine` of predictions ``(N, K)``, the median in the family's canonical
+    sign (Zernike: defocus ≥ 0), as estimates report it."""
+    gamma, spread = robust_combine(gammas, family)
+    if isinstance(family, ZernikeConvolution):
+        gamma = family.canonical(gamma)
+    return gamma, spread
+
+
 def predict(model, windows: torch.Tensor) -> torch.Tensor:
     """The identification network on ``windows (N, 1, h, w)`` (on the model's device) →
     ``(N, K)`` float32. On a GPU out-of-memory error the windows go through in smaller

@@ -448,6 +448,13 @@ class KnownOptics:
             return {}
         return {k: getattr(self, k) for k in _OPTICS_KEYS}
 
+    def sampling(self):
+        """The pipeline's :class:`~napari_deepblur.pipeline.Sampling` of these optics (unknown
+        unless :attr:`complete`)."""
+        from .pipeline import Sampling
+
+        return Sampling.of(**self.kwargs())
+
     def known(self) -> dict:
         """The values that are known, by name."""
         return {k: getattr(self, k) for k in _OPTICS_KEYS if getattr(self, k) is not None}

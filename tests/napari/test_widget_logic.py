@@ -188,13 +188,13 @@ def test_headless_identify_stack(small_sample, monkeypatch):
     from napari_deepblur import pipeline
 
     calls = []
-    real = pipeline.iter_identify
+    real = pipeline._stacks.identify_plane  # what the stack loop runs on each plane
 
     def counting(image, *args, **kwargs):
         calls.append(image.shape)
         return (yield from real(image, *args, **kwargs))
 
-    monkeypatch.setattr(pipeline._stacks, "iter_identify", counting)
+    monkeypatch.setattr(pipeline._stacks, "identify_plane", counting)
     job = logic.iter_identify_layers(request)
     step = next(job)
     while step.done < 1:

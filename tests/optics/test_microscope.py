@@ -40,7 +40,7 @@ def test_one_immersion_rule_for_every_caller():
     with pytest.raises(ValueError, match="exceeds the refractive index 1.333"):
         Microscope(1.4, 520, 74, refractive_index=1.333)
 
-    _, optics = pipeline.image_fc(0.2, na=1.2, wavelength_nm=520, pixel_size_nm=80)
+    optics = pipeline.Sampling.of(na=1.2, wavelength_nm=520, pixel_size_nm=80).optics
     assert optics["refractive_index"] == 1.333 and optics["immersion_inferred"]
     args = cli.build_parser().parse_args(["psf", "x.tif", "--na", "1.2"])
     assert cli._microscope(args).refractive_index == 1.333

@@ -172,9 +172,7 @@ class DeblurWidget(JobWidget):
         estimate = None
         if psf_layer is not None:
             estimate = logic.estimate_from_psf_layer(psf_layer.data, psf_layer.metadata)
-        optics = layer_optics(layer)
-        if psf_layer is not None and logic.is_psf_of(psf_layer.metadata, layer.name):
-            optics = logic.Optics()  # the estimate knows this image's sampling
+        of_this_image = psf_layer is not None and logic.is_psf_of(psf_layer.metadata, layer.name)
         noise = None
         if self._noise_override.value:
             noise = {"alpha": float(self._noise_alpha.value), "beta": float(self._noise_beta.value)}
@@ -184,8 +182,9 @@ class DeblurWidget(JobWidget):
             source=layer.name,
             plane=None if all_planes else self._plane_of(layer),
             estimate=estimate,
+            of_this_image=of_this_image,
             model=self._model_value(),
-            optics=optics,
+            optics=layer_optics(layer),
             device=self._device.value,
             strength=float(self._strength.value),
             noise=noise,

@@ -231,7 +231,7 @@ class IdentifyWidget(JobWidget):
             model = load_model(self._model_value(), device="cpu")
             model_fc, field = model.fc, logic.is_field_model(model)
         except Exception:  # noqa: BLE001 - shown when Identify runs
-            model_fc, field = 0.2, False
+            model_fc, field = None, False
         self._fc_label.value = logic.fc_text(self._optics(), model_fc)
         self._kernel_grid.visible = field
 

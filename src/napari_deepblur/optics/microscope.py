@@ -117,6 +117,17 @@ class Microscope:
         return {**d, "immersion_inferred": True}
 
     @classmethod
+    def from_dict(cls, d: dict) -> Microscope:
+        """Inverse of :meth:`to_dict` (an inferred immersion is inferred again).
+
+        >>> scope = Microscope(1.4, 520, 74)
+        >>> Microscope.from_dict(scope.to_dict()) == scope
+        True
+        """
+        index = None if d.get("immersion_inferred") else d.get("refractive_index")
+        return cls(d["na"], d["wavelength_nm"], d["pixel_size_nm"], index)
+
+    @classmethod
     def from_fc(
         cls,
         fc: float,

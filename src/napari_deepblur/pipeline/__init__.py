@@ -16,9 +16,11 @@ CPU (with a warning).
 
 The rooms follow the stages (private modules; this package's ``__all__`` is the API):
 ``_progress`` (generators and their progress), ``_estimate`` (the estimate),
-``_sampling`` (optics → cutoff, resampling), ``_prepare`` (a plane made ready: checks,
-range, noise), ``_tiling`` (tiles and their blending), ``_identify``, ``_deblur``,
-``_stacks`` (Z/T/C planes).
+``_sampling`` (optics → cutoff, once: :class:`Sampling`; resampling), ``_prepare`` (a plane
+made ready once: checks, resampling, intensity range, noise: :class:`PreparedPlane`, which
+identify makes and deblurring the same plane reuses), ``_tiling`` (tiles and their
+blending), ``_identify``, ``_deblur`` (with the one rule for the noise it uses,
+``deblur_noise``), ``_stacks`` (Z/T/C planes).
 
     >>> import napari_deepblur as ndb
     >>> from napari_deepblur.samples import make_blurred_sample
@@ -33,9 +35,15 @@ range, noise), ``_tiling`` (tiles and their blending), ``_identify``, ``_deblur`
 from ._deblur import deblur, deblur_dask, iter_deblur, iter_deblur_into
 from ._estimate import BlurEstimate, clean_measured_psf
 from ._identify import identify, iter_identify
-from ._prepare import STRENGTH_RANGE, check_finite, check_noise_and_strength, plane_indices
+from ._prepare import (
+    STRENGTH_RANGE,
+    PreparedPlane,
+    check_finite,
+    check_noise_and_strength,
+    plane_indices,
+)
 from ._progress import Progress, run
-from ._sampling import image_fc
+from ._sampling import Sampling, psf_sampled_like
 from ._stacks import (
     STACK_MODES,
     combine_estimates,
@@ -66,9 +74,12 @@ __all__ = [
     "plane_index",
     "plane_indices",
     "STACK_MODES",
-    # sampling, PSFs from elsewhere
-    "image_fc",
+    # sampling (resolved once, where an image enters), PSFs from elsewhere
+    "Sampling",
+    "psf_sampled_like",
     "clean_measured_psf",
+    # a plane prepared once, by identify, for deblurring
+    "PreparedPlane",
     # checks of options, before any work
     "check_finite",
     "check_noise_and_strength",

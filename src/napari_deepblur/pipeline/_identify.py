@@ -8,10 +8,9 @@ import numpy as np
 import torch
 
 from .. import notices
-from ..estimation import identify_in_windows, robust_combine
+from ..estimation import canonical_median, identify_in_windows
 from ..field_estimation import fit_field, read_windows
 from ..fieldmap import FieldEstimate
-from ..intensity import check_contrast, robust_range
 from ..models import as_model
 from ..optics import (
     ProductConvolution,
@@ -25,9 +24,9 @@ from ..refinement import (
     relative_noise,
 )
 from ._estimate import BlurEstimate
-from ._prepare import _central_crop, _noise_of, as_image
+from ._prepare import PreparedPlane, _central_crop, as_image, prepare_plane
 from ._progress import Progress, run
-from ._sampling import field_psf, image_fc, resample
+from ._sampling import Sampling, field_psf, resample
 from ._tiling import DEFAULT_TILE_PX, check_tile_px, tile_starts
 
 
@@ -46,6 +45,7 @@ def iter_identify(
     image,
     model=None,
     *,
+    sampling: Sampling | None = None,
     fc=None,
     pixel_size_nm=None,
     na=None,
@@ -55,34 +55,53 @@ def iter_identify(
     augment=True,
     tile_px: int = DEFAULT_TILE_PX,
     refine: bool = False,
+    prepared: dict | None = None,
 ) -> Generator[Progress, None, BlurEstimate]:
     """Generator form of :func:`identify`: yields :class:`Progress` per tile (and once
-    more after the refinement, when asked)."""
+    more after the refinement, when asked). ``prepared``: a dict that receives the image
+    as identify prepared it (key ``()``: :class:`PreparedPlane`), for :func:`iter_deblur`
+    of the same image to reuse."""
     model = as_model(model, device)
-    min_size = model.identification.config.min_size
-    raw = as_image(image, min_size)
-    fc_img, optics = image_fc(
-        model.fc,
+    sampling = Sampling.given(
+        sampling,
         fc=fc,
         pixel_size_nm=pixel_size_nm,
         na=na,
         wavelength_nm=wavelength_nm,
         refractive_index=refractive_index,
     )
-    zoom = fc_img / model.fc
-    y = resample(raw, zoom)
-    if min(y.shape) < min_size:
-        raise ValueError(
-            f"after resampling to the model's sampling the image is "
-            f"{y.shape[0]}×{y.shape[1]} px, smaller than the {min_size} px needed"
-        )
-    low, scale = robust_range(torch.from_numpy(y))
-    check_contrast(scale, low, y)
+    raw = as_image(image, model.identification.config.min_size)
+    estimate, plane = yield from identify_plane(raw, model, sampling, augment, tile_px, refine)
+    if prepared is not None:
+        prepared[()] = plane
+    return estimate
+
+
+def identify_plane(
+    raw: np.ndarray,
+    model,
+    sampling: Sampling,
+    augment: bool = True,
+    tile_px: int = DEFAULT_TILE_PX,
+    refine: bool = False,
+) -> Generator[Progress, None, tuple[BlurEstimate, PreparedPlane]]:
+    """Identify one plane (``raw``: checked float32, :func:`as_image`) of the given
+    sampling with ``model``: ``(estimate, prepared plane)``. The plane is prepared here once
+    (:func:`prepare_plane`: resampled to the model's sampling, its range and its noise
+    measured) and the prepared plane is returned for deblurring the same plane."""
+    min_size = model.identification.config.min_size
+    fc_img = sampling.image_fc(model.fc)
+    zoom = sampling.zoom(model.fc)
+    plane = prepare_plane(raw, zoom, checked=True, min_size=min_size).with_noise(model.fc)
+    y = plane.y if plane.whole else resample(raw, zoom)  # all of it, for the tiles
     if refine and not isinstance(model.family, ZernikeConvolution):
         raise ValueError("refine=True needs a Zernike model (not a space-varying one)")
+    noise = plane.noise_in_image_units()
     if isinstance(model.family, ProductConvolution):
-        return (yield from _iter_identify_field(model, raw, y, zoom, fc_img, optics, augment,
-                                                tile_px))  # fmt: skip
+        estimate = yield from _iter_identify_field(
+            model, raw.shape, y, fc_img, sampling.optics, noise, augment, tile_px
+        )
+        return estimate, plane
     rows, cols = (_identify_tiles(n, tile_px) for n in y.shape)
     total = len(rows) * len(cols) + int(refine)
     estimates, tiles = [], []
@@ -102,7 +121,7 @@ def iter_identify(
             )
             yield Progress(i + 1, total, f"identified tile {i + 1} of {total}")
     family = model.family
-    gamma, across_tiles = robust_combine(torch.stack([g for g, _ in estimates]), family)
+    gamma, across_tiles = canonical_median(torch.stack([g for g, _ in estimates]), family)
     spreads = [s for _, s in estimates if s is not None]
     uncertainty = torch.stack(spreads).mean(0) if spreads else None
     if across_tiles is not None and uncertainty is not None:
@@ -110,20 +129,18 @@ def iter_identify(
     elif across_tiles is not None:
         uncertainty = across_tiles
     if isinstance(family, ZernikeConvolution):
-        gamma = family.canonical(gamma)
         for t in tiles:
             t["coefficients"] = family.canonical(torch.as_tensor(t["coefficients"])).numpy()
     if len(tiles) == 1:
         tiles = []
-    noise = _noise_of(raw, fc_img)
     refined = False
     if refine:
-        gamma, refined = _refined(y, gamma.cpu(), family, uncertainty, noise, scale)
+        gamma, refined = _refined(y, gamma.cpu(), family, uncertainty, noise, plane.scale)
         yield Progress(total, total, "refined" if refined else "refinement skipped (noise)")
     coefficients = gamma.cpu().numpy().astype(np.float32)
     noll = tuple(getattr(family, "noll_indices", ()))
     psf = zernike_psf(torch.as_tensor(coefficients), fc_img, 31, noll).numpy()
-    return BlurEstimate(
+    estimate = BlurEstimate(
         coefficients,
         noll,
         fc_img,
@@ -131,11 +148,12 @@ def iter_identify(
         noise,
         list(getattr(family, "names", [])),
         model.name,
-        optics,
+        sampling.optics,
         None if uncertainty is None else uncertainty.cpu().numpy().astype(np.float32),
         tiles,
         refined=refined,
     )
+    return estimate, plane
 
 
 def _refined(y, gamma, family, uncertainty, noise, scale) -> tuple[torch.Tensor, bool]:
@@ -159,11 +177,11 @@ def _refined(y, gamma, family, uncertainty, noise, scale) -> tuple[torch.Tensor,
 
 
 def _iter_identify_field(
-    model, raw, y, zoom, fc_img, optics, augment, tile_px
+    model, shape, y, fc_img, optics, noise, augment, tile_px
 ) -> Generator[Progress, None, BlurEstimate]:
-    """Space-varying identification: the network reads the local PSF in windows all over
-    the image and a smooth field is fitted to all readings at once
-    (:mod:`napari_deepblur.field_estimation`)."""
+    """Space-varying identification of an image of ``shape`` (``y``: at the model's
+    sampling): the network reads the local PSF in windows all over the image and a smooth
+    field is fitted to all readings at once (:mod:`napari_deepblur.field_estimation`)."""
     family = model.family
     reader = family.identification_family()
     rows, cols = (_identify_tiles(n, tile_px) for n in y.shape)
@@ -176,7 +194,7 @@ def _iter_identify_field(
             readings.append(read_windows(model, tile, reader, augment, (top, left), y.shape))
             yield Progress(i + 1, total, f"identified tile {i + 1} of {total}")
     gamma = fit_field(family, reader, readings)
-    field_estimate = FieldEstimate.from_family(family, gamma, raw.shape, model.fc)
+    field_estimate = FieldEstimate.from_family(family, gamma, shape, model.fc)
     centre_psf = field_psf(field_estimate, fc_img)
     names = [f"e{i + 1}·f{j + 1}" for i in range(family.num_psfs) for j in range(family.num_maps)]
     return BlurEstimate(
@@ -184,7 +202,7 @@ def _iter_identify_field(
         (),
         fc_img,
         centre_psf,
-        _noise_of(raw, fc_img),
+        noise,
         names,
         model.name,
         optics,
@@ -200,8 +218,9 @@ def identify(image, model=None, **kwargs) -> BlurEstimate:
     image : 2D array, any real dtype and intensity range.
     model : a :class:`~napari_deepblur.models.DeepBlurModel`, a shipped model's name or a
         model file path (default: the shipped default model).
-    fc / pixel_size_nm, na, wavelength_nm, refractive_index : the image's sampling; without
-        them the image is assumed sampled like the model (``model.fc``).
+    sampling : the image's :class:`Sampling`, or its optics as keywords: ``fc`` or
+        ``pixel_size_nm``, ``na``, ``wavelength_nm`` (``refractive_index``); without them
+        the image is assumed sampled like the model (``model.fc``).
     device : "auto" (CUDA, MPS, CPU), "cpu", "cuda", …
     augment : also look at flipped/transposed copies of each window (as many of the 8 as
         the budget of :data:`~napari_deepblur.estimation.MAX_EVALUATIONS` network
@@ -211,5 +230,8 @@ def identify(image, model=None, **kwargs) -> BlurEstimate:
         noise-free images only: above :data:`~napari_deepblur.refinement.MAX_RELATIVE_NOISE`
         of noise it is skipped with a warning and ``BlurEstimate.refined`` stays False.
         Zernike models only.
+
+    The estimate's ``noise`` is measured on the image at the model's sampling (where the
+    networks see it) and given in the image's intensity units; deblurring uses it.
     """
     return run(iter_identify(image, model, **kwargs))

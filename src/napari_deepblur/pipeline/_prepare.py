@@ -3,16 +3,23 @@ plane share."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from ..intensity import check_contrast, normalize, robust_range
-from ..models import DeepBlurModel
-from ..optics.noise import NOISE_MIN_SIDE_PX, estimate_noise
-from ._estimate import BlurEstimate
-from ._sampling import image_fc, resample
+from ..optics.noise import estimate_noise
+from ._sampling import resample
+
+
+def check_size(shape, min_size: int) -> None:
+    """ValueError unless both sides of a 2D image of ``shape`` have ``min_size`` px."""
+    if min(shape) < min_size:
+        raise ValueError(
+            f"the image ({shape[0]}×{shape[1]} px) is too small: "
+            f"at least {min_size}×{min_size} px are needed"
+        )
 
 
 def as_image(image, min_size: int = 1) -> np.ndarray:
@@ -33,11 +40,7 @@ def as_image(image, min_size: int = 1) -> np.ndarray:
             f"expected a 2D image (Y, X), got shape {array.shape}; for stacks process each "
             "plane (napari: the current plane or all planes; CLI: planes are looped over)"
         )
-    if min(array.shape) < min_size:
-        raise ValueError(
-            f"the image ({array.shape[0]}×{array.shape[1]} px) is too small: "
-            f"at least {min_size}×{min_size} px are needed"
-        )
+    check_size(array.shape, min_size)
     with np.errstate(over="ignore"):  # reported below
         image32 = array.astype(np.float32, copy=True)
     bad = ~np.isfinite(image32)
@@ -52,14 +55,6 @@ def as_image(image, min_size: int = 1) -> np.ndarray:
             "(e.g. with numpy.nan_to_num or an inpainting) before deblurring"
         )
     return image32
-
-
-def _noise_of(raw: np.ndarray, fc_img: float) -> dict:
-    """Noise ``{"alpha", "beta"}`` of an image, from (at most) a central crop: the
-    estimator's memory grows ~70 bytes/pixel."""
-    noise_sample = np.ascontiguousarray(_central_crop(raw, STATS_MAX_PX))
-    alpha, beta = estimate_noise(torch.from_numpy(noise_sample)[None], fc_img)
-    return {"alpha": float(alpha[0]), "beta": float(beta[0])}
 
 
 #: The range of ``strength`` where the network does what it promises (> 1 smoother,
@@ -84,8 +79,13 @@ def check_noise_and_strength(noise, strength) -> None:
             f"the strength must be a number from {low:g} (sharper) to {high:g} (smoother), "
             f"got {strength!r}: outside that range the network adds artefacts"
         )
-    if noise is None:
-        return
+    if noise is not None:
+        check_noise(noise)
+
+
+def check_noise(noise, what: str = "the noise") -> None:
+    """ValueError unless ``noise`` is a std or ``{"alpha", "beta"}`` (image units) in finite
+    nonnegative numbers; ``what`` names it in the message."""
     if isinstance(noise, dict):
         unknown = sorted(set(noise) - {"alpha", "beta"})
         values = list(noise.values())
@@ -93,7 +93,7 @@ def check_noise_and_strength(noise, strength) -> None:
         unknown, values = [], [noise]
     if unknown or not all(_is_number(v) and 0 <= float(v) < np.inf for v in values):
         raise ValueError(
-            "the noise must be a nonnegative std, or {'alpha': gain, 'beta': std}, in image "
+            f"{what} must be a nonnegative std, or {{'alpha': gain, 'beta': std}}, in image "
             f"units; got {noise!r}"
         )
 
@@ -107,27 +107,6 @@ def _is_number(value) -> bool:
     )
 
 
-def _noise_in_normalised_units(y: torch.Tensor, low, scale, noise, fc: float):
-    """``(α_n, β_n)`` of the normalised image: estimated, or converted from ``noise`` given
-    in the image's units (``{"alpha", "beta"}``, or a number: a constant std β)."""
-    if noise is None:
-        alpha, beta = estimate_noise(normalize(y, low, scale)[None], fc)
-        return float(alpha[0]), float(beta[0])
-    if isinstance(noise, int | float):
-        noise = {"alpha": 0.0, "beta": float(noise)}
-    a, b = float(noise.get("alpha", 0.0)), float(noise.get("beta", 0.0))
-    s, lo = float(scale), float(low)
-    top_std = float(np.sqrt(max(a * (lo + s), 0.0) + b * b))  # at the top of the range
-    if top_std > MAX_NOISE_TO_RANGE * s:
-        raise ValueError(
-            f"the noise given (a std of {top_std:.3g} at the image's bright end, image units) "
-            f"is {top_std / s:.3g}× the image's intensity range ({s:.3g}): beyond "
-            f"{MAX_NOISE_TO_RANGE:.0e}× the image is noise only; give the noise in the "
-            "image's units"
-        )
-    return a / s, float(np.sqrt(max(a * lo + b * b, 0.0))) / s
-
-
 #: Planes larger than this many pixels take their noise level from a central crop of this
 #: many pixels and their intensity range from a regular subsample (below it: the whole plane),
 #: which bounds the memory of the statistics (the noise estimator needs ~70 bytes/pixel).
@@ -135,20 +114,98 @@ STATS_MAX_PX = 2048 * 2048
 
 
 @dataclass(frozen=True)
-class DeblurSetup:
-    """What all tiles (or dask blocks) of one plane share.
+class PreparedPlane:
+    """One plane ``(Y, X)`` made ready for the networks, once (:func:`prepare_plane`):
+    identify makes it and deblurring the same plane reuses it, so that the plane is
+    resampled, checked and ranged once and deblurring uses the noise identify measured.
 
-    ``zoom``: the image's cutoff over the model's (the image is resampled by it);
-    ``low``, ``scale``: the robust intensity range (image units) mapped to [0, 1];
-    ``alpha``, ``beta``: the noise ``var = α·x + β²`` in normalised units, ``strength``
-    already applied.
+    ``zoom``: the image's cutoff over the model's (the plane is resampled by it);
+    ``low``, ``scale``: the plane's robust intensity range (its 1st percentile and the
+    distance to its 99.9th, image units), which is mapped to [0, 1]; ``y``: the plane at the
+    model's sampling (float32; above :data:`STATS_MAX_PX` pixels a central crop of it),
+    ``whole``: whether ``y`` is all of it; ``noise``: ``(α, β)`` of ``var = α·x + β²`` of
+    the normalised ``y`` (normalised units, at the model's sampling), None until measured
+    (:meth:`with_noise`).
     """
 
     zoom: float
     low: float
     scale: float
-    alpha: float
-    beta: float
+    y: np.ndarray = field(repr=False)
+    whole: bool = True
+    noise: tuple[float, float] | None = None
+
+    def _range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(low, scale)`` as :func:`~napari_deepblur.intensity.robust_range` gives them."""
+        return torch.tensor([[self.low]]), torch.tensor([[self.scale]])
+
+    def with_noise(self, model_fc: float) -> PreparedPlane:
+        """This plane with its noise measured (unless it was) on the normalised ``y`` at the
+        model's cutoff ``model_fc`` (cycles/pixel): :func:`~napari_deepblur.optics.noise.
+        estimate_noise`, whose memory (~70 bytes/pixel) the crop bounds."""
+        if self.noise is not None:
+            return self
+        low, scale = self._range()
+        alpha, beta = estimate_noise(
+            normalize(torch.from_numpy(self.y), low, scale)[None], model_fc
+        )
+        return replace(self, noise=(float(alpha[0]), float(beta[0])))
+
+    def noise_in_image_units(self) -> dict:
+        """The measured noise ``{"alpha", "beta"}`` of ``var = α·I + β²`` in the image's
+        intensity units (of the plane at the model's sampling): what estimates report."""
+        alpha_n, beta_n = self.noise
+        alpha = alpha_n * self.scale
+        beta2 = beta_n**2 * self.scale**2 - alpha * self.low
+        return {"alpha": float(alpha), "beta": float(np.sqrt(max(beta2, 0.0)))}
+
+    def normalised_noise(self, noise, what: str = "the noise given") -> tuple[float, float]:
+        """``(α, β)`` in normalised units of ``noise`` in the image's units (``{"alpha",
+        "beta"}``, or a number: a constant std β); ValueError for a noise so large the image
+        would be noise only (:data:`MAX_NOISE_TO_RANGE`)."""
+        if isinstance(noise, int | float):
+            noise = {"alpha": 0.0, "beta": float(noise)}
+        a, b = float(noise.get("alpha", 0.0)), float(noise.get("beta", 0.0))
+        s, lo = self.scale, self.low
+        top_std = float(np.sqrt(max(a * (lo + s), 0.0) + b * b))  # at the top of the range
+        if top_std > MAX_NOISE_TO_RANGE * s:
+            raise ValueError(
+                f"{what} (a std of {top_std:.3g} at the image's bright end, image units) is "
+                f"{top_std / s:.3g}× the image's intensity range ({s:.3g}): beyond "
+                f"{MAX_NOISE_TO_RANGE:.0e}× the image is noise only; give the noise in the "
+                "image's units"
+            )
+        return a / s, float(np.sqrt(max(a * lo + b * b, 0.0))) / s
+
+
+def prepare_plane(
+    source, zoom: float, *, checked: bool = False, min_size: int = 0
+) -> PreparedPlane:
+    """A 2D ``source`` (any array-like: memory-mapped, zarr, dask) prepared for the
+    networks (:class:`PreparedPlane`): resampled by ``zoom`` to the model's sampling, its
+    robust intensity range measured and its contrast checked
+    (:class:`~napari_deepblur.intensity.ConstantImageError`). Planes above
+    :data:`STATS_MAX_PX` pixels are resampled as a central crop and ranged on a regular
+    subsample. ``checked``: ``source`` is already :func:`as_image`'s float32 (not checked
+    again); ``min_size``: the smallest side the identification network reads (px, at the
+    model's sampling)."""
+    h, w = source.shape
+    crop = _central_crop(source, STATS_MAX_PX)
+    crop = crop if checked else as_image(crop, 16)
+    y = resample(crop, zoom)
+    if min(y.shape) < min_size:
+        raise ValueError(
+            f"after resampling to the model's sampling the image is "
+            f"{y.shape[0]}×{y.shape[1]} px, smaller than the {min_size} px needed"
+        )
+    y_t = torch.from_numpy(y)
+    if h * w <= STATS_MAX_PX:  # the whole plane
+        low, scale = robust_range(y_t)
+    else:  # a regular subsample of about 2**20 pixels
+        step = int(np.ceil(np.sqrt(h * w / 2**20)))
+        low, scale = robust_range(torch.from_numpy(as_image(source[::step, ::step])))
+    check_contrast(scale, low, y_t)
+    return PreparedPlane(float(zoom), float(low), float(scale), y, whole=h * w <= STATS_MAX_PX)
 
 
 def _check_dtype(dtype) -> None:
@@ -168,95 +225,6 @@ def _central_crop(source, max_px: int):
     cw = min(w, max_px // ch)
     top, left = (h - ch) // 2, (w - cw) // 2
     return source[top : top + ch, left : left + cw]
-
-
-def _check_deblurrable_size(shape, zoom: float, kernel_px: int) -> None:
-    """An image is deblurred at the model's sampling (``zoom`` × its pixels), where it must
-    be larger than the blur kernel and than the noise estimator's window."""
-    side_px = min(round(n * zoom) for n in shape)
-    need_px = max(kernel_px + 1, NOISE_MIN_SIDE_PX)
-    if side_px >= need_px:
-        return
-    at_model = "" if abs(zoom - 1) < 1e-3 else f"; at the model's sampling (×{zoom:.3g}) "
-    at_model += f"{side_px} px" if at_model else ""
-    raise ValueError(
-        f"the image ({shape[0]}×{shape[1]} px{at_model}) is too small to deblur: it must "
-        f"be larger than the blur kernel ({kernel_px} px), at least {need_px} px a side at "
-        "the model's sampling"
-    )
-
-
-def _check_psf_fits(estimate: BlurEstimate, fc_img: float, shape) -> None:
-    """A PSF is a blur kernel, smaller than the image it blurs: one as large as the image
-    (often the image itself, or a whole bead stack's plane, given as the PSF) is refused."""
-    if estimate.psf is None or estimate.field is not None or len(estimate.noll_indices):
-        return  # an identified estimate: its kernel is the model's, sized for any image
-    side_px = [n * fc_img / estimate.fc for n in np.shape(estimate.psf)]  # image pixels
-    if any(p >= n for p, n in zip(side_px, shape, strict=True)):
-        ph, pw = np.shape(estimate.psf)
-        raise ValueError(
-            f"the PSF ({ph}×{pw} px) is not smaller than the image ({shape[0]}×{shape[1]} "
-            "px): is it the right file? Crop it around its peak (a PSF needs only the pixels "
-            "where the blur is, typically under 64 px a side)"
-        )
-
-
-def _check_estimate(estimate) -> None:
-    if isinstance(estimate, BlurEstimate):
-        return
-    what = type(estimate).__name__
-    hint = {
-        "ndarray": "for a PSF array use BlurEstimate.from_psf(psf, fc)",
-        "dict": "for a saved estimate use BlurEstimate.from_dict(d)",
-    }.get(what, "identify the image first, or use BlurEstimate.from_psf / from_dict")
-    raise TypeError(f"the estimate must be a BlurEstimate, got a {what}: {hint}")
-
-
-def deblur_setup(
-    source,
-    estimate: BlurEstimate,
-    model: DeepBlurModel,
-    *,
-    noise=None,
-    strength: float = 1.0,
-    fc=None,
-    pixel_size_nm=None,
-    na=None,
-    wavelength_nm=None,
-    refractive_index=None,
-) -> DeblurSetup:
-    """The sampling, intensity range and noise level of a 2D ``source`` (any array-like;
-    for planes above :data:`STATS_MAX_PX` pixels the range comes from a regular subsample
-    and the noise from a central crop)."""
-    if len(source.shape) != 2:
-        raise ValueError(f"expected a 2D image (Y, X), got shape {tuple(source.shape)}")
-    _check_dtype(source.dtype)
-    _check_estimate(estimate)
-    check_noise_and_strength(noise, strength)
-    fc_img, _ = image_fc(
-        model.fc,
-        fc=fc,
-        pixel_size_nm=pixel_size_nm,
-        na=na,
-        wavelength_nm=wavelength_nm,
-        refractive_index=refractive_index,
-    )
-    if fc is None and not any(v is not None for v in (pixel_size_nm, na, wavelength_nm)):
-        fc_img = estimate.fc  # the estimate knows the image's sampling
-    zoom = fc_img / model.fc
-    _check_deblurrable_size(source.shape, zoom, model.family.kernel_size)
-    _check_psf_fits(estimate, fc_img, source.shape)
-    h, w = source.shape
-    crop = as_image(_central_crop(source, STATS_MAX_PX), 16)
-    y = torch.from_numpy(resample(crop, zoom))
-    if h * w <= STATS_MAX_PX:  # the whole plane
-        low, scale = robust_range(y)
-    else:  # a regular subsample of about 2**20 pixels
-        step = int(np.ceil(np.sqrt(h * w / 2**20)))
-        low, scale = robust_range(torch.from_numpy(as_image(source[::step, ::step])))
-    check_contrast(scale, low, y)
-    alpha, beta = _noise_in_normalised_units(y, low, scale, noise, model.fc)
-    return DeblurSetup(zoom, float(low), float(scale), alpha * strength**2, beta * strength)
 
 
 def check_finite(stack, rows_per_block: int = 1024) -> None:

@@ -1,9 +1,14 @@
-"""Sampling: an image's cutoff from its optics, and resampling images and PSFs between samplings."""
+"""Sampling: an image's cutoff from its optics, resolved once (:class:`Sampling`), and the
+resampling of images and PSFs between samplings."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, replace
+
 import numpy as np
 
+from .. import notices
 from ..fieldmap import FieldEstimate
 from ..optics import (
     Microscope,
@@ -11,26 +16,107 @@ from ..optics import (
 )
 
 
-def image_fc(
-    model_fc: float,
-    *,
-    fc=None,
-    pixel_size_nm=None,
-    na=None,
-    wavelength_nm=None,
-    refractive_index=None,
-) -> tuple[float, dict | None]:
-    """The image's cutoff (cycles/pixel) from explicit ``fc`` or optics; the model's when
-    nothing is given (the image is assumed sampled like the training data)."""
-    optics_given = [v is not None for v in (pixel_size_nm, na, wavelength_nm)]
-    if fc is not None:
-        return check_fc(fc), None
-    if any(optics_given):
-        if not all(optics_given):
+@dataclass(frozen=True)
+class Sampling:
+    """How an image is sampled, resolved once where it enters (the command line, a batch
+    file, a widget, a reader) and passed inward as it is.
+
+    ``fc``: the pupil cutoff ``NA · pixel_size / λ`` in cycles/pixel, or None when nothing
+    is known (the image is then taken as sampled like the model it meets, or like the
+    estimate it is deblurred with: :meth:`for_deblurring`). ``optics``: the microscope it
+    comes from (:meth:`~napari_deepblur.optics.Microscope.to_dict`: NA, wavelength_nm,
+    pixel_size_nm, refractive_index — the immersion rule's when not given — and fc), when it
+    was given by its optics; it becomes :attr:`BlurEstimate.optics`.
+
+    >>> s = Sampling.of(pixel_size_nm=74, na=1.4, wavelength_nm=520)
+    >>> round(s.fc, 4), s.optics["refractive_index"], round(s.zoom(0.2), 3)
+    (0.1992, 1.518, 0.996)
+    >>> Sampling().image_fc(0.2), Sampling.of(fc=0.1).zoom(0.2)
+    (0.2, 0.5)
+    """
+
+    fc: float | None = None
+    optics: dict | None = None
+
+    @classmethod
+    def of(
+        cls, fc=None, pixel_size_nm=None, na=None, wavelength_nm=None, refractive_index=None
+    ) -> Sampling:
+        """The one resolution of optics: ``fc`` (cycles/pixel, checked against Nyquist) when
+        given, else NA, wavelength (nm) and pixel size (nm) together (a
+        :class:`~napari_deepblur.optics.Microscope`, which applies the immersion rule when
+        ``refractive_index`` is None), else unknown."""
+        if fc is not None:
+            return cls(check_fc(fc))
+        given = [v is not None for v in (pixel_size_nm, na, wavelength_nm)]
+        if not any(given):
+            return cls()
+        if not all(given):
             raise ValueError("give all three of pixel_size_nm, na and wavelength_nm (or fc)")
         scope = Microscope(na, wavelength_nm, pixel_size_nm, refractive_index)
-        return scope.fc, scope.to_dict()
-    return model_fc, None
+        return cls(scope.fc, scope.to_dict())
+
+    @classmethod
+    def given(cls, sampling: Sampling | None = None, **optics) -> Sampling:
+        """What an entry point of the pipeline was given: a :class:`Sampling`, or the optics
+        keywords of :meth:`of` (``fc`` or ``pixel_size_nm``, ``na``, ``wavelength_nm``,
+        ``refractive_index``), not both."""
+        if sampling is None:
+            return cls.of(**optics)
+        if any(v is not None for v in optics.values()):
+            raise ValueError(
+                "give either a sampling or the optics (fc, NA, wavelength, pixel size)"
+            )
+        return sampling
+
+    @classmethod
+    def of_estimate(cls, estimate) -> Sampling:
+        """The sampling of the image an estimate was identified on (or that its PSF is
+        sampled like): its ``fc`` and ``optics``."""
+        return cls(float(estimate.fc), estimate.optics)
+
+    @property
+    def known(self) -> bool:
+        return self.fc is not None
+
+    def image_fc(self, model_fc: float) -> float:
+        """The image's cutoff (cycles/pixel): :attr:`fc`, or the model's when unknown."""
+        return float(model_fc) if self.fc is None else self.fc
+
+    def zoom(self, model_fc: float) -> float:
+        """How much the image is resampled to reach the model's sampling: ``fc / model_fc``
+        (> 1: upsampled)."""
+        return self.image_fc(model_fc) / model_fc
+
+    def for_deblurring(self, estimate, of_this_image: bool = False) -> Sampling:
+        """The rule "the estimate knows its sampling": deblurring with ``estimate`` uses this
+        sampling when it is known, unless the estimate was identified on this very image
+        (``of_this_image``: its PSF is sampled at that image's pixels, whatever the optics
+        given now say); else the estimate's."""
+        if self.known and not of_this_image:
+            return self
+        return Sampling.of_estimate(estimate)
+
+
+def psf_sampled_like(estimate, image: Sampling, model_fc: float | None, image_pixel_nm=None):
+    """An estimate whose PSF came without its sampling (``fc`` NaN: a PSF TIFF from another
+    tool, :func:`~napari_deepblur.formats.estimate_from_psf_file`) given one: that of the
+    image it deblurs (``image``; the model's cutoff ``model_fc`` when unknown), or, when its
+    file gives a pixel size (``estimate.optics["pixel_size_nm"]``, nm) other than the
+    image's (``image_pixel_nm``), the cutoff of its own pixels (the pipeline then resamples
+    it to the model's sampling, with a warning). Other estimates are returned as they are."""
+    if not math.isnan(estimate.fc):
+        return estimate
+    image_fc = image.image_fc(model_fc)
+    psf_pixel_nm = (estimate.optics or {}).get("pixel_size_nm")
+    if psf_pixel_nm is None or image_pixel_nm is None:
+        return replace(estimate, fc=image_fc)
+    if abs(psf_pixel_nm / image_pixel_nm - 1) > 0.01:
+        notices.warn(
+            f"the PSF has {psf_pixel_nm:.4g} nm pixels, the image {image_pixel_nm:.4g} nm: "
+            "the PSF is resampled to the image's pixels"
+        )
+    return replace(estimate, fc=image_fc * psf_pixel_nm / image_pixel_nm)
 
 
 def resample(image: np.ndarray, zoom: float, shape: tuple[int, int] | None = None) -> np.ndarray:

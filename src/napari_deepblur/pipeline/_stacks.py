@@ -10,19 +10,24 @@ import torch
 
 from .. import notices
 from ..devices import resolve_device
-from ..estimation import robust_combine
+from ..estimation import canonical_median
 from ..intensity import ConstantImageError
 from ..models import DeepBlurModel, as_model, load_model
 from ..optics import (
-    ZernikeConvolution,
     zernike_psf,
 )
-from ._deblur import _iter_tiles
+from ._deblur import _check_estimate, _deblurring_model, _iter_tiles, deblur_setup
 from ._estimate import BlurEstimate
-from ._identify import iter_identify
-from ._prepare import _check_dtype, check_finite, deblur_setup, plane_indices
+from ._identify import identify_plane
+from ._prepare import (
+    _check_dtype,
+    as_image,
+    check_finite,
+    check_noise_and_strength,
+    plane_indices,
+)
 from ._progress import Progress
-from ._sampling import field_psf
+from ._sampling import Sampling, field_psf
 from ._tiling import DEFAULT_TILE_PX
 
 
@@ -80,9 +85,7 @@ def combine_estimates(estimates: list[BlurEstimate], model=None) -> BlurEstimate
     else:  # a name or path (default: the shipped model); its family only
         family = load_model(model, device=resolve_device("auto")).family
     gammas = torch.stack([torch.as_tensor(e.coefficients, dtype=torch.float32) for e in estimates])
-    gamma, _ = robust_combine(gammas, family)
-    if isinstance(family, ZernikeConvolution):
-        gamma = family.canonical(gamma)
+    gamma, _ = canonical_median(gammas, family)
     spread = gammas.std(0)
     reported = [torch.as_tensor(e.uncertainty) for e in estimates if e.uncertainty is not None]
     if reported:
@@ -126,7 +129,12 @@ def iter_identify_stack(
     plane=None,
     max_planes: int = 8,
     device="auto",
-    **kwargs,
+    sampling: Sampling | None = None,
+    augment: bool = True,
+    tile_px: int = DEFAULT_TILE_PX,
+    refine: bool = False,
+    prepared: dict | None = None,
+    **optics,
 ) -> Generator[Progress, None, BlurEstimate | list[BlurEstimate]]:
     """Identify the blur of a stack ``(…, Y, X)`` (Z, T, C planes) plane by plane, yielding
     :class:`Progress` in planes (stop iterating to cancel).
@@ -135,12 +143,16 @@ def iter_identify_stack(
     tuple; default :func:`representative_plane`). ``"median"``: the median
     (:func:`combine_estimates`) over up to ``max_planes`` evenly spaced planes.
     ``"per-plane"``: a list with one estimate per plane, in :func:`plane_indices` order.
-    Other keyword arguments go to :func:`identify`. A 2D image is a stack of one plane.
+    ``sampling`` (or ``optics``), ``augment``, ``tile_px``, ``refine``: as for
+    :func:`identify`. A 2D image is a stack of one plane. ``prepared``: a dict that receives
+    each plane identified, prepared (by index), for :func:`iter_deblur_stack` of the same
+    stack to reuse.
     """
     if mode not in STACK_MODES:
         raise ValueError(f"mode must be one of {', '.join(STACK_MODES)}, got {mode!r}")
     _check_stack(stack)
     model = as_model(model, device)
+    sampling = Sampling.given(sampling, **optics)
     indices = plane_indices(stack.shape)
     if mode == "plane":
         chosen = [representative_plane(stack) if plane is None else plane_index(stack.shape, plane)]
@@ -149,17 +161,21 @@ def iter_identify_stack(
         chosen = [indices[int(i)] for i in picks]
     else:
         chosen = indices
+    prepared = {} if prepared is None else prepared
     estimates: dict[tuple[int, ...], BlurEstimate] = {}
     tiles = len(chosen) == 1  # one plane: its tiles are the steps; else the planes are
+    min_size = model.identification.config.min_size
     for k, index in enumerate(chosen):
         label = f"plane {index}" if index else "image"
-        inner = iter_identify(np.asarray(stack[index]), model, device=device, **kwargs)
+        inner = _identify_plane_of(
+            stack, index, min_size, model, sampling, augment, tile_px, refine
+        )
         p = Progress(0, 1)
         while True:
             try:
                 p = next(inner)
             except StopIteration as stop:
-                estimates[index] = stop.value
+                estimates[index], prepared[index] = stop.value
                 break
             except ConstantImageError:
                 if mode == "plane":
@@ -170,6 +186,12 @@ def iter_identify_stack(
         done, total = (p.total, p.total) if tiles else (k + 1, len(chosen))
         yield Progress(done, total, f"identified {label}")
     return _stack_estimate(mode, chosen, estimates, model)
+
+
+def _identify_plane_of(stack, index, min_size, model, sampling, *options):
+    """:func:`identify_plane` of the plane ``index`` of ``stack``, read when first asked."""
+    raw = as_image(stack[index], min_size)
+    return (yield from identify_plane(raw, model, sampling, *options))
 
 
 def _stack_estimate(mode: str, chosen, estimates: dict, model):
@@ -207,10 +229,12 @@ def iter_deblur_stack(
     mode: str = "plane",
     plane=None,
     out=None,
+    sampling: Sampling | None = None,
     noise=None,
     strength: float = 1.0,
     device="auto",
     tile_px: int = DEFAULT_TILE_PX,
+    prepared: dict | None = None,
     **optics,
 ) -> Generator[Progress, None, np.ndarray]:
     """Deblur a stack ``(…, Y, X)`` plane by plane, yielding :class:`Progress` in planes
@@ -219,16 +243,29 @@ def iter_deblur_stack(
     ``estimate``: one :class:`BlurEstimate` shared by all planes, a list with one per plane,
     or None to identify first with :func:`iter_identify_stack` (``mode``, ``plane``).
     ``out``: where to write (an array-like of the stack's shape, e.g. a memory-mapped TIFF;
-    default a new float32 array), returned at the end. Each plane is normalised on its own
-    and tiled like :func:`deblur`.
+    default a new float32 array), returned at the end. ``sampling`` (or ``optics``),
+    ``noise``, ``strength``: as for :func:`deblur`. Each plane is normalised on its own and
+    tiled like :func:`deblur`; the planes identified are prepared once for both (and so are
+    those in ``prepared``, the dict given to :func:`iter_identify_stack` of this stack).
     """
     _check_stack(stack)
+    model = _deblurring_model(model, device)
+    sampling = Sampling.given(sampling, **optics)
+    check_noise_and_strength(noise, strength)
     check_finite(stack)
-    model = as_model(model, device)
     indices = plane_indices(stack.shape)
+    prepared = {} if prepared is None else prepared
+    identified_here = estimate is None
     if estimate is None:
         estimate = yield from iter_identify_stack(
-            stack, model, mode=mode, plane=plane, device=device, tile_px=tile_px, **optics
+            stack,
+            model,
+            mode=mode,
+            plane=plane,
+            device=device,
+            sampling=sampling,
+            tile_px=tile_px,
+            prepared=prepared,
         )
     if isinstance(estimate, list | tuple):
         if len(estimate) != len(indices):
@@ -244,16 +281,29 @@ def iter_deblur_stack(
     for k, (index, est) in enumerate(zip(indices, estimates)):  # noqa: B905
         source = stack[index]
         label = f"plane {k + 1} of {n}" if index else "image"
+        ready = prepared.get(index)
         try:
             try:
-                setup = deblur_setup(source, est, model, noise=noise, strength=strength, **optics)
+                _check_estimate(est)
+                plane_sampling = sampling.for_deblurring(est, of_this_image=identified_here)
+                setup = deblur_setup(source, est, model, plane_sampling, noise, strength, ready)
             except ConstantImageError:
                 if not index:
                     raise
                 _copy_constant_plane(source, _PlaneView(out, index), f"plane {index} ({label})")
                 yield Progress(k + 1, n, f"copied {label} (constant)")
                 continue
-            for p in _iter_tiles(source, _PlaneView(out, index), setup, est, model, tile_px):
+            tiles = _iter_tiles(
+                source,
+                _PlaneView(out, index),
+                setup,
+                est,
+                model,
+                tile_px,
+                scanned=True,
+                plane=ready,
+            )
+            for p in tiles:
                 yield Progress(k, n, f"{label}: {p.message}")
         except ValueError as exc:
             if not index:

@@ -92,8 +92,16 @@ def _tile_layout(
     return overlap, rows, cols
 
 
-def _read_tile(source, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+def _read_tile(
+    source, rows: tuple[int, int], cols: tuple[int, int], scanned: bool = False
+) -> np.ndarray:
+    """The tile ``rows × cols`` of ``source`` as float32, refused when it holds NaN or
+    infinite values; ``scanned``: ``source`` was checked (:func:`check_finite`), so only
+    tiles of wider floats, which float32 may overflow, are checked again."""
     block = np.array(source[rows[0] : rows[1], cols[0] : cols[1]], dtype=np.float32)
+    dtype = np.dtype(source.dtype)
+    if scanned and not (dtype.kind == "f" and dtype.itemsize > 4):
+        return block
     if not np.isfinite(block).all():
         bad = int((~np.isfinite(block)).sum())
         raise ValueError(
