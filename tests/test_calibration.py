@@ -1,5 +1,5 @@
-"""Calibration of a product-convolution family from bead images (``napari_deepblur.calibration``)
-and the ``deepblur calibrate`` command.
+"""Calibration of a product-convolution family from bead images
+(``napari_deepblur.field.calibration``) and the ``deepblur calibrate`` command.
 
 Synthetic bead images are rendered from a known :class:`FieldAberrations` (PSFs that vary
 over the field) at sub-pixel positions, with Poisson–Gaussian noise. The real image is one
@@ -16,8 +16,8 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
-from napari_deepblur.beads import BORDER, NOT_POINT_LIKE, OVERLAP, SATURATED, WEAK, find_beads
-from napari_deepblur.calibration import calibrate_from_beads, save_calibration
+from napari_deepblur.field import calibrate_from_beads, save_calibration
+from napari_deepblur.field.beads import BORDER, NOT_POINT_LIKE, OVERLAP, SATURATED, WEAK, find_beads
 from napari_deepblur.optics.field import FieldAberrations
 
 FC = 0.2

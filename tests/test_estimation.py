@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from napari_deepblur.estimation import (
+from napari_deepblur.optics import ZernikeConvolution
+from napari_deepblur.pipeline._windows import (
     dihedral,
     robust_combine,
     window_starts,
     zernike_transform_matrices,
 )
-from napari_deepblur.optics import ZernikeConvolution
 
 
 @pytest.mark.parametrize("k", range(8))

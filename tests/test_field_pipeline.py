@@ -211,7 +211,7 @@ def test_cli_identify_then_deblur_with_the_exported_field(tiny_field_model, tmp_
 def test_fit_field_takes_tiles_seen_in_different_numbers_of_copies(reader_model):
     """Tiles with more windows see each in fewer flipped copies: the readings of one image
     then have different copy counts, and the fit takes them all."""
-    from napari_deepblur.field_estimation import WindowReadings, fit_field
+    from napari_deepblur.field import WindowReadings, fit_field
 
     family = reader_model.family
     reader = family.identification_family()

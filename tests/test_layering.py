@@ -23,9 +23,9 @@ FLOORS = [
     # 1: model files
     ("models",),
     # 2: the public API, by stage
-    ("pipeline", "estimation", "refinement", "fieldmap", "field_estimation"),
-    # 3: what builds on it: the space-varying calibration, formats, files in and out
-    ("field", "beads", "calibration", "formats", "io", "outputs", "batch", "_dask_worker"),
+    ("pipeline",),
+    # 3: what builds on it: the space-varying feature, formats, files in and out
+    ("field", "formats", "io", "outputs", "batch", "_dask_worker"),
     # 4: training, benchmarks, samples, the demo
     ("training", "evaluation", "samples", "demo"),
     # 5: the command line and the widgets' headless logic

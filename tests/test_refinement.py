@@ -1,4 +1,4 @@
-"""Test-time refinement of the Zernike coefficients (napari_deepblur.refinement)."""
+"""Test-time refinement of the Zernike coefficients (napari_deepblur.pipeline._refine)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from napari_deepblur.evaluation.metrics import psf_snr_db
 from napari_deepblur.evaluation.table1 import FAMILY, FC, draw_pair
 from napari_deepblur.evaluation.testimages import load_test_images
 from napari_deepblur.pipeline import BlurEstimate
-from napari_deepblur.refinement import relative_noise, sparsity_score, wiener_deconvolve
+from napari_deepblur.pipeline._refine import relative_noise, sparsity_score, wiener_deconvolve
 
 VALIDATION = 1  # table1's validation split: never the benchmark's own pairs
 

@@ -18,7 +18,7 @@ from low_noise import scaled_l1_level  # this folder's script (on sys.path when 
 import napari_deepblur as ndb
 from napari_deepblur.evaluation import fig10
 from napari_deepblur.evaluation.testimages import load_test_images
-from napari_deepblur.fieldmap import FieldEstimate
+from napari_deepblur.field import FieldEstimate
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 NOISE_SCALES = (0.0, 0.05, 1.0)

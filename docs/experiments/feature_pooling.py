@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 import napari_deepblur as ndb
-from napari_deepblur.estimation import (
+from napari_deepblur.pipeline._windows import (
     _chosen_windows,
     _to_original_orientation,
     align_signs,

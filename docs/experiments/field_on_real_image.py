@@ -25,7 +25,7 @@ import napari_deepblur as ndb
 from napari_deepblur.evaluation.fig10 import BASE_SCALE, FIELD_SCALE, member_of
 from napari_deepblur.evaluation.metrics import psf_snr_db, ssim
 from napari_deepblur.evaluation.table1 import LEVELS
-from napari_deepblur.fieldmap import FieldEstimate, cell_centres
+from napari_deepblur.field import FieldEstimate, cell_centres
 from napari_deepblur.optics import add_poisson_gaussian
 from napari_deepblur.optics.field import FieldAberrations
 from napari_deepblur.pipeline import BlurEstimate

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 import napari_deepblur as ndb
-from napari_deepblur.estimation import align_signs, robust_combine, window_predictions
+from napari_deepblur.pipeline._windows import align_signs, robust_combine, window_predictions
 from napari_deepblur.evaluation.metrics import psf_snr_db
 from napari_deepblur.evaluation.table1 import _VALIDATION, FAMILY, draw_pair
 from napari_deepblur.evaluation.testimages import load_test_images

@@ -1,7 +1,7 @@
 """What the "Calibrate from beads" widget does, without napari or Qt (its headless twin).
 
-:func:`iter_calibrate_layers` runs :func:`napari_deepblur.calibration.iter_calibrate_from_beads`
-on the chosen plane (or on every plane of a stack, each a state of the microscope) and
+:func:`iter_calibrate_layers` runs :func:`napari_deepblur.field.iter_calibrate_from_beads` on
+the chosen plane (or on every plane of a stack, each a state of the microscope) and
 returns the layers to add as plain layer data tuples: the detected beads as a Points layer
 (accepted and rejected in different colours, the reason of each as a feature) and the
 eigen-PSFs as an Image layer. :func:`variance_rows` and :func:`holdout_text` are what the
@@ -80,7 +80,7 @@ def _planes(request: CalibrateRequest) -> np.ndarray:
 
 def iter_calibrate_layers(request: CalibrateRequest) -> Generator[Any, None, CalibrateLayers]:
     """The widget's job: yields progress, returns :class:`CalibrateLayers`."""
-    from .calibration import iter_calibrate_from_beads
+    from .field import iter_calibrate_from_beads
 
     fc = request.resolved_fc()
     planes = _planes(request)

@@ -83,8 +83,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     import datetime
 
     from . import __version__
-    from .calibration import iter_calibrate_from_beads, save_calibration
     from .cli import _drive, _microscope
+    from .field import iter_calibrate_from_beads, save_calibration
     from .outputs import check_new
 
     out = Path(args.out)

@@ -129,7 +129,7 @@ class CalibrateWidget(JobWidget):
 
     @property
     def result(self):
-        """The last :class:`~napari_deepblur.calibration.CalibrationResult`, or None."""
+        """The last :class:`~napari_deepblur.field.calibration.CalibrationResult`, or None."""
         return self._result
 
     # -- controls → request ---------------------------------------------------------------
@@ -246,7 +246,7 @@ class CalibrateWidget(JobWidget):
     def save_family(self, path) -> Path | None:
         """Write the last calibration as a family file (``.safetensors`` added if missing)
         and its card; never overwrites (a notification says so). Returns the path or None."""
-        from ..calibration import save_calibration
+        from ..field import save_calibration
 
         if self._result is None:
             _job.notify_error("Save family failed: run the calibration first.")

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..devices import machine_info
-from ..fieldmap import FieldEstimate, cell_centres
+from ..field import FieldEstimate, cell_centres
 from ..models import as_model
 from ..optics import ProductConvolution, add_poisson_gaussian
 from ..optics.field import FieldAberrations, grid_positions

@@ -20,7 +20,10 @@ The rooms follow the stages (private modules; this package's ``__all__`` is the 
 made ready once: checks, resampling, intensity range, noise: :class:`PreparedPlane`, which
 identify makes and deblurring the same plane reuses), ``_tiling`` (tiles and their
 blending), ``_identify``, ``_deblur`` (with the one rule for the noise it uses,
-``deblur_noise``), ``_stacks`` (Z/T/C planes).
+``deblur_noise``), ``_stacks`` (Z/T/C planes); identify's helpers ``_windows`` (the
+network applied to windows of an image), ``_refine`` (refinement through the physics) and
+``_field`` (the space-varying estimate and its fit; :mod:`napari_deepblur.field` gathers
+the whole feature).
 
     >>> import napari_deepblur as ndb
     >>> from napari_deepblur.samples import make_blurred_sample
@@ -34,6 +37,7 @@ blending), ``_identify``, ``_deblur`` (with the one rule for the noise it uses,
 
 from ._deblur import deblur, deblur_dask, iter_deblur, iter_deblur_into
 from ._estimate import BlurEstimate, clean_measured_psf
+from ._field import FieldEstimate
 from ._identify import identify, iter_identify
 from ._prepare import (
     STRENGTH_RANGE,
@@ -55,8 +59,9 @@ from ._stacks import (
 from ._tiling import DEFAULT_TILE_PX, MIN_TILE_PX, TILE_OVERLAP_PX, check_tile_px
 
 __all__ = [
-    # the estimate, and long work
+    # the estimate (and the field of a space-varying one), and long work
     "BlurEstimate",
+    "FieldEstimate",
     "Progress",
     "run",
     # one image

@@ -9,11 +9,11 @@ import numpy as np
 import torch
 
 from .. import notices
-from ..fieldmap import FieldEstimate, cell_centres
 from ..optics import (
     zernike_psf,
 )
 from ..optics.zernike import check_noll_indices
+from ._field import FieldEstimate, cell_centres
 from ._sampling import field_psf
 
 
@@ -28,12 +28,12 @@ class BlurEstimate:
     cycles/pixel). ``noise``: ``{"alpha", "beta"}`` of ``var = α·I + β²`` in the image's
     intensity units. ``uncertainty``: the spread (std, waves RMS) of the coefficients
     predicted for the windows of the image and their flipped/rotated copies (see
-    :mod:`napari_deepblur.estimation`), and across tiles for large images. ``tiles``:
+    :mod:`napari_deepblur.pipeline._windows`), and across tiles for large images. ``tiles``:
     per-tile estimates for large images (``{"y", "x", "coefficients"}`` with the tile
     centre in pixels). ``refined``: the coefficients were refined on the image itself
     (``identify(…, refine=True)`` on a nearly noise-free image,
-    :mod:`napari_deepblur.refinement`). ``field``: for a space-varying (product-convolution)
-    model, the local PSF anywhere in the image (:class:`~napari_deepblur.fieldmap.FieldEstimate`);
+    :mod:`napari_deepblur.pipeline._refine`). ``field``: for a space-varying (product-convolution)
+    model, the local PSF anywhere in the image (:class:`~napari_deepblur.pipeline.FieldEstimate`);
     ``coefficients`` are then its γ and ``psf`` the PSF at the image centre.
     """
 

@@ -8,26 +8,25 @@ import numpy as np
 import torch
 
 from .. import notices
-from ..estimation import canonical_median, identify_in_windows
-from ..field_estimation import fit_field, read_windows
-from ..fieldmap import FieldEstimate
 from ..models import as_model
 from ..optics import (
     ProductConvolution,
     ZernikeConvolution,
     zernike_psf,
 )
-from ..refinement import (
+from ._estimate import BlurEstimate
+from ._field import FieldEstimate, fit_field, read_windows
+from ._prepare import PreparedPlane, _central_crop, as_image, prepare_plane
+from ._progress import Progress, run
+from ._refine import (
     MAX_CROP_PIXELS,
     MAX_RELATIVE_NOISE,
     refine_coefficients,
     relative_noise,
 )
-from ._estimate import BlurEstimate
-from ._prepare import PreparedPlane, _central_crop, as_image, prepare_plane
-from ._progress import Progress, run
 from ._sampling import Sampling, field_psf, resample
 from ._tiling import DEFAULT_TILE_PX, check_tile_px, tile_starts
+from ._windows import canonical_median, identify_in_windows
 
 
 def _identify_tiles(length: int, tile_px: int) -> list[tuple[int, int]]:
@@ -157,7 +156,7 @@ def identify_plane(
 
 
 def _refined(y, gamma, family, uncertainty, noise, scale) -> tuple[torch.Tensor, bool]:
-    """``(γ, applied)``: γ refined on the image (:mod:`napari_deepblur.refinement`) when
+    """``(γ, applied)``: γ refined on the image (:mod:`napari_deepblur.pipeline._refine`) when
     its noise is low enough for that to help, else γ as it is, with a warning."""
     median = float(np.median(y[:: max(1, y.shape[0] // 256), :: max(1, y.shape[1] // 256)]))
     noise_fraction = relative_noise(noise, median, float(scale))
@@ -181,7 +180,7 @@ def _iter_identify_field(
 ) -> Generator[Progress, None, BlurEstimate]:
     """Space-varying identification of an image of ``shape`` (``y``: at the model's
     sampling): the network reads the local PSF in windows all over the image and a smooth
-    field is fitted to all readings at once (:mod:`napari_deepblur.field_estimation`)."""
+    field is fitted to all readings at once (:func:`napari_deepblur.pipeline._field.fit_field`)."""
     family = model.family
     reader = family.identification_family()
     rows, cols = (_identify_tiles(n, tile_px) for n in y.shape)
@@ -223,11 +222,11 @@ def identify(image, model=None, **kwargs) -> BlurEstimate:
         the image is assumed sampled like the model (``model.fc``).
     device : "auto" (CUDA, MPS, CPU), "cpu", "cuda", …
     augment : also look at flipped/transposed copies of each window (as many of the 8 as
-        the budget of :data:`~napari_deepblur.estimation.MAX_EVALUATIONS` network
+        the budget of :data:`~napari_deepblur.pipeline._windows.MAX_EVALUATIONS` network
         evaluations per tile allows); ``False``: each window once (faster).
     refine : then fit the coefficients to the image itself through the physics
-        (:mod:`napari_deepblur.refinement`; under a second at 256² on a CPU). It helps nearly
-        noise-free images only: above :data:`~napari_deepblur.refinement.MAX_RELATIVE_NOISE`
+        (:mod:`napari_deepblur.pipeline._refine`; under a second at 256² on a CPU). It helps nearly
+        noise-free images only: above :data:`~napari_deepblur.pipeline._refine.MAX_RELATIVE_NOISE`
         of noise it is skipped with a warning and ``BlurEstimate.refined`` stays False.
         Zernike models only.
 

@@ -9,11 +9,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .. import notices
-from ..fieldmap import FieldEstimate
 from ..optics import (
     Microscope,
     check_fc,
 )
+from ._field import FieldEstimate
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ import torch
 
 from .. import notices
 from ..devices import resolve_device
-from ..estimation import canonical_median
 from ..intensity import ConstantImageError
 from ..models import DeepBlurModel, as_model, load_model
 from ..optics import (
@@ -29,6 +28,7 @@ from ._prepare import (
 from ._progress import Progress
 from ._sampling import Sampling, field_psf
 from ._tiling import DEFAULT_TILE_PX
+from ._windows import canonical_median
 
 
 def _check_stack(stack) -> None:

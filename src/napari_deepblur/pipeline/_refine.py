@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from .optics import Convolution, ZernikeConvolution
+from ..optics import Convolution, ZernikeConvolution
 
 #: Refinement runs only when the image's noise std (at its median intensity) is at most this
 #: fraction of its robust intensity range: above it, it was measured not to help.

@@ -4,7 +4,7 @@
 threshold), rejects the ones that would give a wrong PSF, each with a reason
 (:data:`REASONS`), and extracts the local PSF of every accepted bead: ``kernel_size`` px
 (odd), background subtracted, centred with sub-pixel accuracy (centroid, then a Fourier
-shift), normalised to sum 1. :mod:`napari_deepblur.calibration` builds a space-varying family
+shift), normalised to sum 1. :mod:`napari_deepblur.field.calibration` builds a space-varying family
 from them.
 
 Positions are in pixels ``(y, x)`` of the image (row, column, 0 = top/left pixel centre);
@@ -123,7 +123,7 @@ def find_beads(
     Returns ``(beads, psfs)``: every detection (rejected ones with a reason) in order of
     decreasing peak, and the accepted beads' PSFs ``(N, k, k)`` float32, sum 1.
     """
-    from .optics import check_fc
+    from ..optics import check_fc
 
     fc = check_fc(fc)
     array = check_bead_image(image, image_index)

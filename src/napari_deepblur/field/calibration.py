@@ -1,9 +1,9 @@
 """Calibration of a space-varying blur (product-convolution family, Model 2.2) from images of
 sub-resolution beads.
 
-1. :func:`~napari_deepblur.beads.find_beads` detects the beads of each image, rejects the
+1. :func:`~napari_deepblur.field.beads.find_beads` detects the beads of each image, rejects the
    ones that would give a wrong PSF (with a reason) and extracts the local PSF of every
-   accepted bead (:mod:`napari_deepblur.beads`).
+   accepted bead (:mod:`napari_deepblur.field.beads`).
 2. :func:`calibrate_from_beads` (and its progress generator
    :func:`iter_calibrate_from_beads`) builds the family from the beads of one image or of
    several images (each a state of the microscope): eigen-PSFs by PCA of all bead PSFs,
@@ -214,7 +214,7 @@ def _fit(
 
     Returns ``(family, gamma (num_images, K) float64, report, singular values²)``.
     """
-    from .optics.families import ProductConvolution, legendre_maps
+    from ..optics.families import ProductConvolution, legendre_maps
 
     t_psfs = torch.as_tensor(psfs, dtype=torch.float64)
     t_pos = torch.as_tensor(fractions, dtype=torch.float64)
@@ -240,7 +240,7 @@ def _fit(
 
 def _predict(family, gamma: torch.Tensor, fractions: np.ndarray, image_ids: np.ndarray):
     """Model PSFs ``(S, k, k)`` float64 at positions, each with its image's γ."""
-    from .optics.families import legendre_maps
+    from ..optics.families import legendre_maps
 
     design = legendre_maps(torch.as_tensor(fractions, dtype=torch.float64), _degree(family))
     g = gamma.double().reshape(len(gamma), family.num_psfs, family.num_maps)
@@ -314,9 +314,9 @@ def iter_calibrate_from_beads(
     """:func:`calibrate_from_beads` as a generator: yields
     :class:`~napari_deepblur.pipeline.Progress` (image i of n, then the fits) and returns
     the :class:`CalibrationResult`."""
-    from .optics import check_fc
-    from .optics.families import ProductConvolution
-    from .pipeline import Progress
+    from ..optics import check_fc
+    from ..optics.families import ProductConvolution
+    from ..pipeline import Progress
 
     fc = check_fc(fc, what="the bead images' optics")
     if int(num_psfs) < 1:
@@ -376,7 +376,7 @@ def iter_calibrate_from_beads(
         predicted = _normalised(_predict(part, part_gamma, fractions[held], image_ids[held]))
         truth = psfs[held]
         baseline = _normalised(psfs[fit].mean(0))
-        from .optics.psf import psf_snr_db
+        from ..optics.psf import psf_snr_db
 
         baseline_snr = psf_snr_db(np.broadcast_to(baseline, truth.shape), truth)
         holdout = HoldoutReport(
@@ -478,7 +478,7 @@ def calibrate_from_beads(
     few usable beads (saying how many were found and why the others were rejected).
 
     >>> import numpy as np
-    >>> from napari_deepblur.calibration import calibrate_from_beads
+    >>> from napari_deepblur.field import calibrate_from_beads
     >>> calibrate_from_beads(np.zeros((64, 64)), fc=0.2)
     Traceback (most recent call last):
     ...
@@ -486,7 +486,7 @@ def calibrate_from_beads(
 image) needs at least 6. Image more (well separated, unsaturated) beads, or ask for fewer \
 eigen-PSFs / a lower map degree
     """
-    from .pipeline import run
+    from ..pipeline import run
 
     return run(
         iter_calibrate_from_beads(
@@ -503,8 +503,8 @@ def save_calibration(
     Returns the path. Load it with :func:`napari_deepblur.models.load_family`."""
     from pathlib import Path
 
-    from .models import save_family
-    from .outputs import check_new
+    from ..models import save_family
+    from ..outputs import check_new
 
     path = Path(path)
     if path.suffix != ".safetensors":

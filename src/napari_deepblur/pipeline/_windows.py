@@ -21,11 +21,11 @@ import math
 import numpy as np
 import torch
 
-from . import devices, notices
-from .devices import empty_cache, is_out_of_memory
-from .intensity import identification_inputs
-from .models import fall_back_to_cpu
-from .optics import EigenPSFConvolution, ZernikeConvolution
+from .. import devices, notices
+from ..devices import empty_cache, is_out_of_memory
+from ..intensity import identification_inputs
+from ..models import fall_back_to_cpu
+from ..optics import EigenPSFConvolution, ZernikeConvolution
 
 #: Network evaluations per image or tile: windows × dihedral copies (CPU time is linear in it).
 MAX_EVALUATIONS = 64
@@ -49,7 +49,7 @@ def dihedral(images: torch.Tensor, k: int) -> torch.Tensor:
 def zernike_transform_matrices(noll: tuple[int, ...]) -> torch.Tensor:
     """``M_k (8, K, K)``: the PSF of the image transformed by ``dihedral(·, k)`` has
     coefficients ``M_k γ`` (flips and transposition act on the pupil the same way)."""
-    from .optics.zernike import zernike_basis
+    from ..optics.zernike import zernike_basis
 
     rng = np.random.default_rng(0)
     r = np.sqrt(rng.random(4000))
