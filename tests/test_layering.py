@@ -29,7 +29,7 @@ FLOORS = [
     # 4: training, benchmarks, samples, the demo
     ("training", "evaluation", "samples", "demo"),
     # 5: the command line and the widgets' headless logic
-    ("cli", "calibration_cli", "family_cli", "_napari", "_widget_logic", "_calibrate_logic"),
+    ("cli", "_napari", "_widget_logic", "_calibrate_logic"),
     # 6: Qt
     ("_qt",),
 ]
@@ -38,12 +38,8 @@ NPE2 = ("_sample_data", "_reader", "_writer")
 PUBLIC = ("", "pipeline", "formats", "samples")
 #: Modules of floors below the widgets, which must not import a GUI toolkit.
 GUI = ("napari", "magicgui", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6")
-#: Known exceptions, each to be removed by the house issue's next steps.
-KNOWN: set[tuple[str, str]] = {
-    ("evaluation.cli", "cli"),
-}
 #: Files known to be over 700 lines, until the house issue splits them.
-KNOWN_LONG = {"cli", "_widget_logic"}
+KNOWN_LONG = {"_widget_logic"}
 
 
 def _module_name(path: Path) -> str:
@@ -127,7 +123,6 @@ def test_no_import_goes_up():
         for m, targets in GRAPH.items()
         for t in targets
         if t and floor(m) is not None and floor(t) is not None and floor(t) > floor(m)
-        if (m, t) not in KNOWN
     )
     assert not upward, "imports from a lower floor to a higher one:\n" + "\n".join(upward)
 
@@ -173,8 +168,7 @@ def test_no_import_cycle():
     for module in sorted(GRAPH):
         if module not in index:
             visit(module)
-    known = [c for c in cycles if any((a, b) in KNOWN for a in c for b in c)]
-    assert [c for c in cycles if c not in known] == [], f"import cycles: {cycles}"
+    assert cycles == [], f"import cycles: {cycles}"
 
 
 @pytest.mark.parametrize("path", sorted(SOURCE.rglob("*.py")), ids=lambda p: p.name)

@@ -135,8 +135,7 @@ def run_demo(
         metadata={**meta, "model": estimate.model, "estimate": estimate.to_dict()},
         overwrite=overwrite,
     )
-    scope = Microscope(**{k: optics[k] for k in ("na", "wavelength_nm", "pixel_size_nm")},
-                       refractive_index=optics.get("refractive_index"))  # fmt: skip
+    scope = Microscope.from_dict(optics)
     true_meta = formats.zernike_psf_metadata(
         scope, sample["noll_indices"], coefficients["true_waves_rms"]
     )

@@ -161,7 +161,7 @@ def test_write_results(result, tmp_path):
 def test_cli(model, tmp_path, capsys):
     import argparse
 
-    from napari_deepblur.evaluation.cli import add_evaluate_parser
+    from napari_deepblur.cli.evaluate import add_evaluate_parser
 
     parser = argparse.ArgumentParser()
     add_evaluate_parser(parser.add_subparsers(dest="command"))

@@ -25,6 +25,7 @@ def test_one_immersion_rule_for_every_caller():
     """Without a medium the NA implies one (air ≤ 1, water ≤ 1.27, oil above), it is said
     so, and the pipeline, the command line and the calibration dock all use this rule."""
     from napari_deepblur import cli, pipeline
+    from napari_deepblur.cli.common import microscope
     from napari_deepblur._calibrate_logic import CalibrateRequest
     from napari_deepblur._widget_logic import Optics
 
@@ -43,6 +44,6 @@ def test_one_immersion_rule_for_every_caller():
     optics = pipeline.Sampling.of(na=1.2, wavelength_nm=520, pixel_size_nm=80).optics
     assert optics["refractive_index"] == 1.333 and optics["immersion_inferred"]
     args = cli.build_parser().parse_args(["psf", "x.tif", "--na", "1.2"])
-    assert cli._microscope(args).refractive_index == 1.333
+    assert microscope(args).refractive_index == 1.333
     request = CalibrateRequest(data=None, optics=Optics(1.2, 520, 80))
     assert request.resolved_fc() == pytest.approx(Microscope(1.2, 520, 80).fc)

@@ -46,7 +46,7 @@ from ._prepare import (
     check_noise_and_strength,
     plane_indices,
 )
-from ._progress import Progress, run
+from ._progress import Progress, ProgressBar, drive, run
 from ._sampling import Sampling, psf_sampled_like
 from ._stacks import (
     STACK_MODES,
@@ -64,6 +64,8 @@ __all__ = [
     "FieldEstimate",
     "Progress",
     "run",
+    "drive",
+    "ProgressBar",
     # one image
     "identify",
     "iter_identify",

@@ -14,13 +14,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ..devices import convolution_layout, native_bfloat16
 from ..intensity import identification_inputs, normalize
 from ..nets import DeblurringNetwork, IdentificationNetwork
 from ..optics import OperatorFamily
 from ..optics.noise import estimate_noise, noise_sigma_map
+from ..pipeline import Progress, ProgressBar
 from .data import BlurredBatches
 from .losses import identification_loss, psf_snr_db
 
@@ -140,9 +140,7 @@ class _Loop:
 
     def run(self, train_step, validate, quiet: bool = False) -> list[dict]:
         cfg = self.cfg
-        bar = tqdm(
-            total=cfg.steps, initial=self.step, desc=self.name, disable=quiet, dynamic_ncols=True
-        )
+        bar, postfix = ProgressBar(self.name, quiet, leave=True), ""
         start = time.perf_counter() - self.elapsed
         samples_t0, t0 = 0, time.perf_counter()
         while self.step < cfg.steps:
@@ -159,10 +157,10 @@ class _Loop:
             self.optimizer.step()
             self.step += 1
             samples_t0 += cfg.batch_size
-            bar.update(1)
             if self.step % 20 == 0:
                 rate = samples_t0 / max(time.perf_counter() - t0, 1e-9)
-                bar.set_postfix(loss=f"{loss.item():.4f}", samples_per_s=f"{rate:.0f}")
+                postfix = f"loss={loss.item():.4f}, samples_per_s={rate:.0f}"
+            bar(Progress(self.step, cfg.steps, postfix))
             if self.step % cfg.validate_every == 0 or self.step == cfg.steps:
                 rate = samples_t0 / max(time.perf_counter() - t0, 1e-9)
                 self.history.append(

@@ -1,13 +1,15 @@
 """``deepblur evaluate``: the standard benchmark from the command line.
 
-Registration in the main CLI is one line: add :func:`add_evaluate_parser` to
-``napari_deepblur.cli.SUBCOMMANDS`` (it sets ``func`` to :func:`cmd_evaluate`).
+:func:`add_evaluate_parser` registers it in :data:`napari_deepblur.cli.SUBCOMMANDS` (it sets
+``func`` to :func:`cmd_evaluate`).
 """
 
 from __future__ import annotations
 
 import argparse
 import shlex
+
+from .common import ProgressBar, add_precision_argument, check_new
 
 PROTOCOLS = ("table1", "fig10")
 #: Pairs per level when --n is not given.
@@ -20,7 +22,6 @@ def _names(text: str) -> list[str]:
 
 def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``evaluate`` on an ``argparse`` subparsers object; returns its parser."""
-    from ..cli import _add_precision_argument  # lazily: the main CLI imports this module
 
     p = subparsers.add_parser(
         "evaluate",
@@ -55,7 +56,7 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
         help="store the table (means ± std, command, machine, date) in the model's card",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
-    _add_precision_argument(p)
+    add_precision_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
     return p
@@ -65,24 +66,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Run ``deepblur evaluate``: print the table, write the files with ``--out``."""
     from pathlib import Path
 
-    from tqdm import tqdm
-
-    from ..outputs import check_new
-    from .fig10 import LEVELS_DEFAULT, format_fig10, run_fig10
-    from .table1 import LEVELS, format_table, record_in_card, run_table1, write_results
+    from ..evaluation.fig10 import LEVELS_DEFAULT, format_fig10, run_fig10
+    from ..evaluation.table1 import LEVELS, format_table, record_in_card, run_table1, write_results
 
     protocol = args.protocol
     n = args.n or DEFAULT_N[protocol]
     out = Path(args.out) if args.out else None
     for name in (f"{protocol}.json", f"{protocol}.csv") if out is not None else ():
-        check_new(out / name, args.overwrite)  # fail before the run, not after it
-    with tqdm(total=None, desc=protocol, unit="pair", disable=args.quiet) as bar:
-
-        def progress(step):
-            bar.total = step.total
-            bar.set_postfix_str(step.message, refresh=False)
-            bar.update(step.done - bar.n)
-
+        check_new(out / name, args.overwrite)  # fail before the run (the folder may be new)
+    with ProgressBar(protocol, args.quiet, unit="pair", leave=True) as progress:
         common = dict(images=args.images, n=n, seed=args.seed, size=args.size)
         if protocol == "fig10":
             result = run_fig10(
