@@ -299,7 +299,7 @@ def test_cli_calibrate_real_plane_and_errors(tmp_path, capsys):
 
 
 def test_calibrate_layers_headless(strong_image):
-    from napari_deepblur._calibrate_logic import CalibrateRequest, calibrate_layers, variance_rows
+    from napari_deepblur._napari.calibrate import CalibrateRequest, calibrate_layers, variance_rows
 
     image = strong_image[0]
     before = image.copy()

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_deepblur._widget_logic import RunState
+from napari_deepblur._napari import RunState
 
 pytestmark = pytest.mark.napari
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_deepblur._widget_logic import RunState
+from napari_deepblur._napari import RunState
 
 pytestmark = pytest.mark.napari
 

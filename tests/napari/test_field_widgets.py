@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_deepblur import _widget_logic as logic
-from napari_deepblur._widget_logic import PSF_FORMAT, RunState
+from napari_deepblur import _napari as logic
+from napari_deepblur._napari import PSF_FORMAT, RunState
 
 pytestmark = pytest.mark.napari
 
@@ -47,7 +47,7 @@ def test_field_layers_headless(tiny_field_model, small_sample):
             image,
             "raw",
             model=str(tiny_field_model.path),
-            optics=logic.optics_from_layer(kwargs["metadata"]),
+            optics=logic.known_optics(kwargs["metadata"]),
             device="cpu",
             augment=False,
             geometry=geometry,

@@ -7,13 +7,13 @@ import sys
 import numpy as np
 import pytest
 
-from napari_deepblur import _widget_logic as logic
-from napari_deepblur._widget_logic import RunState
+from napari_deepblur import _napari as logic
+from napari_deepblur._napari import RunState
 
 
 def test_logic_module_imports_no_gui():
     code = (
-        "import sys, napari_deepblur._widget_logic, napari_deepblur._reader, "
+        "import sys, napari_deepblur._napari, napari_deepblur._reader, "
         "napari_deepblur._writer; "
         "print([m for m in sys.modules if m.split('.')[0] in ('napari', 'magicgui', 'qtpy')])"
     )
@@ -48,15 +48,15 @@ def test_run_state_machine():
 
 def test_optics_from_layer():
     sample = {"optics": {"na": 1.4, "wavelength_nm": 520, "pixel_size_nm": 74, "fc": 0.2}}
-    o = logic.optics_from_layer(sample, (1.0, 1.0), ("pixel", "pixel"))
+    o = logic.known_optics(sample, (1.0, 1.0), ("pixel", "pixel"))
     assert o.complete and (o.na, o.wavelength_nm, o.pixel_size_nm) == (1.4, 520, 74)
     # pixel size from the scale in µm; NA and λ unknown
-    o = logic.optics_from_layer({}, (0.1, 0.065), ("micrometer", "micrometer"))
+    o = logic.known_optics({}, (0.1, 0.065), ("micrometer", "micrometer"))
     assert o.pixel_size_nm == pytest.approx(65) and not o.complete and o.kwargs() == {}
     # no units: the scale says nothing
-    assert logic.optics_from_layer(None, (1.0, 1.0), None).pixel_size_nm is None
-    assert "Nyquist" in logic.fc_text(logic.Optics(1.4, 520, 200), 0.2)
-    assert "fc = 0.199" in logic.fc_text(logic.Optics(1.4, 520, 74), 0.2)
+    assert logic.known_optics(None, (1.0, 1.0), None).pixel_size_nm is None
+    assert "Nyquist" in logic.fc_text(logic.KnownOptics(1.4, 520, 200), 0.2)
+    assert "fc = 0.199" in logic.fc_text(logic.KnownOptics(1.4, 520, 74), 0.2)
 
 
 def test_check_layer_and_messages():
@@ -125,7 +125,7 @@ def test_headless_identify_and_deblur(small_sample):
     data, kwargs = small_sample
     before = data.copy()
     geometry = logic.layer_geometry(kwargs["scale"], (0.0, 0.0), kwargs["units"])
-    optics = logic.optics_from_layer(kwargs["metadata"])
+    optics = logic.known_optics(kwargs["metadata"])
     result = logic.identify_layers(
         logic.IdentifyRequest(
             data, "raw", optics=optics, device="cpu", augment=False, geometry=geometry
@@ -231,7 +231,7 @@ def test_writer_reader_roundtrip(tmp_path, small_sample):
         logic.IdentifyRequest(
             data,
             "raw",
-            optics=logic.optics_from_layer(kwargs["metadata"]),
+            optics=logic.known_optics(kwargs["metadata"]),
             device="cpu",
             augment=False,
         )

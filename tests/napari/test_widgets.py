@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from napari_deepblur._widget_logic import PSF_FORMAT, RunState
+from napari_deepblur._napari import PSF_FORMAT, RunState
 
 pytestmark = pytest.mark.napari
 
@@ -348,7 +348,7 @@ def _slow_generator(steps=400, delay=0.01):
 
 
 def test_cancel_adds_no_layer(viewer_with_sample, qtbot, notes, monkeypatch):
-    from napari_deepblur import _widget_logic
+    from napari_deepblur import _napari
     from napari_deepblur._qt import IdentifyWidget
 
     monkeypatch.setattr("napari_deepblur.pipeline.iter_identify", _slow_generator())
@@ -370,7 +370,7 @@ def test_cancel_adds_no_layer(viewer_with_sample, qtbot, notes, monkeypatch):
     assert widget._run_button.text == "Identify blur"
     assert [lay.name for lay in viewer.layers] == [layer.name]
     assert notes["error"] == []
-    assert _widget_logic  # imported for monkeypatch's target
+    assert _napari  # imported for monkeypatch's target
 
 
 def test_cancel_deblur(viewer_with_sample, qtbot, notes, monkeypatch):

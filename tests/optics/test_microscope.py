@@ -25,9 +25,9 @@ def test_one_immersion_rule_for_every_caller():
     """Without a medium the NA implies one (air ≤ 1, water ≤ 1.27, oil above), it is said
     so, and the pipeline, the command line and the calibration dock all use this rule."""
     from napari_deepblur import cli, pipeline
+    from napari_deepblur._napari import KnownOptics
+    from napari_deepblur._napari.calibrate import CalibrateRequest
     from napari_deepblur.cli.common import microscope
-    from napari_deepblur._calibrate_logic import CalibrateRequest
-    from napari_deepblur._widget_logic import Optics
 
     for na, index in ((0.8, 1.0), (1.0, 1.0), (1.2, 1.333), (1.27, 1.333), (1.3, 1.518)):
         scope = Microscope(na, 520, 50)
@@ -45,5 +45,5 @@ def test_one_immersion_rule_for_every_caller():
     assert optics["refractive_index"] == 1.333 and optics["immersion_inferred"]
     args = cli.build_parser().parse_args(["psf", "x.tif", "--na", "1.2"])
     assert microscope(args).refractive_index == 1.333
-    request = CalibrateRequest(data=None, optics=Optics(1.2, 520, 80))
+    request = CalibrateRequest(data=None, optics=KnownOptics(1.2, 520, 80))
     assert request.resolved_fc() == pytest.approx(Microscope(1.2, 520, 80).fc)

@@ -2,7 +2,7 @@
 
 - :class:`IdentifyWidget` ("Identify blur"), :class:`DeblurWidget` ("Deblur"), and
   :class:`DeepBlurPanel` (both in one dock); :class:`CalibrateWidget` ("Calibrate from beads");
-- their logic, testable without a viewer, is in :mod:`napari_deepblur._widget_logic`.
+- their logic, testable without a viewer, is in :mod:`napari_deepblur._napari`.
 """
 
 from ._calibrate import CalibrateWidget

@@ -1,7 +1,7 @@
 """The "Calibrate from beads" dock widget: bead image layer → space-varying blur family.
 
-Thin: it reads its controls into a :class:`~napari_deepblur._calibrate_logic.CalibrateRequest`
-and runs :func:`~napari_deepblur._calibrate_logic.iter_calibrate_layers` (the headless twin)
+Thin: it reads its controls into a :class:`~napari_deepblur._napari.calibrate.CalibrateRequest`
+and runs :func:`~napari_deepblur._napari.calibrate.iter_calibrate_layers` (the headless twin)
 in a thread worker; then it adds the beads (Points) and eigen-PSFs (Image), draws the
 variance captured per component and the held-out PSF SNR against one PSF for the field, and
 saves the family file on request.
@@ -24,8 +24,8 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from .. import _calibrate_logic as calib
-from .. import _widget_logic as logic
+from .. import _napari as logic
+from .._napari import calibrate as calib
 from . import _job
 from ._job import JobWidget, layer_optics, wrap_to_dock_width
 
@@ -164,11 +164,11 @@ class CalibrateWidget(JobWidget):
                 data=data,
                 source=layer.name,
                 plane=None if all_planes else self._plane_of(layer),
-                optics=logic.Optics(
+                optics=logic.KnownOptics(
                     float(self._na.value),
                     float(self._wavelength.value),
                     float(self._pixel_size.value),
-                    logic.optics_from_layer(layer.metadata).refractive_index,
+                    logic.known_optics(layer.metadata).refractive_index,
                 ),
                 fc=float(self._fc.value) if self._use_fc.value else None,
                 kernel_size=int(self._kernel_size.value),

@@ -1,8 +1,8 @@
 """The "Deblur" dock widget: image layer + blur estimate → "<name> deblurred", and a
 side-by-side comparison.
 
-Thin: it reads its controls into a :class:`~napari_deepblur._widget_logic.DeblurRequest` and
-runs :func:`~napari_deepblur._widget_logic.iter_deblur_layers` (the headless twin) in a
+Thin: it reads its controls into a :class:`~napari_deepblur._napari.DeblurRequest` and
+runs :func:`~napari_deepblur._napari.iter_deblur_layers` (the headless twin) in a
 thread worker. The input layer is never modified.
 """
 
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, PushButton
 
-from .. import _widget_logic as logic
+from .. import _napari as logic
 from ._job import JobWidget, device_choices, layer_geometry, layer_optics, notify_error
 
 if TYPE_CHECKING:
@@ -296,6 +296,6 @@ def _current(layer, viewer):
     data = layer.data[0] if layer.multiscale else layer.data
     if data.ndim <= 2:
         return data
-    from .._widget_logic import plane_index
+    from .._napari import plane_index
 
     return data[plane_index(data.shape, layer.world_to_data(viewer.dims.point))]

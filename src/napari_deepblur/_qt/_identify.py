@@ -1,8 +1,8 @@
 """The "Identify blur" dock widget: image layer → PSF layer, coefficient table, PSF map
 (tiled images), kernel map and PSF weight maps (space-varying models).
 
-Thin: it reads its controls into an :class:`~napari_deepblur._widget_logic.IdentifyRequest`
-and runs :func:`~napari_deepblur._widget_logic.iter_identify_layers` (the headless twin) in a
+Thin: it reads its controls into an :class:`~napari_deepblur._napari.IdentifyRequest`
+and runs :func:`~napari_deepblur._napari.iter_identify_layers` (the headless twin) in a
 thread worker.
 """
 
@@ -24,7 +24,7 @@ from magicgui.widgets import (
 )
 from qtpy.QtWidgets import QHeaderView
 
-from .. import _widget_logic as logic
+from .. import _napari as logic
 from ._job import (
     JobWidget,
     device_choices,
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     import napari
 
 #: Shown when a layer has no optics in its metadata.
-DEFAULT_OPTICS = logic.Optics(na=1.4, wavelength_nm=520.0, pixel_size_nm=74.0)
+DEFAULT_OPTICS = logic.KnownOptics(na=1.4, wavelength_nm=520.0, pixel_size_nm=74.0)
 #: The choices for a stack (Z, T, C), and the pipeline's stack mode for each.
 CURRENT_PLANE = "current plane"
 ALL_PLANES_MEDIAN = "all planes (median)"
@@ -212,12 +212,12 @@ class IdentifyWidget(JobWidget):
         for w in (self._na, self._wavelength, self._pixel_size):
             w.enabled = bool(value)
 
-    def _optics(self) -> logic.Optics:
+    def _optics(self) -> logic.KnownOptics:
         if not self._use_optics.value:
-            return logic.Optics()
+            return logic.KnownOptics()
         layer = self._image_layer.value
-        known = logic.optics_from_layer(getattr(layer, "metadata", None))
-        return logic.Optics(
+        known = logic.known_optics(getattr(layer, "metadata", None))
+        return logic.KnownOptics(
             na=float(self._na.value),
             wavelength_nm=float(self._wavelength.value),
             pixel_size_nm=float(self._pixel_size.value),

@@ -3,7 +3,7 @@ worker at a time, an explicit run state, progress (in the dock and in napari's a
 panel) and notifications for every error.
 
 A subclass builds its controls, then implements :meth:`JobWidget._prepare` (read the controls
-and layers into a job generator from :mod:`napari_deepblur._widget_logic`, quickly, on the
+and layers into a job generator from :mod:`napari_deepblur._napari`, quickly, on the
 main thread) and :meth:`JobWidget._finish` (add the layers the job returned).
 """
 
@@ -23,7 +23,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QSizePolicy
 
-from .._widget_logic import RunState, RunStateMachine, UserError, guarded, user_message
+from .._napari import RunState, RunStateMachine, UserError, guarded, user_message
 
 if TYPE_CHECKING:
     import napari
@@ -335,7 +335,7 @@ class JobWidget(ScrollableDock, Container):
 
     def _plane_of(self, layer) -> tuple[int, ...]:
         """The indices of the plane shown now for ``layer``'s leading axes."""
-        from .._widget_logic import plane_index
+        from .._napari import plane_index
 
         shape = layer.data[0].shape if layer.multiscale else layer.data.shape
         if len(shape) <= 2:
@@ -345,11 +345,11 @@ class JobWidget(ScrollableDock, Container):
 
 
 def layer_optics(layer):
-    """The optics known for ``layer`` (:func:`napari_deepblur._widget_logic.optics_from_layer`):
+    """The optics known for ``layer`` (:func:`napari_deepblur.formats.known_optics`):
     its metadata, the TIFF it was opened from, its scale and units."""
-    from .._widget_logic import optics_from_layer
+    from .._napari import known_optics
 
-    return optics_from_layer(
+    return known_optics(
         layer.metadata,
         tuple(layer.scale),
         tuple(getattr(layer, "units", ()) or ()),
@@ -360,8 +360,8 @@ def layer_optics(layer):
 def layer_geometry(layer, axes: int = 2) -> dict:
     """Where the layers made from ``layer`` go: its scale, translate and units of the last
     ``axes`` axes, and its rotation, shear and affine transform as one ``affine``
-    (:func:`napari_deepblur._widget_logic.layer_geometry`)."""
-    from .._widget_logic import layer_geometry as geometry
+    (:func:`napari_deepblur._napari.layer_geometry`)."""
+    from .._napari import layer_geometry as geometry
 
     return geometry(
         layer.scale,

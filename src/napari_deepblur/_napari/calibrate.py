@@ -16,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from ._widget_logic import LayerDataTuple, Optics, UserError
+from ..formats import KnownOptics
+from .layers import LayerDataTuple
+from .messages import UserError
 
 #: Point colours (RGBA names napari understands).
 ACCEPTED_COLOR = "lime"
@@ -39,7 +41,7 @@ class CalibrateRequest:
     data: Any
     source: str = "beads"
     plane: tuple[int, ...] | None = ()
-    optics: Optics = field(default_factory=Optics)
+    optics: KnownOptics = field(default_factory=KnownOptics)
     fc: float | None = None
     kernel_size: int = 31
     num_psfs: int = 4
@@ -51,7 +53,7 @@ class CalibrateRequest:
 
     def resolved_fc(self) -> float:
         """The cutoff in cycles/pixel: ``fc`` if given, else from the optics (checked)."""
-        from .pipeline import Sampling
+        from ..pipeline import Sampling
 
         sampling = Sampling.of(fc=self.fc) if self.fc is not None else self.optics.sampling()
         if not sampling.known:
@@ -80,7 +82,7 @@ def _planes(request: CalibrateRequest) -> np.ndarray:
 
 def iter_calibrate_layers(request: CalibrateRequest) -> Generator[Any, None, CalibrateLayers]:
     """The widget's job: yields progress, returns :class:`CalibrateLayers`."""
-    from .field import iter_calibrate_from_beads
+    from ..field import iter_calibrate_from_beads
 
     fc = request.resolved_fc()
     planes = _planes(request)
@@ -110,7 +112,7 @@ def iter_calibrate_layers(request: CalibrateRequest) -> Generator[Any, None, Cal
 
 def calibrate_layers(request: CalibrateRequest) -> CalibrateLayers:
     """:func:`iter_calibrate_layers` run to the end (tests, scripts)."""
-    from .pipeline import run
+    from ..pipeline import run
 
     return run(iter_calibrate_layers(request))
 

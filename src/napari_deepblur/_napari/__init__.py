@@ -1,0 +1,109 @@
+"""The widgets' headless logic, by concern, without napari or Qt: the docks in
+:mod:`napari_deepblur._qt` read their controls and layers into a request, run its job in a
+thread worker and add the layer data tuples it returns; everything in between is here and
+is tested without a viewer.
+
+- :mod:`.state`: the run state of a dock (:class:`RunStateMachine`);
+- :mod:`.requests`: the Identify and Deblur jobs (:func:`iter_identify_layers`,
+  :func:`iter_deblur_layers`) and their requests;
+- :mod:`.calibrate`: the "Calibrate from beads" job;
+- :mod:`.layers`: checks of the layers chosen, and the layers we add;
+- :mod:`.tables`: the coefficient table and the summary of an estimate;
+- :mod:`.messages`: every exception as one sentence for a notification.
+
+The PSF layers' metadata and the optics known for a layer are
+:mod:`napari_deepblur.formats`' (re-exported here for the docks).
+"""
+
+from ..formats import PSF_FORMAT, KnownOptics, is_psf_metadata, known_optics, psf_metadata
+from .layers import (
+    AUXILIARY_LAYERS,
+    PSF_COLORMAP,
+    LayerDataTuple,
+    check_layer,
+    estimate_from_psf_layer,
+    estimate_layers,
+    estimate_source,
+    is_auxiliary_layer,
+    is_psf_of,
+    kernel_map_layer_data,
+    layer_geometry,
+    matched_contrast_limits,
+    plane_index,
+    psf_layer_data,
+    psf_map_layer_data,
+    weight_map_layers_data,
+)
+from .messages import UserError, guarded, user_message
+from .requests import (
+    IDENTIFY_STACK_MODES,
+    DeblurRequest,
+    DeblurResult,
+    IdentifyRequest,
+    IdentifyResult,
+    deblur_layers,
+    fc_text,
+    identify_layers,
+    is_field_model,
+    iter_deblur_layers,
+    iter_identify_layers,
+)
+from .state import RunState, RunStateMachine
+from .tables import (
+    KERNEL_MAP_GRID,
+    coefficient_columns,
+    coefficient_rows,
+    field_summary,
+    is_field_estimate,
+    magnitude_bar,
+    rms_radius,
+    summary_text,
+)
+
+__all__ = [
+    "AUXILIARY_LAYERS",
+    "IDENTIFY_STACK_MODES",
+    "KERNEL_MAP_GRID",
+    "PSF_COLORMAP",
+    "PSF_FORMAT",
+    "DeblurRequest",
+    "DeblurResult",
+    "IdentifyRequest",
+    "IdentifyResult",
+    "KnownOptics",
+    "LayerDataTuple",
+    "RunState",
+    "RunStateMachine",
+    "UserError",
+    "check_layer",
+    "coefficient_columns",
+    "coefficient_rows",
+    "deblur_layers",
+    "estimate_from_psf_layer",
+    "estimate_layers",
+    "estimate_source",
+    "fc_text",
+    "field_summary",
+    "guarded",
+    "identify_layers",
+    "is_auxiliary_layer",
+    "is_field_estimate",
+    "is_field_model",
+    "is_psf_metadata",
+    "is_psf_of",
+    "iter_deblur_layers",
+    "iter_identify_layers",
+    "kernel_map_layer_data",
+    "known_optics",
+    "layer_geometry",
+    "magnitude_bar",
+    "matched_contrast_limits",
+    "plane_index",
+    "psf_layer_data",
+    "psf_map_layer_data",
+    "psf_metadata",
+    "rms_radius",
+    "summary_text",
+    "user_message",
+    "weight_map_layers_data",
+]
