@@ -311,16 +311,19 @@ def _deblurrable(side: int, kernel: int) -> bool:
     return True
 
 
-@pytest.mark.parametrize("pixel_size_nm", [74.0, 90.0])  # zoom ≈ 1 and ≠ 1
+@pytest.mark.parametrize("pixel_size_nm", [None, 90.0])  # sampled like the model, and not
 def test_deblur_without_an_estimate_prepares_the_image_once(
     model, sample, monkeypatch, pixel_size_nm
 ):
-    """Identify prepares the image (resampled, ranged, its noise measured) and deblurring
-    reuses it: the result is identify-then-deblur's, bit for bit, with one noise measurement
-    and the image resampled once on the way in (and the result once on the way out)."""
+    """Identify prepares the image (resampled, ranged) and deblurring reuses it: the result is
+    identify-then-deblur's, bit for bit, the image resampled once on the way in (and the
+    result once on the way out). Its noise is measured once when the image is not resampled
+    (the estimate's noise is then the network's); a resampled image's noise is not the
+    camera's, so identify reports the image's own and the network gets its own."""
     exact = model.with_precision("float32")
     image = sample["image"]
-    optics = {"pixel_size_nm": pixel_size_nm, "na": 1.4, "wavelength_nm": 520}
+    optics = {} if pixel_size_nm is None else {"pixel_size_nm": pixel_size_nm, "na": 1.4,
+                                                 "wavelength_nm": 520}  # fmt: skip
     two_calls = pipeline.deblur(image, pipeline.identify(image, exact, **optics), exact, **optics)
     counts = {"estimate_noise": 0, "resample": 0}
 
@@ -339,7 +342,11 @@ def test_deblur_without_an_estimate_prepares_the_image_once(
     prepared = {}
     one_call = pipeline.run(pipeline.iter_deblur(image, None, exact, prepared=prepared, **optics))
     np.testing.assert_array_equal(one_call, two_calls)
-    assert counts == {"estimate_noise": 1, "resample": 2}
+    resampled = pixel_size_nm is not None
+    assert counts == {"estimate_noise": 1 + resampled, "resample": 2}
     plane = prepared[()]
-    assert plane.noise is not None and plane.y.dtype == np.float32
-    assert plane.zoom == pytest.approx(1.4 * pixel_size_nm / 520 / exact.fc)
+    assert plane.y.dtype == np.float32 and plane.resampled == resampled
+    assert (plane.noise is None) == resampled  # measured by identify only when shared
+    if not resampled:  # one measurement, in image units the estimate's noise
+        noise = pipeline.identify(image, exact).noise
+        assert plane.noise_in_image_units() == pytest.approx(noise, rel=1e-5)

@@ -27,7 +27,7 @@ from ._prepare import (
     prepare_plane,
 )
 from ._progress import Progress, run
-from ._sampling import Sampling, resample, resample_psf
+from ._sampling import Sampling, resample, resample_psf, resamples
 from ._tiling import (
     DEFAULT_TILE_PX,
     _blend_window,
@@ -131,7 +131,7 @@ def _check_deblurrable_size(shape, zoom: float, kernel_px: int) -> None:
     need_px = max(kernel_px + 1, NOISE_MIN_SIDE_PX)
     if side_px >= need_px:
         return
-    at_model = "" if abs(zoom - 1) < 1e-3 else f"; at the model's sampling (×{zoom:.3g}) "
+    at_model = f"; at the model's sampling (×{zoom:.3g}) " if resamples(zoom) else ""
     at_model += f"{side_px} px" if at_model else ""
     raise ValueError(
         f"the image ({shape[0]}×{shape[1]} px{at_model}) is too small to deblur: it must "
@@ -168,14 +168,15 @@ def _check_estimate(estimate) -> None:
 
 def deblur_noise(plane: PreparedPlane, noise, model_fc: float) -> tuple[float, float]:
     """The noise for deblurring, decided here only: ``(α, β)`` of ``var = α·x + β²`` of the
-    prepared ``plane`` (normalised units, at the model's sampling), from
+    prepared ``plane`` (normalised units, at the model's sampling, where the network sees
+    it), from
 
     1. ``noise`` when given (image units: ``{"alpha", "beta"}`` or a std);
-    2. else the plane's own noise: the one identify measured when it prepared this plane
-       (the estimate's ``noise`` is that measurement in the image's units), or, for a plane
-       identify did not prepare (another plane of a stack, another image, an estimate read
-       from a file or a PSF alone), measured on it now. An estimate's noise is not carried to
-       another image: in image units it holds only at that image's intensity scale.
+    2. else the plane's own: measured once, by identify when it prepared this plane without
+       resampling it (the estimate's ``noise`` is that same measurement, in image units), else
+       here. An estimate's noise is not carried to another plane or image: in image units it
+       holds only at that image's intensity scale, and a resampled image's noise is not its
+       camera's.
     """
     if noise is not None:
         return plane.normalised_noise(noise)
@@ -429,7 +430,7 @@ def deblur_dask(
     sampling = Sampling.given(sampling, **optics).for_deblurring(estimate)
     setup = deblur_setup(array, estimate, model, sampling, noise, strength)
     overlap, _, _ = _tile_layout(array.shape, setup.zoom, tile_px)
-    align = _grid_factor(model) if abs(setup.zoom - 1) < 1e-3 else 1
+    align = 1 if resamples(setup.zoom) else _grid_factor(model)
     depth = -(-overlap // align) * align  # blocks start on the network's grid, like tiles
     chunk_px = max(-(-int(chunk_px) // align) * align, 2 * depth)
     # a path is light to ship to dask workers, which load (and cache) the model themselves

@@ -16,7 +16,7 @@ from ..optics import (
 )
 from ._estimate import BlurEstimate
 from ._field import FieldEstimate, fit_field, read_windows
-from ._prepare import PreparedPlane, _central_crop, as_image, prepare_plane
+from ._prepare import PreparedPlane, _central_crop, as_image, image_noise, prepare_plane
 from ._progress import Progress, run
 from ._refine import (
     MAX_CROP_PIXELS,
@@ -86,16 +86,20 @@ def identify_plane(
 ) -> Generator[Progress, None, tuple[BlurEstimate, PreparedPlane]]:
     """Identify one plane (``raw``: checked float32, :func:`as_image`) of the given
     sampling with ``model``: ``(estimate, prepared plane)``. The plane is prepared here once
-    (:func:`prepare_plane`: resampled to the model's sampling, its range and its noise
-    measured) and the prepared plane is returned for deblurring the same plane."""
+    (:func:`prepare_plane`: resampled to the model's sampling and ranged; its noise measured
+    when it is not resampled) and the prepared plane is returned for deblurring it."""
     min_size = model.identification.config.min_size
     fc_img = sampling.image_fc(model.fc)
     zoom = sampling.zoom(model.fc)
-    plane = prepare_plane(raw, zoom, checked=True, min_size=min_size).with_noise(model.fc)
+    plane = prepare_plane(raw, zoom, checked=True, min_size=min_size)
     y = plane.y if plane.whole else resample(raw, zoom)  # all of it, for the tiles
     if refine and not isinstance(model.family, ZernikeConvolution):
         raise ValueError("refine=True needs a Zernike model (not a space-varying one)")
-    noise = plane.noise_in_image_units()
+    if plane.resampled:  # the image's own noise (the camera's), which resampling changes
+        noise = image_noise(raw, fc_img)
+    else:  # one measurement: the image's noise and the one the networks see (deblur's)
+        plane = plane.with_noise(model.fc)
+        noise = plane.noise_in_image_units()
     if isinstance(model.family, ProductConvolution):
         estimate = yield from _iter_identify_field(
             model, raw.shape, y, fc_img, sampling.optics, noise, augment, tile_px
@@ -230,7 +234,9 @@ def identify(image, model=None, **kwargs) -> BlurEstimate:
         of noise it is skipped with a warning and ``BlurEstimate.refined`` stays False.
         Zernike models only.
 
-    The estimate's ``noise`` is measured on the image at the model's sampling (where the
-    networks see it) and given in the image's intensity units; deblurring uses it.
+    The estimate's ``noise`` is the image's own (its camera's), in its intensity units. When
+    the image is not resampled that one measurement is also the noise the deblurring
+    network is given for it (:func:`iter_deblur` without an estimate reuses it); a resampled
+    image has another noise (interpolation smooths it), measured where the network sees it.
     """
     return run(iter_identify(image, model, **kwargs))

@@ -10,7 +10,7 @@ import torch
 
 from ..intensity import check_contrast, normalize, robust_range
 from ..optics.noise import estimate_noise
-from ._sampling import resample
+from ._sampling import resample, resamples
 
 
 def check_size(shape, min_size: int) -> None:
@@ -151,9 +151,15 @@ class PreparedPlane:
         )
         return replace(self, noise=(float(alpha[0]), float(beta[0])))
 
+    @property
+    def resampled(self) -> bool:
+        """Whether ``y`` was resampled (its noise is then not the camera's: interpolation
+        smooths it)."""
+        return resamples(self.zoom)
+
     def noise_in_image_units(self) -> dict:
         """The measured noise ``{"alpha", "beta"}`` of ``var = α·I + β²`` in the image's
-        intensity units (of the plane at the model's sampling): what estimates report."""
+        intensity units (of ``y``: the image's own noise when it was not resampled)."""
         alpha_n, beta_n = self.noise
         alpha = alpha_n * self.scale
         beta2 = beta_n**2 * self.scale**2 - alpha * self.low
@@ -176,6 +182,15 @@ class PreparedPlane:
                 "image's units"
             )
         return a / s, float(np.sqrt(max(a * lo + b * b, 0.0))) / s
+
+
+def image_noise(image: np.ndarray, fc: float) -> dict:
+    """The noise ``{"alpha", "beta"}`` of ``var = α·I + β²`` of a float32 image at its own
+    pixels (cutoff ``fc`` cycles/pixel), in its intensity units, from at most a central crop
+    of :data:`STATS_MAX_PX` pixels (the estimator needs ~70 bytes/pixel)."""
+    sample = np.ascontiguousarray(_central_crop(image, STATS_MAX_PX))
+    alpha, beta = estimate_noise(torch.from_numpy(sample)[None], fc)
+    return {"alpha": float(alpha[0]), "beta": float(beta[0])}
 
 
 def prepare_plane(

@@ -119,12 +119,18 @@ def psf_sampled_like(estimate, image: Sampling, model_fc: float | None, image_pi
     return replace(estimate, fc=image_fc * psf_pixel_nm / image_pixel_nm)
 
 
+def resamples(zoom: float) -> bool:
+    """Whether an image is resampled by ``zoom`` at all: within 1e-3 of 1, it is taken as it
+    is (the tiles then start on the deblurring network's stride)."""
+    return abs(zoom - 1) >= 1e-3
+
+
 def resample(image: np.ndarray, zoom: float, shape: tuple[int, int] | None = None) -> np.ndarray:
     """Cubic-spline resampling by ``zoom`` (or to ``shape``); identity when zoom ≈ 1."""
     from scipy import ndimage
 
     if shape is None:
-        if abs(zoom - 1) < 1e-3:
+        if not resamples(zoom):
             return image
         shape = tuple(max(1, round(s * zoom)) for s in image.shape)
     if tuple(shape) == image.shape:
@@ -142,7 +148,7 @@ def resample_psf(psf: np.ndarray, zoom: float, size: int | None = None) -> np.nd
 
     psf = np.asarray(psf, np.float64)
     size = size or psf.shape[-1]
-    if abs(zoom - 1) >= 1e-3 or size != psf.shape[-1]:
+    if resamples(zoom) or size != psf.shape[-1]:
         t = (np.arange(size) - (size - 1) / 2) / zoom + (psf.shape[-1] - 1) / 2
         yy, xx = np.meshgrid(t, t, indexing="ij")
         psf = np.clip(ndimage.map_coordinates(psf, [yy, xx], order=3, mode="constant"), 0, None)

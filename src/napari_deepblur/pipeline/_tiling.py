@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..models import DeepBlurModel
+from ._sampling import resamples
 
 #: Images are processed in tiles of at most this many pixels a side (bounded memory).
 DEFAULT_TILE_PX = 1024
@@ -80,7 +81,7 @@ def _tile_layout(
     spans; ``tile_px`` and the overlap are given in the model's pixels. Tiles start on
     multiples of ``align`` when the image is not resampled."""
     tile_px = check_tile_px(tile_px)
-    if abs(zoom - 1) < 1e-3:
+    if not resamples(zoom):
         tile, overlap = tile_px, TILE_OVERLAP_PX
     else:
         tile = max(2 * TILE_OVERLAP_PX, int(tile_px / zoom))
