@@ -1,4 +1,4 @@
-"""Tests for TIFF I/O with pixel size and metadata, atomic writes and the PSF format."""
+"""Tests for TIFF I/O with pixel size and metadata, and atomic writes."""
 
 import errno
 import json
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_deepblur import formats, io, outputs
+from napari_deepblur import io, outputs
 
 
 def _partials(folder):
@@ -204,56 +204,6 @@ def test_read_errors(tmp_path):
     bad.write_bytes(b"this is not a tiff at all")
     with pytest.raises(ValueError, match="not a readable TIFF.*bad.tif"):
         io.read_image(bad)
-
-
-PSF_META = {
-    "optics": {
-        "na": 1.4,
-        "wavelength_nm": 520.0,
-        "pixel_size_nm": 65.0,
-        "refractive_index": 1.518,
-        "fc": 0.175,
-    },
-    "noll_indices": [4, 5, 6],
-    "coefficients_waves_rms": [0.1, -0.05, 0.0123456789],
-    "names": ["defocus", "astig_0", "astig_45"],
-    "model": "zernike",
-    "noise": {"alpha": 0.01, "beta": 0.02},
-}
-
-
-def test_psf_round_trip_2d(tmp_path):
-    psf = np.random.default_rng(0).random((31, 31)) * 7
-    tif, sidecar = formats.write_psf(tmp_path / "psf.tif", psf, metadata=PSF_META)
-    assert sidecar == tmp_path / "psf.json"
-    for p in (tif, sidecar):
-        data, meta = formats.read_psf(p)
-        assert data.dtype == np.float32
-        assert data.sum() == pytest.approx(1.0, rel=1e-5)
-        np.testing.assert_allclose(data, psf / psf.sum(), rtol=1e-6)
-        assert {k: meta[k] for k in PSF_META} == PSF_META
-        assert meta["format"] == "napari-deepblur-psf" and meta["format_version"] == 1
-        assert meta["shape"] == [31, 31]
-    assert json.loads(sidecar.read_text()) == meta
-    assert io.read_image(tif).pixel_size_nm == pytest.approx(65.0)
-    # The TIFF description alone carries the same metadata.
-    sidecar.unlink()
-    data2, meta2 = formats.read_psf(tif)
-    assert meta2 == meta
-    np.testing.assert_array_equal(data2, data)
-    with pytest.raises(FileExistsError):
-        formats.write_psf(tmp_path / "psf.tif", psf, metadata=PSF_META)
-
-
-def test_psf_stack_kept(tmp_path):
-    stack = np.random.default_rng(1).random((3, 9, 9)).astype(np.float32)
-    formats.write_psf(tmp_path / "stack.tif", stack, metadata={"model": "zernike"})
-    data, meta = formats.read_psf(tmp_path / "stack.json")
-    np.testing.assert_array_equal(data, stack)
-    assert meta["shape"] == [3, 9, 9]
-    assert meta["sum"] == pytest.approx(float(stack.sum(dtype=np.float64)))
-    with pytest.raises(FileNotFoundError):
-        formats.read_psf(tmp_path / "other.json")
 
 
 def test_read_image_memory_mapped(tmp_path):
