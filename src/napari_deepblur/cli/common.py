@@ -12,7 +12,6 @@ import warnings
 from collections.abc import Callable
 
 from ..outputs import DISK_ERRNOS, check_new, check_outputs  # noqa: F401 - the commands' overwrite checks
-from ..pipeline._progress import ProgressBar, drive  # noqa: F401 - the commands' bars
 
 #: The paths that mean standard output where a command can write there (``identify --json``).
 STDOUT_PATHS = ("-", "/dev/stdout")
@@ -82,6 +81,23 @@ def microscope(args: argparse.Namespace):
             refractive_index=args.refractive_index,
         )
     return Microscope(**{**DEFAULT_OPTICS, **given}, refractive_index=args.refractive_index)
+
+
+def drive(generator, quiet: bool = False, desc: str = ""):
+    """Run a pipeline generator to its result with a progress bar on stderr (none with
+    ``quiet``): :func:`napari_deepblur.pipeline.drive`, imported when a command runs (the
+    parsers stay light)."""
+    from ..pipeline import drive as run_with_bar
+
+    return run_with_bar(generator, quiet, desc)
+
+
+def progress_bar(desc: str, quiet: bool, **kwargs):
+    """A :class:`napari_deepblur.pipeline.ProgressBar` (for commands whose work reports
+    :class:`~napari_deepblur.pipeline.Progress` through a callback)."""
+    from ..pipeline import ProgressBar
+
+    return ProgressBar(desc, quiet, **kwargs)
 
 
 def add_precision_argument(p: argparse.ArgumentParser) -> None:

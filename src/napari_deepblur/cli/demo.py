@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import ProgressBar, add_run_arguments
+from .common import add_run_arguments, progress_bar
 
 
 def add_demo_parser(sub) -> None:
@@ -26,7 +26,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from ..demo import run_demo
     from ..models import load_model
 
-    with ProgressBar("demo", args.quiet) as bar:
+    with progress_bar("demo", args.quiet) as bar:
         r = run_demo(
             args.out,
             overwrite=args.overwrite,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from .common import ProgressBar, add_precision_argument, check_new
+from .common import add_precision_argument, check_new, progress_bar
 
 PROTOCOLS = ("table1", "fig10")
 #: Pairs per level when --n is not given.
@@ -74,7 +74,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     for name in (f"{protocol}.json", f"{protocol}.csv") if out is not None else ():
         check_new(out / name, args.overwrite)  # fail before the run (the folder may be new)
-    with ProgressBar(protocol, args.quiet, unit="pair", leave=True) as progress:
+    with progress_bar(protocol, args.quiet, unit="pair", leave=True) as progress:
         common = dict(images=args.images, n=n, seed=args.seed, size=args.size)
         if protocol == "fig10":
             result = run_fig10(
