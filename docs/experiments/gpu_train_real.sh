@@ -10,8 +10,8 @@
 # training does not close (../shared/models/zernike-h200-continued).
 # Carried files (the device tool's `carry`, 64 MiB in all): .gpu/real-bank (31 MiB, made
 # by `python docs/experiments/compact_bank.py /work/data/real-bank .gpu/real-bank`; its
-# ATTRIBUTION.md names every source and licence) and, when START is not a shipped model,
-# the START file (.gpu/zernike-h200-continued.safetensors, 16 MiB).
+# ATTRIBUTION.md names every source and licence; /work/data/real-bank is rebuilt by its
+# make_bank.py). START defaults to the shipped zernike-default (the H200-continued model).
 # With the device tool:
 #   run(command="DEEPBLUR_GIT_COMMIT=<hash of HEAD> bash docs/experiments/gpu_train_real.sh",
 #       carry=[".gpu"], timeout_s=590)
@@ -23,7 +23,7 @@ set -u -o pipefail
 out=${1:-${OUT:-/tmp/gpu_train_real}}
 device=${DEVICE:-cuda} bank=${BANK:-16000} n=${N:-40}
 minutes_in=${MINUTES_IN:-5.0} minutes_dn=${MINUTES_DN:-1.5}
-start=${START:-.gpu/zernike-h200-continued.safetensors}
+start=${START:-zernike-default}
 images=(.gpu/real-bank/natural .gpu/real-bank/microscopy-2x)
 run_dir=/tmp/real-train
 mkdir -p "$out"
