@@ -282,10 +282,16 @@ def test_cli_calibrate_real_plane_and_errors(tmp_path, capsys):
     assert "4 detected in 1 image(s), 4 accepted" in capsys.readouterr().out
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["optics"]["pixel_size_nm"] == pytest.approx(22)
-    # too few beads for 6 maps: one line, exit code 2
-    assert main([*base, "--overwrite"]) == 2
+    # too few beads for 6 maps: one line, exit code 2, saying what would work
+    assert main([*base, "--map-degree", "2", "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("deepblur: error: found 4 usable bead(s)") and err.count("\n") == 1
+    assert "allow map degree 0 and 2 eigen-PSF(s)" in err
+    # the defaults choose what four beads can determine
+    assert main([*base, "--overwrite"]) == 0
+    card = json.loads(out.with_suffix(".json").read_text())
+    settings = card["calibration"]["settings"]
+    assert settings["map_degree"] == 0 and settings["num_psfs"] == 2
     assert main([*base, "--fc", "0.3", "--overwrite"]) == 2
     assert "Nyquist" in capsys.readouterr().err
     missing = ["calibrate", str(tmp_path / "missing.tif"), "--out", str(tmp_path / "m.safetensors")]
@@ -318,3 +324,44 @@ def test_calibrate_layers_headless(strong_image):
     assert rows[0][0] == "e1" and len(rows) == 10
     assert all(a[2] < b[2] <= 100 + 1e-9 for a, b in zip(rows, rows[1:], strict=False))
     np.testing.assert_array_equal(image, before)
+
+
+# -- defaults that the beads can determine ----------------------------------------------------
+
+
+def test_defaults_fit_what_four_beads_allow_and_say_what_is_untested():
+    """Four real beads: the defaults choose one map and two eigen-PSFs (not 6 maps, which
+    failed), hold one bead out; a fit the beads cannot determine is named, not silent."""
+    from napari_deepblur.field import TooFewBeadsError
+    from napari_deepblur.io import read_image
+    from napari_deepblur.optics import Microscope
+
+    image = read_image(CONFOCAL_PLANE)
+    fc = Microscope(1.4, 520, image.pixel_size_nm, 1.518).fc
+    r = calibrate_from_beads(image.data, fc)
+    assert (r.settings["map_degree"], r.settings["num_psfs"]) == (0, 2)
+    assert r.holdout is not None and r.holdout.num_held_out == 1 and not r.cautions
+    # degree 1 on 4 beads: 3 maps through 4 beads and 4 eigen-PSFs copying them
+    with pytest.warns(UserWarning) as caught:
+        r = calibrate_from_beads(image.data, fc, num_psfs=4, map_degree=1)
+    text = " ".join(str(w.message) for w in caught)
+    assert "3 maps to 4 bead(s)" in text and "by construction" in text
+    assert "no bead was held out" in text and len(r.cautions) == 3
+    assert "caution: " in r.report_text()
+    # 6 maps: refused, with the beads found and the settings that would work
+    with pytest.raises(TooFewBeadsError, match="allow map degree 0 and 2 eigen-PSF") as err:
+        calibrate_from_beads(image.data, fc, map_degree=2)
+    assert len(err.value.beads) == 4 and "bead image 1" in str(err.value)
+
+
+def test_rings_of_a_defocused_bead_are_not_beads():
+    """A defocused bead's ring has many local maxima: they are one bead (before: each was
+    a detection, and all were rejected as overlapping one another)."""
+    ring = FieldAberrations(base={4: 0.35})
+    image = render((128, 128), [[63.3, 64.6]], [3e5], ring, seed=3)
+    beads, psfs = find_beads(image, FC, 41)
+    bright = [b for b in beads if b.peak > 0.2 * beads[0].peak]
+    assert len(bright) == 1 and bright[0].accepted, [(b.peak, b.reason) for b in beads]
+    assert len(psfs) == 1
+    result = calibrate_from_beads(image, FC, kernel_size=41, holdout_fraction=0)
+    assert any("one bead" in c for c in result.cautions)

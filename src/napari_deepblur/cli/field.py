@@ -34,12 +34,16 @@ def add_calibrate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("beads", nargs="+", help="bead image TIFF(s) (2D, or a stack of states)")
     p.add_argument("--out", required=True, help="family file to write (.safetensors)")
     add_optics_arguments(p)
-    p.add_argument("--psfs", type=int, default=4, help="number of eigen-PSFs I (default 4)")
+    p.add_argument(
+        "--psfs",
+        type=int,
+        help="number of eigen-PSFs I (default: up to 4, at most half the usable beads)",
+    )
     p.add_argument(
         "--map-degree",
         type=int,
-        default=2,
-        help="degree of the Legendre maps over the field (default 2: 6 maps)",
+        help="degree of the Legendre maps over the field (2: 6 maps; default: the highest "
+        "up to 2 with two usable beads per map in every image)",
     )
     p.add_argument(
         "--kernel-size", type=int, default=31, help="odd PSF size in pixels (default 31)"

@@ -23,6 +23,8 @@ from .beads import Bead, find_beads
 from .calibration import (
     CalibrationResult,
     HoldoutReport,
+    TooFewBeadsError,
+    auto_settings,
     calibrate_from_beads,
     iter_calibrate_from_beads,
     save_calibration,
@@ -33,7 +35,9 @@ __all__ = [
     "CalibrationResult",
     "FieldEstimate",
     "HoldoutReport",
+    "TooFewBeadsError",
     "WindowReadings",
+    "auto_settings",
     "calibrate_from_beads",
     "cell_centres",
     "find_beads",

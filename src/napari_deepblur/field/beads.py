@@ -23,9 +23,10 @@ from scipy import ndimage as ndi
 BORDER = "too close to the border"
 SATURATED = "saturated"
 OVERLAP = "overlaps another bead"
+LOBE = "ring or side lobe of a brighter bead"
 WEAK = "too weak"
 NOT_POINT_LIKE = "not point-like"
-REASONS = (BORDER, SATURATED, OVERLAP, WEAK, NOT_POINT_LIKE)
+REASONS = (BORDER, SATURATED, OVERLAP, LOBE, WEAK, NOT_POINT_LIKE)
 
 #: Gaussian approximation of the Airy core: σ ≈ 0.21 λ / NA, i.e. 0.21 / fc pixels.
 AIRY_SIGMA_PER_FC = 0.21
@@ -77,17 +78,18 @@ def _robust_std(values: np.ndarray) -> float:
 
 
 def check_bead_image(image, index: int = 0) -> np.ndarray:
-    """``image`` as a 2D array of finite real numbers, or a ValueError naming image ``index``."""
+    """``image`` as a 2D array of finite real numbers, or a ValueError naming image
+    ``index`` (0-based; messages count from 1)."""
     array = np.asarray(image)
     if array.ndim != 2:
         raise ValueError(
-            f"bead image {index} must be 2D (Y, X), got shape {tuple(array.shape)}; "
+            f"bead image {index + 1} must be 2D (Y, X), got shape {tuple(array.shape)}; "
             "give a stack as separate planes"
         )
     if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
-        raise ValueError(f"bead image {index} must hold real numbers, got dtype {array.dtype}")
+        raise ValueError(f"bead image {index + 1} must hold real numbers, got dtype {array.dtype}")
     if not np.isfinite(array).all():
-        raise ValueError(f"bead image {index} contains NaN or infinite values")
+        raise ValueError(f"bead image {index + 1} contains NaN or infinite values")
     return array
 
 
@@ -101,7 +103,7 @@ def find_beads(
     saturation: float | None = None,
     overlap_distance_px: float | None = None,
     max_width_ratio: float = 1.6,
-    min_overlap_ratio: float = 0.02,
+    min_overlap_ratio: float = 0.1,
     image_index: int = 0,
 ) -> tuple[list[Bead], np.ndarray]:
     """Detect the beads of a 2D image and extract the PSFs of the usable ones.
@@ -117,7 +119,9 @@ def find_beads(
         maximum for integer images, none for floats).
     overlap_distance_px : a bead with another detection closer than this is rejected
         (default: ``kernel_size``, another bead in or next to its window); neighbours
-        fainter than ``min_overlap_ratio`` × the bead's peak (noise, rings) do not count.
+        fainter than ``min_overlap_ratio`` × the bead's peak (noise, the bead's own rings)
+        do not count; a detection next to one that many times brighter is that bead's ring
+        or side lobe (reason :data:`LOBE`).
     max_width_ratio : beads wider than this × the median width are not point-like.
 
     Returns ``(beads, psfs)``: every detection (rejected ones with a reason) in order of
@@ -148,6 +152,7 @@ def find_beads(
     is_max = (smooth == ndi.maximum_filter(smooth, size=footprint)) & (smooth > threshold)
     peaks = np.argwhere(is_max)
     peaks = peaks[np.argsort(-smooth[tuple(peaks.T)], kind="stable")]
+    peaks = _one_per_blob(peaks, smooth, threshold, min_overlap_ratio)
 
     half = k // 2
     pad = half + _MARGIN_PX + 3
@@ -172,6 +177,8 @@ def find_beads(
             and (array[y - half : y + half + 1, x - half : x + half + 1] >= saturation).any()
         ):
             bead.reason = SATURATED
+        elif _has_neighbour(n, beads, centres, overlap, 1 / min_overlap_ratio):
+            bead.reason = LOBE
         elif _has_neighbour(n, beads, centres, overlap, min_overlap_ratio):
             bead.reason = OVERLAP
         elif bead.snr < min_peak_snr:
@@ -187,6 +194,29 @@ def find_beads(
     psfs = [w for b, w in zip(beads, windows, strict=True) if b.accepted]
     stack = np.stack(psfs).astype(np.float32) if psfs else np.zeros((0, k, k), np.float32)
     return beads, stack
+
+
+def _one_per_blob(
+    peaks: np.ndarray, smooth: np.ndarray, threshold: float, ratio: float
+) -> np.ndarray:
+    """The maxima (``peaks``, brightest first) less those on the blob of a brighter one:
+    connected to it where the smoothed image stays above ``ratio`` × its height (over the
+    median) and the detection threshold. The rings and side lobes of a defocused or
+    aberrated bead are maxima of that bead, not beads next to it (a z-stack's out-of-focus
+    planes had hundreds of them, all rejected as overlapping)."""
+    if len(peaks) < 2:
+        return peaks
+    base = float(np.median(smooth))
+    dropped = np.zeros(len(peaks), bool)
+    for n, (y, x) in enumerate(peaks):
+        if dropped[n]:
+            continue
+        level = max(threshold, base + ratio * (smooth[y, x] - base))
+        labels, _ = ndi.label(smooth > level)
+        same = labels[tuple(peaks.T)] == labels[y, x]
+        same[: n + 1] = False
+        dropped |= same
+    return peaks[~dropped]
 
 
 def _has_neighbour(n: int, beads: list[Bead], centres: np.ndarray, distance: float, ratio: float):

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .. import notices
 from .beads import REASONS, Bead, check_bead_image, find_beads
 
 
@@ -83,6 +84,8 @@ class CalibrationResult:
     ``variance_captured``: by the ``I`` eigen-PSFs kept; ``mean/max_relative_error``:
     ``‖h − ĥ‖ / ‖h‖`` of the complete model (eigen-PSFs and smooth maps) at the accepted
     beads. ``holdout``: None when no bead could be held out (``holdout_note`` says why).
+    ``cautions``: sentences on what the beads could not determine (too few beads for the
+    maps or eigen-PSFs, nothing held out); each was also given as a warning.
     """
 
     family: object
@@ -100,6 +103,7 @@ class CalibrationResult:
     holdout: HoldoutReport | None = None
     holdout_note: str = ""
     settings: dict = field(default_factory=dict)
+    cautions: list[str] = field(default_factory=list)
 
     @property
     def accepted(self) -> list[Bead]:
@@ -135,6 +139,7 @@ class CalibrationResult:
             "holdout": None if self.holdout is None else self.holdout.to_dict(),
             "holdout_note": self.holdout_note,
             "settings": self.settings,
+            "cautions": self.cautions,
         }
 
     def report_text(self) -> str:
@@ -162,6 +167,7 @@ class CalibrationResult:
                 f"{h.model_mean_snr_db:.2f} dB vs single-PSF baseline "
                 f"{h.baseline_mean_snr_db:.2f} dB ({h.gain_db:+.2f} dB)"
             )
+        lines += [f"caution: {c}" for c in self.cautions]
         return "\n".join(lines)
 
 
@@ -262,19 +268,91 @@ def _normalised(psfs: np.ndarray) -> np.ndarray:
     return psfs / np.where(np.abs(sums) > 1e-12, sums, 1.0)
 
 
+class TooFewBeadsError(ValueError):
+    """Too few usable beads for the fit asked for. ``beads`` holds every detection (the
+    rejected ones with their reason) and ``kernel_size`` their PSF size, so that a viewer
+    can still show what was found; the message says which setting would work."""
+
+    def __init__(self, message: str, beads: list[Bead], kernel_size: int) -> None:
+        super().__init__(message)
+        self.beads = beads
+        self.kernel_size = kernel_size
+
+
+#: The highest map degree chosen automatically (6 maps), and the most eigen-PSFs.
+AUTO_MAX_DEGREE = 2
+AUTO_MAX_PSFS = 4
+
+
+def auto_settings(
+    counts: Sequence[int], num_psfs: int | None = None, map_degree: int | None = None
+) -> tuple[int, int]:
+    """``(num_psfs, map_degree)`` that the usable beads can determine, for the ones left
+    None (automatic): the map degree (up to 2) whose maps number at most half the beads of
+    the image with the fewest (two beads per map, so that the fit is over-determined and
+    beads can be held out), and up to 4 eigen-PSFs but at most half of all beads (more
+    would merely copy the beads: 100 % of the variance, by construction).
+
+    >>> auto_settings([4]), auto_settings([12]), auto_settings([1] * 21)
+    ((2, 0), (4, 2), (4, 0))
+    """
+    fewest, total = min(counts, default=0), sum(counts)
+    if map_degree is None:
+        map_degree = 0
+        for degree in range(AUTO_MAX_DEGREE, 0, -1):
+            if 2 * _num_maps(degree) <= fewest:
+                map_degree = degree
+                break
+    if num_psfs is None:
+        num_psfs = min(AUTO_MAX_PSFS, max(1, total // 2))
+    return int(num_psfs), int(map_degree)
+
+
 def _too_few_message(
-    found: int, needed: int, why: str, beads: list[Bead], image: int | None = None
+    found: int,
+    needed: int,
+    why: str,
+    beads: list[Bead],
+    where: str,
+    counts: Sequence[int],
+    labels: Sequence[str],
 ) -> str:
     rejected = Counter(b.reason for b in beads if b.reason)
     others = ", ".join(f"{n} {r}" for r, n in rejected.items())
-    where = f"in bead image {image}" if image is not None else "in all bead images"
-    text = f"found {found} usable bead(s) {where} but {why} needs at least {needed}"
+    text = (
+        f"found {found} usable bead(s) {where} but {why} needs at least {needed}"
+        if found
+        else f"found no usable bead {where}"
+    )
     if others:
         text += f"; {sum(rejected.values())} other detection(s) were rejected: {others}"
-    return (
-        text + ". Image more (well separated, unsaturated) beads, or ask for fewer eigen-PSFs"
-        " / a lower map degree"
-    )
+    return text + ". " + _suggestion(counts, labels, beads)
+
+
+def _suggestion(counts: Sequence[int], labels: Sequence[str], beads: list[Bead]) -> str:
+    """What would work with these beads, in words."""
+    if min(counts, default=0) >= 1:
+        psfs, degree = auto_settings(counts)
+        return (
+            f"These beads allow map degree {degree} and {psfs} eigen-PSF(s) (the automatic "
+            "choice); or image more well separated, unsaturated beads"
+        )
+    best = int(np.argmax(counts)) if len(counts) else 0
+    if len(counts) > 1 and counts[best] >= 1:
+        return (
+            f"{sum(c == 0 for c in counts)} of {len(counts)} images have no usable bead: "
+            f"calibrate on one plane ({labels[best]} has {counts[best]}), or give only "
+            "planes with beads"
+        )
+    tips = []
+    reasons = Counter(b.reason for b in beads if b.reason)
+    if reasons.get("overlaps another bead"):
+        tips.append("use a smaller PSF size (beads closer than it overlap)")
+    if reasons.get("too weak") or not beads:
+        tips.append("check NA, wavelength and pixel size (they set the bead size looked for)")
+    tips.append("image more well separated, unsaturated beads")
+    text = "; or ".join(tips)
+    return text[0].upper() + text[1:]
 
 
 def _split(
@@ -298,8 +376,8 @@ def _split(
 def iter_calibrate_from_beads(
     images,
     fc: float,
-    num_psfs: int = 4,
-    map_degree: int = 2,
+    num_psfs: int | None = None,
+    map_degree: int | None = None,
     holdout_fraction: float = 0.2,
     seed: int = 0,
     *,
@@ -310,31 +388,35 @@ def iter_calibrate_from_beads(
     overlap_distance_px: float | None = None,
     parameter_jitter: float | None = None,
     map_shape: tuple[int, int] = (64, 64),
+    image_labels: Sequence[str] | None = None,
 ) -> Generator:
     """:func:`calibrate_from_beads` as a generator: yields
     :class:`~napari_deepblur.pipeline.Progress` (image i of n, then the fits) and returns
-    the :class:`CalibrationResult`."""
+    the :class:`CalibrationResult`. ``image_labels`` name the images in messages (default
+    "bead image 1", "bead image 2", …; a viewer gives "plane 21")."""
     from ..optics import check_fc
     from ..optics.families import ProductConvolution
     from ..pipeline import Progress
 
     fc = check_fc(fc, what="the bead images' optics")
-    if int(num_psfs) < 1:
+    if num_psfs is not None and int(num_psfs) < 1:
         raise ValueError(f"num_psfs must be at least 1, got {num_psfs}")
-    if int(map_degree) < 0:
+    if map_degree is not None and int(map_degree) < 0:
         raise ValueError(f"map_degree must be 0 or more, got {map_degree}")
     if not 0 <= holdout_fraction < 1:
         raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
-    num_psfs, map_degree = int(num_psfs), int(map_degree)
-    num_maps = _num_maps(map_degree)
+    auto = {"num_psfs": num_psfs is None, "map_degree": map_degree is None}
     planes = _as_images(images)
+    labels = list(image_labels or [f"bead image {i + 1}" for i in range(len(planes))])
+    if len(labels) != len(planes):
+        raise ValueError(f"{len(labels)} image label(s) for {len(planes)} image(s)")
     shape = planes[0].shape
     steps = len(planes) + 2
 
     beads: list[Bead] = []
     psf_list: list[np.ndarray] = []
     for index, plane in enumerate(planes):
-        yield Progress(index, steps, f"finding beads in image {index + 1} of {len(planes)}")
+        yield Progress(index, steps, f"finding beads in {labels[index]} ({index + 1} of {len(planes)})")
         found, psfs = find_beads(
             plane,
             fc,
@@ -348,13 +430,21 @@ def iter_calibrate_from_beads(
         beads.extend(found)
         psf_list.append(psfs)
     accepted = [b for b in beads if b.accepted]
-    for index in range(len(planes)):
-        count = sum(b.image == index for b in accepted)
-        if count < num_maps:
+    counts = [sum(b.image == index for b in accepted) for index in range(len(planes))]
+    num_psfs, map_degree = auto_settings(counts, num_psfs, map_degree)
+    num_maps = _num_maps(map_degree)
+    for index, count in enumerate(counts):
+        if count < num_maps or count == 0:
             why = f"map degree {map_degree} ({num_maps} spatial map(s) per image)"
-            raise ValueError(_too_few_message(count, num_maps, why, beads, index))
+            message = _too_few_message(
+                count, num_maps, why, beads, f"in {labels[index]}", counts, labels
+            )
+            raise TooFewBeadsError(message, beads, int(kernel_size))
     if len(accepted) < num_psfs:
-        raise ValueError(_too_few_message(len(accepted), num_psfs, f"{num_psfs} eigen-PSFs", beads))
+        message = _too_few_message(
+            len(accepted), num_psfs, f"{num_psfs} eigen-PSFs", beads, "in all", counts, labels
+        )
+        raise TooFewBeadsError(message, beads, int(kernel_size))
 
     psfs = np.concatenate(psf_list).astype(np.float64)
     image_ids = np.array([b.image for b in accepted])
@@ -407,6 +497,9 @@ def iter_calibrate_from_beads(
         parameter_jitter=float(parameter_jitter),
     )
     energy = (singular2 / singular2.sum()).tolist()
+    cautions = _cautions(counts, labels, num_psfs, map_degree, len(accepted), holdout, note)
+    for caution in cautions:
+        notices.warn(caution, UserWarning)
     yield Progress(steps, steps, "done")
     return CalibrationResult(
         family=family,
@@ -426,6 +519,7 @@ def iter_calibrate_from_beads(
         settings={
             "num_psfs": num_psfs,
             "map_degree": map_degree,
+            "automatic": [name for name, on in auto.items() if on],
             "holdout_fraction": holdout_fraction,
             "seed": seed,
             "kernel_size": int(kernel_size),
@@ -434,7 +528,45 @@ def iter_calibrate_from_beads(
             "min_peak_snr": min_peak_snr,
             "overlap_distance_px": overlap_distance_px,
         },
+        cautions=cautions,
     )
+
+
+def _cautions(
+    counts: Sequence[int],
+    labels: Sequence[str],
+    num_psfs: int,
+    map_degree: int,
+    num_beads: int,
+    holdout: HoldoutReport | None,
+    note: str,
+) -> list[str]:
+    """What these beads cannot determine, one sentence each (empty: a determined fit)."""
+    cautions = []
+    num_maps = _num_maps(map_degree)
+    fewest = int(np.argmin(counts))
+    if map_degree > 0 and counts[fewest] < 2 * num_maps:
+        cautions.append(
+            f"map degree {map_degree} fits {num_maps} maps to {counts[fewest]} bead(s) in "
+            f"{labels[fewest]}: the maps barely pass through the beads and may swing between "
+            f"them; map degree {auto_settings(counts)[1]} or more beads would be safer"
+        )
+    if num_psfs > 1 and num_psfs > num_beads // 2:
+        cautions.append(
+            f"{num_psfs} eigen-PSFs from {num_beads} beads capture nearly all the variance by "
+            "construction (they copy the beads); the variance captured says little"
+        )
+    if num_beads == 1:
+        cautions.append(
+            "one bead: the family is that bead's PSF everywhere, with no information on how "
+            "the blur varies over the field"
+        )
+    if holdout is None:
+        cautions.append(
+            f"no bead was held out ({note}): the model's predictions between beads are "
+            "untested"
+        )
+    return cautions
 
 
 def _auto_jitter(gamma: torch.Tensor, scale: float, model_error: float) -> float:
@@ -452,8 +584,8 @@ def _auto_jitter(gamma: torch.Tensor, scale: float, model_error: float) -> float
 def calibrate_from_beads(
     images,
     fc: float,
-    num_psfs: int = 4,
-    map_degree: int = 2,
+    num_psfs: int | None = None,
+    map_degree: int | None = None,
     holdout_fraction: float = 0.2,
     seed: int = 0,
     **kwargs,
@@ -465,8 +597,11 @@ def calibrate_from_beads(
     images : one 2D image ``(Y, X)``, a stack ``(P, Y, X)`` or a list of 2D images of one
         size; each is a state of the microscope and gets its own γ in the parameter bank.
     fc : cutoff ``NA · pixel_size / λ`` in cycles/pixel (at most 0.25).
-    num_psfs : I, the number of eigen-PSFs.
-    map_degree : total degree of the 2D Legendre maps; J = (d+1)(d+2)/2 maps (d = 2: 6).
+    num_psfs : I, the number of eigen-PSFs; None (default): up to 4, at most half the
+        usable beads (:func:`auto_settings`).
+    map_degree : total degree of the 2D Legendre maps; J = (d+1)(d+2)/2 maps (d = 2: 6);
+        None (default): the highest degree up to 2 with two usable beads per map in every
+        image. Fits the beads cannot determine give warnings (``cautions``).
     holdout_fraction : fraction of each image's beads kept out of a second fit to measure
         how well the model predicts unseen beads (seeded by ``seed``); 0 to skip.
     kwargs : ``kernel_size`` (odd, px, default 31), ``saturation``, ``threshold_sigmas``,
@@ -474,17 +609,18 @@ def calibrate_from_beads(
         ``parameter_jitter`` (units of ``parameter_scale``; default: automatic),
         ``map_shape``.
 
-    Raises ``ValueError`` for an image that is not 2D or holds NaN, fc above Nyquist, and too
-    few usable beads (saying how many were found and why the others were rejected).
+    Raises ``ValueError`` for an image that is not 2D or holds NaN, fc above Nyquist, and
+    :class:`TooFewBeadsError` (a ``ValueError``) for too few usable beads (saying how many
+    were found, why the others were rejected and what would work).
 
     >>> import numpy as np
     >>> from napari_deepblur.field import calibrate_from_beads
     >>> calibrate_from_beads(np.zeros((64, 64)), fc=0.2)
     Traceback (most recent call last):
     ...
-    ValueError: found 0 usable bead(s) in bead image 0 but map degree 2 (6 spatial map(s) per \
-image) needs at least 6. Image more (well separated, unsaturated) beads, or ask for fewer \
-eigen-PSFs / a lower map degree
+    napari_deepblur.field.calibration.TooFewBeadsError: found no usable bead in bead image 1. \
+Check NA, wavelength and pixel size (they set the bead size looked for); or image more well \
+separated, unsaturated beads
     """
     from ..pipeline import run
 
