@@ -416,7 +416,8 @@ def iter_calibrate_from_beads(
     beads: list[Bead] = []
     psf_list: list[np.ndarray] = []
     for index, plane in enumerate(planes):
-        yield Progress(index, steps, f"finding beads in {labels[index]} ({index + 1} of {len(planes)})")
+        where = f"{labels[index]} ({index + 1} of {len(planes)})"
+        yield Progress(index, steps, f"finding beads in {where}")
         found, psfs = find_beads(
             plane,
             fc,
@@ -563,8 +564,7 @@ def _cautions(
         )
     if holdout is None:
         cautions.append(
-            f"no bead was held out ({note}): the model's predictions between beads are "
-            "untested"
+            f"no bead was held out ({note}): the model's predictions between beads are untested"
         )
     return cautions
 
