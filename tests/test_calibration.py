@@ -318,8 +318,8 @@ def test_calibrate_layers_headless(strong_image):
     assert kind == "points" and coords.shape == (36, 2)
     assert set(points["features"]["status"]) == {"accepted", "held out"}
     assert points["scale"] == (74.0, 74.0) and len(points["border_color"]) == 36
-    assert image_kind == "image" and eigen.shape == (4, K, K)
-    assert image_kwargs["scale"] == (1.0, 74.0, 74.0)
+    assert image_kind == "image" and eigen.shape == (K, 4 * (K + 4) - 4)  # side by side
+    assert image_kwargs["scale"] == (74.0, 74.0)
     rows = variance_rows(out.result)
     assert rows[0][0] == "e1" and len(rows) == 10
     assert all(a[2] < b[2] <= 100 + 1e-9 for a, b in zip(rows, rows[1:], strict=False))

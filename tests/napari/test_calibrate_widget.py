@@ -61,8 +61,9 @@ def test_calibrate_adds_beads_and_eigen_psfs(
     assert set(features["status"]) == {"accepted", "held out"}
     assert set(features["reason"]) == {"-"}
     np.testing.assert_allclose(points.scale, (74.0, 74.0))
-    eigen = viewer.layers["beads eigen-PSFs"]
-    assert isinstance(eigen, Image) and eigen.data.shape == (4, 31, 31)
+    eigen = viewer.layers["beads eigen-PSFs"]  # a 2D montage of the 4, right of the image
+    assert isinstance(eigen, Image) and eigen.data.shape == (31, 4 * 35 - 4)
+    assert eigen.translate[1] > 192 * 74
     assert "held-out" in widget._summary.value.lower() and "dB" in widget._summary.value
     assert widget._canvas is not None and len(widget._canvas.figure.axes) == 2
     assert widget._save_button.enabled
@@ -126,3 +127,91 @@ def test_calibrate_errors_become_notifications(make_napari_viewer, qtbot, notes)
     # saving before any calibration
     assert widget.save_family("x.safetensors") is None
     assert "run the calibration first" in notes["error"][-1]
+
+
+@pytest.fixture(scope="module")
+def confocal_stack():
+    """The shipped confocal bead plane (22 nm pixels, four beads) as the middle plane of a
+    3-plane stack whose first plane is empty (out of focus)."""
+    from napari_deepblur.io import read_image
+    from test_calibration import CONFOCAL_PLANE
+
+    plane = read_image(CONFOCAL_PLANE).data
+    empty = np.random.default_rng(0).integers(0, 2, plane.shape).astype(plane.dtype)
+    return np.stack([empty, plane, plane])
+
+
+def test_calibrate_defaults_work_on_real_beads_and_show_what_is_assumed(
+    make_napari_viewer, qtbot, notes, confocal_stack
+):
+    """Four real beads, default settings: the fit the beads allow (it failed: 6 maps); the
+    eigen-PSFs are one 2D image seen at every plane of the stack; NA and wavelength that
+    the image does not carry are shown as assumed."""
+    from napari_deepblur._qt import CalibrateWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(
+        confocal_stack, name="beads", scale=(125.0, 22.0, 22.0), units=("nm", "nm", "nm")
+    )
+    viewer.dims.set_point(0, 125.0)  # plane 2 of 3
+    widget = CalibrateWidget(viewer)
+    assert widget._pixel_size.value == pytest.approx(22)
+    assert (
+        widget._num_psfs.native.currentText() == widget._map_degree.native.currentText() == "auto"
+    )
+    note = widget._optics_note
+    assert not note.native.isHidden() and "assumed NA 1.4, wavelength 520 nm" in note.value
+    assert "pixel size" not in note.value
+    widget._na.value = 1.3  # set by hand: no longer assumed
+    assert "NA" not in note.value and "wavelength 520 nm" in note.value
+    _run(qtbot, widget)
+    assert notes["error"] == [], notes["error"]
+    assert widget.state == RunState.DONE
+    assert (widget.result.settings["map_degree"], widget.result.family.num_psfs) == (0, 2)
+    assert "chosen from the beads" in widget._summary.value
+    assert "wavelength 520 nm" in widget._summary.value
+    eigen = viewer.layers["beads eigen-PSFs"]
+    assert eigen.ndim == 2 and eigen.data.shape == (31, 66)
+    for plane in (0, 2):  # a 2D layer shows at every plane of the stack
+        viewer.dims.set_point(0, plane * 125.0)
+        assert eigen._slice.image.view.shape == (31, 66)
+    # degree 1 on 4 beads: fitted, with a warning that it is under-determined
+    widget._map_degree.value, widget._num_psfs.value = 1, 4
+    viewer.dims.set_point(0, 125.0)
+    _run(qtbot, widget)
+    assert widget.state == RunState.DONE
+    assert any("3 maps to 4 bead(s) in plane 2" in w for w in notes["warning"]), notes["warning"]
+    assert "Caution" in widget._summary.value
+
+
+def test_calibrate_failure_draws_detections_and_names_the_plane(
+    make_napari_viewer, qtbot, notes, confocal_stack
+):
+    """Too few beads: the detections and rejections (with their reason) are still drawn,
+    the error names the plane as the slider does (from 1) and what would work."""
+    from napari_deepblur._qt import CalibrateWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(confocal_stack, name="beads", scale=(125.0, 22.0, 22.0))
+    viewer.dims.set_point(0, 125.0)
+    widget = CalibrateWidget(viewer)
+    widget._pixel_size.value = 22.0
+    widget._map_degree.value = 2  # 6 maps: more than 4 beads determine
+    _run(qtbot, widget)
+    assert widget.state == RunState.FAILED
+    (error,) = notes["error"]
+    assert "in plane 2 but map degree 2" in error and "allow map degree 0" in error
+    points = viewer.layers["beads beads"]
+    assert len(points.data) == 4 and set(points.features["status"]) == {"accepted"}
+    # every plane, as states: plane 1 has no bead; the rejected detections say why
+    widget._map_degree.value = None  # auto
+    widget._planes.value = "all planes (one state each)"
+    widget._kernel_size.value = 45  # neighbours within 45 px overlap
+    _run(qtbot, widget)
+    assert "no usable bead in plane 1" in notes["error"][-1]
+    points = viewer.layers["beads beads [1]"]
+    rejected = points.features[points.features["status"] == "rejected"]
+    assert len(rejected) and set(rejected["reason"]) >= {"overlaps another bead"}
+    assert points.text.values[np.flatnonzero(points.features["status"] == "rejected")[0]]
+    assert points.data.shape[1] == 3 and not {0.0} & set(points.data[:, 0])
+    assert "beads eigen-PSFs" not in viewer.layers

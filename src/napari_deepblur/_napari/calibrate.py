@@ -33,7 +33,8 @@ class CalibrateRequest:
     ``data``: the bead layer's array ``(…, Y, X)`` (never modified); ``plane``: indices of
     the leading axes of the plane to use, or None for all planes (each a state of the
     microscope); ``optics`` (NA, λ nm, pixel nm) or ``fc`` (cycles/pixel) when given
-    directly; ``geometry``: scale/translate (and affine) of the last two axes for the added
+    directly; ``num_psfs`` / ``map_degree``: None for what the beads can determine;
+    ``geometry``: scale/translate (and affine) of the last two axes for the added
     layers; ``stack_geometry``: those of all three axes of a 3D layer, for the beads' markers
     when every plane is used (else they get ``geometry`` with plane scale 1).
     """
@@ -44,8 +45,8 @@ class CalibrateRequest:
     optics: KnownOptics = field(default_factory=KnownOptics)
     fc: float | None = None
     kernel_size: int = 31
-    num_psfs: int = 4
-    map_degree: int = 2
+    num_psfs: int | None = None
+    map_degree: int | None = None
     holdout_fraction: float = 0.2
     seed: int = 0
     geometry: dict = field(default_factory=dict)
@@ -63,49 +64,70 @@ class CalibrateRequest:
 
 @dataclass
 class CalibrateLayers:
-    """The calibration and the layer data tuples to add (points first, then eigen-PSFs)."""
+    """The calibration and the layer data tuples to add (points first, then eigen-PSFs).
+
+    When there were too few usable beads, ``result`` is None, ``layers`` holds the
+    detections only (rejected ones with their reason) and ``error`` says what would work."""
 
     result: Any
     layers: list[LayerDataTuple]
+    error: str = ""
 
 
-def _planes(request: CalibrateRequest) -> np.ndarray:
+def _plane_name(index: tuple[int, ...]) -> str:
+    """ "plane 21" for the plane of index (20,) (planes count from 1, as napari's slider)."""
+    return "plane " + ", ".join(str(i + 1) for i in index)
+
+
+def _planes(request: CalibrateRequest) -> tuple[np.ndarray, list[str]]:
+    """The plane(s) to calibrate on, and their names for messages."""
     data = np.asarray(request.data)
     if data.ndim < 2:
         raise UserError(f"expected a bead image with at least 2 dimensions, got {data.shape}")
     if data.ndim == 2:
-        return data
+        return data, ["the bead image"]
     if request.plane is None:
-        return data.reshape(-1, *data.shape[-2:])
-    return data[tuple(request.plane)]
+        names = [_plane_name(i) for i in np.ndindex(*data.shape[:-2])]
+        return data.reshape(-1, *data.shape[-2:]), names
+    return data[tuple(request.plane)], [_plane_name(tuple(request.plane))]
 
 
 def iter_calibrate_layers(request: CalibrateRequest) -> Generator[Any, None, CalibrateLayers]:
     """The widget's job: yields progress, returns :class:`CalibrateLayers`."""
-    from ..field import iter_calibrate_from_beads
+    from ..pipeline import Progress
 
     fc = request.resolved_fc()
-    planes = _planes(request)
-    result = yield from iter_calibrate_from_beads(
-        planes,
-        fc,
-        num_psfs=request.num_psfs,
-        map_degree=request.map_degree,
-        holdout_fraction=request.holdout_fraction,
-        seed=request.seed,
-        kernel_size=request.kernel_size,
-    )
+    yield Progress(0, 0, "reading the bead image")
+    planes, names = _planes(request)
+    yield Progress(0, 0, "loading the calibration (first run: a few seconds)")
+    from ..field import TooFewBeadsError, iter_calibrate_from_beads
+
     stack = planes.ndim == 3
+    points_geometry = (stack and request.stack_geometry) or request.geometry
+    try:
+        result = yield from iter_calibrate_from_beads(
+            planes,
+            fc,
+            num_psfs=request.num_psfs,
+            map_degree=request.map_degree,
+            holdout_fraction=request.holdout_fraction,
+            seed=request.seed,
+            kernel_size=request.kernel_size,
+            image_labels=names if stack else [names[0]],
+        )
+    except TooFewBeadsError as exc:
+        points = points_layer_data(
+            exc.beads, exc.kernel_size, request.source, points_geometry, stack, str(exc)
+        )
+        return CalibrateLayers(None, [points] if exc.beads else [], str(exc))
+    summary = result.summary()
     return CalibrateLayers(
         result,
         [
             points_layer_data(
-                result,
-                request.source,
-                (stack and request.stack_geometry) or request.geometry,
-                stack,
+                result.beads, result.kernel_size, request.source, points_geometry, stack, summary
             ),
-            eigen_psf_layer_data(result, request.source, request.geometry),
+            eigen_psf_layer_data(result, request.source, request.geometry, planes.shape[-2:]),
         ],
     )
 
@@ -118,13 +140,18 @@ def calibrate_layers(request: CalibrateRequest) -> CalibrateLayers:
 
 
 def points_layer_data(
-    result, source: str, geometry: dict | None = None, stack: bool = False
+    beads,
+    kernel_size: int,
+    source: str,
+    geometry: dict | None = None,
+    stack: bool = False,
+    calibration: Any = None,
 ) -> LayerDataTuple:
     """The beads as a Points layer: ``(y, x)`` px (``(plane, y, x)`` for a stack), colour by
     status (accepted, held out, rejected), features ``status``, ``reason``, ``peak``,
-    ``snr``, ``width_px``."""
+    ``snr``, ``width_px``; each rejected bead's reason is written next to it.
+    ``calibration`` (the report, or the error of a failed fit) goes to the metadata."""
     geometry = dict(geometry or {})
-    beads = result.beads
     coords = np.array(
         [([b.image] if stack else []) + [b.y_px, b.x_px] for b in beads], dtype=float
     ).reshape(-1, 3 if stack else 2)
@@ -149,30 +176,60 @@ def points_layer_data(
             "peak": [float(b.peak) for b in beads],
             "snr": [float(b.snr) for b in beads],
             "width_px": [float(b.width_px) for b in beads],
+            "label": [b.reason for b in beads],
         },
+        "text": {"string": "{label}", "color": REJECTED_COLOR, "size": 8, "anchor": "upper_left"},
         "face_color": "transparent",
-        "border_color": [colors[s] for s in status],
+        "border_color": [colors[s] for s in status] or "transparent",
         "border_width": 0.15,
-        "size": float(result.kernel_size) / 2,
+        "size": float(kernel_size) / 2,
         "symbol": "square",
-        "metadata": {"calibration": result.summary()},
+        "metadata": {"calibration": calibration},
         **geometry,
     }
     return coords, kwargs, "points"
 
 
-def eigen_psf_layer_data(result, source: str, geometry: dict | None = None) -> LayerDataTuple:
-    """The eigen-PSFs ``(I, k, k)`` as an Image layer (one per plane of its first axis)."""
+#: Pixels between the eigen-PSFs of the montage, and between the bead image and it.
+MONTAGE_GAP_PX = 4
+
+
+def eigen_psf_montage(eigen_psfs) -> np.ndarray:
+    """The eigen-PSFs ``(I, k, k)`` side by side in one 2D image ``(k, I·(k+gap) − gap)``,
+    each scaled to a largest magnitude of 1 (they are signed; e2… are small)."""
+    eigen = np.asarray(eigen_psfs, np.float32)
+    count, k = eigen.shape[0], eigen.shape[-1]
+    montage = np.zeros((k, count * (k + MONTAGE_GAP_PX) - MONTAGE_GAP_PX), np.float32)
+    for i, e in enumerate(eigen):
+        peak = float(np.abs(e).max())
+        montage[:, i * (k + MONTAGE_GAP_PX) : i * (k + MONTAGE_GAP_PX) + k] = e / (peak or 1.0)
+    return montage
+
+
+def eigen_psf_layer_data(
+    result, source: str, geometry: dict | None = None, image_shape=None
+) -> LayerDataTuple:
+    """The eigen-PSFs as one 2D Image layer (:func:`eigen_psf_montage`, e1 left), just right
+    of the bead image (of ``image_shape``). 2D, it shows on every plane of a bead stack
+    (a ``(I, k, k)`` layer shared the stack's Z slider and showed nothing at most planes)."""
     geometry = dict(geometry or {})
-    scale = geometry.get("scale")
+    scale = tuple(geometry.get("scale", (1.0, 1.0)))
+    translate = tuple(geometry.get("translate", (0.0, 0.0)))
+    if image_shape is not None:
+        shift = (image_shape[-1] + 2 * MONTAGE_GAP_PX) * scale[-1]
+        translate = (translate[0], translate[1] + shift)
     kwargs = {
         "name": f"{source} eigen-PSFs",
-        "colormap": "magma",
+        "colormap": "bwr",
+        "contrast_limits": (-1.0, 1.0),
+        "scale": scale,
+        "translate": translate,
         "metadata": {"calibration": result.summary()},
     }
-    if scale is not None:
-        kwargs["scale"] = (1.0, *scale)
-    data = result.family.eigen_psfs.detach().cpu().numpy().astype(np.float32)
+    for key in ("units", "affine"):
+        if geometry.get(key) is not None:
+            kwargs[key] = geometry[key]
+    data = eigen_psf_montage(result.family.eigen_psfs.detach().cpu().numpy())
     return data, kwargs, "image"
 
 

@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 
 CURRENT_PLANE = "current plane"
 ALL_PLANES = "all planes (one state each)"
+#: What the Eigen-PSFs and Map degree boxes show at their lowest value: chosen from the beads.
+AUTO = "auto"
+#: The optics fields, by the name :class:`~napari_deepblur.formats.KnownOptics` gives them.
+_OPTICS_NAMES = {"na": "NA", "wavelength_nm": "wavelength", "pixel_size_nm": "pixel size"}
 
 
 class CalibrateWidget(JobWidget):
@@ -76,15 +80,25 @@ class CalibrateWidget(JobWidget):
             step=2,
             tooltip="Odd; beads closer than this are rejected as overlapping.",
         )
-        self._num_psfs = SpinBox(label="Eigen-PSFs", value=4, min=1, max=32)
-        self._map_degree = SpinBox(
-            label="Map degree",
-            value=2,
-            min=0,
-            max=6,
-            tooltip="Degree of the smooth maps over the field: 0 = one PSF everywhere, "
-            "1 = 3 maps, 2 = 6 maps (each needs a bead).",
+        self._num_psfs = ComboBox(
+            label="Eigen-PSFs",
+            choices=[(AUTO, None)] + [(str(n), n) for n in range(1, 17)],
+            value=None,
+            tooltip="auto: up to 4, at most half the usable beads.",
         )
+        self._map_degree = ComboBox(
+            label="Map degree",
+            choices=[(AUTO, None)] + [(str(n), n) for n in range(7)],
+            value=None,
+            tooltip="Degree of the smooth maps over the field: 0 = one PSF everywhere, "
+            "1 = 3 maps, 2 = 6 maps (each needs two beads); auto: the highest up to 2 that "
+            "the usable beads determine.",
+        )
+        self._optics_note = Label(label="", value="", visible=False)
+        wrap_to_dock_width(self._optics_note)
+        self._optics_note.native.setStyleSheet("color: #f0a030;")
+        self._assumed: set[str] = set()
+        self._reading_layer = False
         self._summary = Label(label="", value="", visible=False)
         wrap_to_dock_width(self._summary)
         self._summary.native.setWordWrap(True)
@@ -105,6 +119,7 @@ class CalibrateWidget(JobWidget):
                 self._map_degree,
             ],
         )
+        settings.insert(6, self._optics_note)
         save = Container(labels=True, widgets=[self._save_path])
         self.extend(
             [
@@ -122,6 +137,8 @@ class CalibrateWidget(JobWidget):
         self._canvas = None
         self._image_layer.changed.connect(self._on_layer_changed)
         self._use_fc.changed.connect(self._on_use_fc)
+        for name, box in self._optics_boxes().items():
+            box.changed.connect(lambda _v, name=name: self._on_optics_edited(name))
         self._save_button.changed.connect(self._on_save_clicked)
         self._connect_layer_events()
         self.reset_choices()
@@ -133,10 +150,18 @@ class CalibrateWidget(JobWidget):
         return self._result
 
     # -- controls → request ---------------------------------------------------------------
+    def _optics_boxes(self) -> dict:
+        return {
+            "na": self._na,
+            "wavelength_nm": self._wavelength,
+            "pixel_size_nm": self._pixel_size,
+        }
+
     def _on_use_fc(self, value: bool) -> None:
         self._fc.visible = bool(value)
         for w in (self._na, self._wavelength, self._pixel_size):
             w.visible = not value
+        self._show_assumed()
 
     def _on_layer_changed(self, layer: Any) -> None:
         shape = () if layer is None else tuple(_data(layer).shape)
@@ -144,9 +169,47 @@ class CalibrateWidget(JobWidget):
         if layer is None:
             return
         optics = layer_optics(layer)
-        self._na.value = optics.na or self._na.value
-        self._wavelength.value = optics.wavelength_nm or self._wavelength.value
-        self._pixel_size.value = optics.pixel_size_nm or self._pixel_size.value
+        self._assumed = set()
+        self._reading_layer = True
+        try:
+            for name, box in self._optics_boxes().items():
+                value = getattr(optics, name)
+                if value:
+                    box.value = value
+                else:
+                    self._assumed.add(name)
+        finally:
+            self._reading_layer = False
+        self._show_assumed()
+
+    def _on_optics_edited(self, name: str) -> None:
+        if not self._reading_layer:  # set by the user: no longer an assumption
+            self._assumed.discard(name)
+            self._show_assumed()
+
+    def assumed_text(self) -> str:
+        """The optics not found in the bead image's metadata, as the values assumed
+        (empty when all are known or set by hand, or fc is given)."""
+        if self._use_fc.value or not self._assumed:
+            return ""
+        boxes = self._optics_boxes()
+        units = {"na": "", "wavelength_nm": " nm", "pixel_size_nm": " nm"}
+        parts = [
+            f"{_OPTICS_NAMES[n]} {boxes[n].value:g}{units[n]}"
+            for n in _OPTICS_NAMES
+            if n in self._assumed
+        ]
+        return "assumed " + ", ".join(parts)
+
+    def _show_assumed(self) -> None:
+        text = self.assumed_text()
+        self._optics_note.value = (
+            f"Not in the image's metadata — {text}. Set them to your objective, emission "
+            "and camera: they set the bead size looked for."
+            if text
+            else ""
+        )
+        self._optics_note.visible = bool(text)
 
     def _prepare(self):
         from napari.layers import Image
@@ -172,8 +235,8 @@ class CalibrateWidget(JobWidget):
                 ),
                 fc=float(self._fc.value) if self._use_fc.value else None,
                 kernel_size=int(self._kernel_size.value),
-                num_psfs=int(self._num_psfs.value),
-                map_degree=int(self._map_degree.value),
+                num_psfs=self._num_psfs.value,
+                map_degree=self._map_degree.value,
                 geometry=_job.layer_geometry(layer),
                 stack_geometry=_job.layer_geometry(layer, axes=3) if layer.ndim == 3 else {},
             )
@@ -185,12 +248,22 @@ class CalibrateWidget(JobWidget):
 
         for ldt in result.layers:
             self._viewer.add_layer(Layer.create(*ldt))
+        assumed = self.assumed_text()
+        if result.error:  # too few beads: the detections are shown, with their reasons
+            self._summary.visible = False
+            raise logic.UserError(result.error + (f" ({assumed})" if assumed else ""))
         self._result = result.result
         r = result.result
+        settings = r.settings
         self._summary.value = (
-            f"{len(r.accepted)} of {len(r.beads)} beads used; "
-            f"{r.family.num_psfs} eigen-PSFs capture {100 * r.variance_captured:.2f}% of the "
-            f"variance; model error {100 * r.mean_relative_error:.1f}%. " + calib.holdout_text(r)
+            f"{len(r.accepted)} of {len(r.beads)} beads used; map degree "
+            f"{settings['map_degree']}, {r.family.num_psfs} eigen-PSF(s)"
+            + (" (chosen from the beads)" if settings.get("automatic") else "")
+            + f" capture {100 * r.variance_captured:.2f}% of the variance; model error "
+            f"{100 * r.mean_relative_error:.1f}%. "
+            + calib.holdout_text(r)
+            + "".join(f"\nCaution: {c}." for c in r.cautions)
+            + (f"\nOptics {assumed}." if assumed else "")
         )
         self._summary.visible = True
         self._draw_plot(r)
