@@ -345,7 +345,7 @@ def test_warnings_read_as_one_line_and_a_constant_plane_is_copied(sample_tif, tm
     done = subprocess.run([*command, "--quiet"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines() == [
-        "deepblur: warning: plane (1,) (plane 2 of 2) is constant: copied unchanged (it "
+        "deepblur: warning: plane 2 of 2 is constant: copied unchanged (it "
         "shows no structure to deblur)"
     ]
     np.testing.assert_array_equal(io.read_image(out).data[1], stack[1])

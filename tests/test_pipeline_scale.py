@@ -53,7 +53,11 @@ def test_tiled_matches_untiled_just_above_the_tile_size(model, sample, estimate)
         except StopIteration as stop:
             tiled = stop.value
             break
-    assert [p.done for p in steps] == [1, 2, 3, 4] and {p.total for p in steps} == {4}
+    # preparing (no total yet), then the tiles count from the start of the first one
+    assert steps[0].total == 0 and steps[0].message.startswith("preparing the image")
+    counted = steps[1:]
+    assert [p.done for p in counted] == [0, 1, 2, 3, 4] and {p.total for p in counted} == {4}
+    assert counted[0].message == "deblurring tile 1 of 4"
     assert tiled.shape == image.shape and tiled.dtype == np.float32
     assert np.isfinite(tiled).all()
     assert _relative_error(tiled, whole) < 0.01
@@ -159,11 +163,13 @@ def test_identify_progress_counts_tiles_of_one_image_and_planes_of_a_stack(model
     """A progress bar that moves: an image's tiles are the steps, a stack's planes are."""
     image = np.tile(sample, (2, 2))  # 256² in 4 tiles of 128 px
     steps = list(pipeline.iter_identify_stack(image, model, tile_px=128, augment=False))
-    assert {p.total for p in steps} == {4} and steps[-1].done == 4
+    assert steps[0].total == 0 and "preparing the image" in steps[0].message
+    assert {p.total for p in steps[1:]} == {4} and steps[-1].done == 4
     assert [p.done for p in steps] == sorted(p.done for p in steps)
     stack = np.stack([sample, sample[::-1], sample.T])
     steps = list(pipeline.iter_identify_stack(stack, model, mode="median", augment=False))
     assert {p.total for p in steps} == {3} and [p.done for p in steps][-1] == 3
+    assert "identifying plane 1 of 3" in steps[0].message  # it said "plane (0,)"
 
 
 def test_constant_planes_of_a_stack_are_copied_and_left_out_of_the_estimate(model, sample):
@@ -180,7 +186,7 @@ def test_constant_planes_of_a_stack_are_copied_and_left_out_of_the_estimate(mode
             pipeline.iter_identify_stack(stack, model, mode="median", augment=False)
         )
     np.testing.assert_allclose(median.coefficients, median_of_two.coefficients, atol=1e-6)
-    with pytest.warns(RuntimeWarning, match=r"plane \(1,\) \(plane 2 of 3\) is constant"):
+    with pytest.warns(RuntimeWarning, match=r"plane 2 of 3 is constant"):
         out = pipeline.run(pipeline.iter_deblur_stack(stack, per_plane, model, device="cpu"))
     np.testing.assert_array_equal(out[1], blank)
     expected = pipeline.deblur(stack[2], per_plane[2], model, device="cpu")

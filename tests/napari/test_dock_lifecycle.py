@@ -23,7 +23,8 @@ def _start(qtbot, widget):
     widget._device.value = "cpu"
     widget._run_button.native.click()
     qtbot.waitUntil(lambda: widget.state == RunState.RUNNING, timeout=TIMEOUT_MS)
-    qtbot.waitUntil(lambda: widget._progress.value >= 1, timeout=TIMEOUT_MS)
+    # in the middle of the job: deblurring its first tile (seconds)
+    qtbot.waitUntil(lambda: "deblurring tile 1" in widget._status.value, timeout=TIMEOUT_MS)
 
 
 @pytest.mark.parametrize("dock_kind", ["deblur", "panel"])

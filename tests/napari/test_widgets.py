@@ -51,10 +51,24 @@ def test_identify_adds_psf_layer(viewer_with_sample, qtbot, notes):
     assert "fc = 0.199" in widget._fc_label.value
     widget._device.value = "cpu"
 
-    _run(qtbot, widget)
+    steps = []  # (status, progress bar's maximum) at each step
+    shown = widget._on_yielded
+
+    def on_yielded(step):
+        shown(step)
+        steps.append((widget._status.value, widget._progress.max))
+
+    widget._on_yielded = on_yielded  # (run connects the worker to it)
+    widget._run_button.native.click()
+    assert widget._progress.max == 0  # busy, not "0 %", before any step counts
+    _wait_idle(qtbot, widget)
 
     assert notes["error"] == [], notes["error"]
     assert widget.state == RunState.DONE
+    # the preparation is reported (busy bar) before the tiles count
+    assert steps[0] == ("Identify blur: loading the model", 0), steps
+    assert any("preparing the image" in text and top == 0 for text, top in steps), steps
+    assert steps[-1][1] > 0
     psf = viewer.layers[f"{layer.name} PSF"]
     assert psf.data.shape == (31, 31)
     assert psf.data.sum() == pytest.approx(1.0, abs=1e-4)
@@ -139,10 +153,16 @@ def test_identify_all_planes_median(make_napari_viewer, small_sample, qtbot, not
     widget._planes.value = ALL_PLANES_MEDIAN
     widget._device.value = "cpu"
     widget._augment.value = False
+    statuses = []
+    shown = widget._on_yielded
+    widget._on_yielded = lambda step: (shown(step), statuses.append(widget._status.value))
     _run(qtbot, widget)
 
     assert notes["error"] == [], notes["error"]
     assert widget.state == RunState.DONE
+    # the status names the planes as the slider counts them (it said "plane (0,)")
+    assert any("identifying plane 1 of 3" in s for s in statuses), statuses
+    assert not any("(0,)" in s for s in statuses)
     # one PSF layer, no PSF map; its metadata says which planes were used
     added = [lay for lay in viewer.layers if lay is not layer]
     assert [lay.name for lay in added] == [f"{layer.name} median PSF"]

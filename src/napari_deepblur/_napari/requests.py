@@ -92,13 +92,20 @@ def iter_identify_layers(request: IdentifyRequest) -> Generator[Any, None, Ident
     image was processed in tiles; the kernel map and PSF weight maps of a space-varying
     model). For a stack the PSF layer's metadata lists the ``planes`` used (index lists of the
     leading axes) and the ``stack_mode``."""
-    from ..pipeline import DEFAULT_TILE_PX, iter_identify, iter_identify_stack, plane_indices
+    from ..pipeline import (
+        DEFAULT_TILE_PX,
+        Progress,
+        iter_identify,
+        iter_identify_stack,
+        plane_indices,
+    )
 
     if request.stack_mode not in IDENTIFY_STACK_MODES:
         raise ValueError(
             f"stack_mode must be one of {', '.join(IDENTIFY_STACK_MODES)}, "
             f"got {request.stack_mode!r}"
         )
+    yield Progress(0, 0, "loading the model")
     model = _load(request.model, request.device)
     options = {
         "device": request.device,
@@ -117,6 +124,7 @@ def iter_identify_layers(request: IdentifyRequest) -> Generator[Any, None, Ident
         )
     else:
         planes = [tuple(request.plane)]
+        yield Progress(0, 0, "reading the image")
         image = np.asarray(request.data[request.plane] if request.plane else request.data)
         estimate = yield from iter_identify(image, model, **options)
     name = estimate_source(request.source, mode, request.plane)
@@ -172,8 +180,15 @@ def iter_deblur_layers(request: DeblurRequest) -> Generator[Any, None, DeblurRes
     returns the restored array and the layers to add: ``"<source> deblurred"`` (and, when it
     identified, first the PSF it used, named and tagged as the Identify widget's: a stack's
     PSF records the plane in ``metadata["planes"]``)."""
-    from ..pipeline import iter_deblur, iter_deblur_stack, iter_identify, representative_plane
+    from ..pipeline import (
+        Progress,
+        iter_deblur,
+        iter_deblur_stack,
+        iter_identify,
+        representative_plane,
+    )
 
+    yield Progress(0, 0, "loading the model")
     model = _load(request.model, request.device)
     data = request.data
     layers: list[LayerDataTuple] = []
@@ -205,6 +220,7 @@ def iter_deblur_layers(request: DeblurRequest) -> Generator[Any, None, DeblurRes
         sampling=sampling.for_deblurring(estimate, of_this_image),
     )
     if request.plane is not None:
+        yield Progress(0, 0, "reading the image")
         image = np.asarray(data[request.plane])
         restored = yield from iter_deblur(image, estimate, model, **options, prepared=prepared)
     else:  # every plane (or the only one), in the pipeline's plane loop

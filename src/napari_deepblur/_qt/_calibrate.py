@@ -248,6 +248,8 @@ class CalibrateWidget(JobWidget):
 
         for ldt in result.layers:
             self._viewer.add_layer(Layer.create(*ldt))
+        if result.layers:
+            self._viewer.reset_view()  # the eigen-PSFs sit right of the bead image
         assumed = self.assumed_text()
         if result.error:  # too few beads: the detections are shown, with their reasons
             self._summary.visible = False

@@ -203,7 +203,7 @@ class JobWidget(ScrollableDock, Container):
         self._run_button.enabled = False  # Cancel, once a double-click on Run is over
         QTimer.singleShot(CANCEL_GRACE_MS, self._enable_cancel)
         self._status.value = f"{self.action}: starting…"
-        self._progress.max, self._progress.value = 1, 0
+        self._progress.max, self._progress.value = 0, 0  # busy, not "0 %", until steps count
         self._pbar = progress(total=0, desc=self.action)
         worker = create_worker(guarded, job, self.action, _start_thread=False, _ignore_errors=True)
         worker.yielded.connect(self._on_yielded)
@@ -237,6 +237,8 @@ class JobWidget(ScrollableDock, Container):
         if total > 0:
             self._progress.max = total
             self._progress.value = min(done, total)
+        else:  # preparing (reading, loading, resampling): busy, not a long "0 %"
+            self._progress.max, self._progress.value = 0, 0
         pbar = self._pbar  # (updating it may process events, finishing the job meanwhile)
         if pbar is not None:
             if total and pbar.total != total:

@@ -26,7 +26,7 @@ from ._prepare import (
     check_size,
     prepare_plane,
 )
-from ._progress import Progress, run
+from ._progress import PREPARING, Progress, run
 from ._sampling import Sampling, resample, resample_psf, resamples
 from ._tiling import (
     DEFAULT_TILE_PX,
@@ -86,6 +86,8 @@ def iter_deblur(
         prepared[()] = plane
     _check_estimate(estimate)
     sampling = sampling.for_deblurring(estimate, of_this_image=plane is not None)
+    if plane is None:
+        yield Progress(0, 0, PREPARING)
     setup = deblur_setup(raw, estimate, model, sampling, noise, strength, plane)
     yield from _iter_tiles(raw, out, setup, estimate, model, tile_px, scanned=True, plane=plane)
     return out
@@ -323,6 +325,7 @@ def _iter_tiles(
     acc = weight = None
     acc_top = acc_bottom = 0
     done = 0
+    yield Progress(0, total, f"deblurring tile 1 of {total}")  # the first tile takes long too
     with torch.no_grad():
         for r, (top, bottom) in enumerate(rows):
             new_acc = np.zeros((bottom - top, w), np.float32)
@@ -387,6 +390,8 @@ def iter_deblur_into(
         estimate, plane = yield from identify_plane(raw, model, sampling)
     _check_estimate(estimate)
     sampling = sampling.for_deblurring(estimate, of_this_image=plane is not None)
+    if plane is None:
+        yield Progress(0, 0, PREPARING)
     setup = deblur_setup(source, estimate, model, sampling, noise, strength, plane)
     yield from _iter_tiles(source, out, setup, estimate, model, tile_px, scanned=True, plane=plane)
 

@@ -17,7 +17,7 @@ from ..optics import (
 from ._estimate import BlurEstimate
 from ._field import FieldEstimate, fit_field, read_windows
 from ._prepare import PreparedPlane, _central_crop, as_image, image_noise, prepare_plane
-from ._progress import Progress, run
+from ._progress import PREPARING, Progress, run
 from ._refine import (
     MAX_CROP_PIXELS,
     MAX_RELATIVE_NOISE,
@@ -91,6 +91,7 @@ def identify_plane(
     min_size = model.identification.config.min_size
     fc_img = sampling.image_fc(model.fc)
     zoom = sampling.zoom(model.fc)
+    yield Progress(0, 0, PREPARING)  # seconds on a large image, before any tile counts
     plane = prepare_plane(raw, zoom, checked=True, min_size=min_size)
     y = plane.y if plane.whole else resample(raw, zoom)  # all of it, for the tiles
     if refine and not isinstance(model.family, ZernikeConvolution):

@@ -268,6 +268,22 @@ def check_finite(stack, rows_per_block: int = 1024) -> None:
     )
 
 
+def plane_label(index: tuple[int, ...], shape) -> str:
+    """The plane ``index`` of an array of ``shape`` in words, counted from 1 as napari's
+    slider counts: "plane 2 of 3", "plane (1, 5) of (2, 9)"; "image" for a 2D image.
+
+    >>> plane_label((1,), (3, 64, 64)), plane_label((0, 4), (2, 9, 64, 64)), plane_label((), (8, 8))
+    ('plane 2 of 3', 'plane (1, 5) of (2, 9)', 'image')
+    """
+    if not index:
+        return "image"
+    lead = tuple(shape[: len(index)])
+    if len(index) == 1:
+        return f"plane {index[0] + 1} of {lead[0]}"
+    numbers = ", ".join(str(i + 1) for i in index)
+    return f"plane ({numbers}) of ({', '.join(str(n) for n in lead)})"
+
+
 def plane_indices(shape) -> list[tuple[int, ...]]:
     """Indices of the 2D planes of an array ``(…, Y, X)``, in C order (``[()]`` for 2D)."""
     if len(shape) < 2:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 @dataclass
 class Progress:
-    """A step of long work: ``done`` of ``total`` units (tiles, planes), with a message."""
+    """A step of long work: ``done`` of ``total`` units (tiles, planes), with a message;
+    ``total`` 0: a step before the work can be counted (preparing, loading)."""
 
     done: int
     total: int
@@ -29,6 +30,10 @@ def run(generator: Generator, progress=None):
             return stop.value
         if progress is not None:
             progress(step)
+
+
+#: The message of the step before the tiles count (resampling, ranging, measuring noise).
+PREPARING = "preparing the image (resampling, noise level)"
 
 
 class ProgressBar:
@@ -50,12 +55,17 @@ class ProgressBar:
             return
         from tqdm.auto import tqdm
 
-        if self._bar is None or self._bar.total != p.total:
+        if self._bar is None or (p.total and self._bar.total != p.total):
             self.close()
             self._bar = tqdm(
-                total=p.total, desc=self.desc, unit=self.unit, leave=self.leave, file=sys.stderr
+                total=p.total or None,  # a step before the work counts: no total yet
+                desc=self.desc,
+                unit=self.unit,
+                leave=self.leave,
+                file=sys.stderr,
             )
-        self._bar.n = p.done
+        if p.total:
+            self._bar.n = p.done
         self._bar.set_postfix_str(p.message, refresh=False)
         self._bar.refresh()
 

@@ -24,6 +24,7 @@ from ._prepare import (
     check_finite,
     check_noise_and_strength,
     plane_indices,
+    plane_label,
 )
 from ._progress import Progress
 from ._sampling import Sampling, field_psf
@@ -166,7 +167,7 @@ def iter_identify_stack(
     tiles = len(chosen) == 1  # one plane: its tiles are the steps; else the planes are
     min_size = model.identification.config.min_size
     for k, index in enumerate(chosen):
-        label = f"plane {index}" if index else "image"
+        label = plane_label(index, stack.shape)
         inner = _identify_plane_of(
             stack, index, min_size, model, sampling, augment, tile_px, refine
         )
@@ -280,7 +281,7 @@ def iter_deblur_stack(
     n = len(indices)
     for k, (index, est) in enumerate(zip(indices, estimates)):  # noqa: B905
         source = stack[index]
-        label = f"plane {k + 1} of {n}" if index else "image"
+        label = plane_label(index, stack.shape)
         ready = prepared.get(index)
         try:
             try:
@@ -290,7 +291,7 @@ def iter_deblur_stack(
             except ConstantImageError:
                 if not index:
                     raise
-                _copy_constant_plane(source, _PlaneView(out, index), f"plane {index} ({label})")
+                _copy_constant_plane(source, _PlaneView(out, index), label)
                 yield Progress(k + 1, n, f"copied {label} (constant)")
                 continue
             tiles = _iter_tiles(
@@ -308,7 +309,7 @@ def iter_deblur_stack(
         except ValueError as exc:
             if not index:
                 raise
-            raise ValueError(f"plane {index} ({label}): {exc}") from exc
+            raise ValueError(f"{label}: {exc}") from exc
         yield Progress(k + 1, n, f"deblurred {label}")
     return out
 
