@@ -1,0 +1,291 @@
+"""A scripted walk through the plugin in a real napari window, clicking its buttons as a new
+user does, and measuring what the user would feel: exceptions, error notifications, the
+longest stall of the Qt main thread (a 50 ms timer records the longest gap between its
+ticks, per step) and the window's height (a laptop screen: 900 px).
+
+Steps: open the synthetic sample; open "Identify blur and deblur" from the Plugins menu;
+double-click "Identify blur"; Deblur; open the actin sample and switch both docks to it,
+identify and deblur it; Compare side by side; change the Deblur model and back; export the
+PSF and reopen it (``viewer.open``); open "Calibrate from beads" on the shipped bead plane
+(``tests/data/beads_confocal_plane.tif``, and any ``--beads`` files) and Calibrate with the
+defaults; finally start a Deblur on a 1024² image and close the window during the job.
+
+Run (about 1–2 min on 2 CPU cores)::
+
+    xvfb-run -a -s "-screen 0 1600x900x24" python docs/experiments/napari_walk.py \\
+        [--beads /path/to/more_beads.tif ...]
+
+Prints one line per step (seconds, longest main-thread gap in ms, outcome) and a summary;
+exits 1 when an exception was raised, an error was shown, a step failed or the window grew
+taller than 900 px. Stalls over 200 ms are flagged ("STALL") but do not fail the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BEAD_PLANE = ROOT / "tests" / "data" / "beads_confocal_plane.tif"
+WINDOW = (1600, 900)
+STALL_MS = 200
+TIMER_MS = 50
+
+
+class GapMonitor:
+    """A 50 ms QTimer on the main thread; the longest gap between its ticks per step is how
+    long the UI was frozen (a tick is late when the event loop is blocked)."""
+
+    def __init__(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.step = "start"
+        self.worst: dict[str, float] = {}
+        self._last = time.perf_counter()
+        self._timer = QTimer()
+        self._timer.setInterval(TIMER_MS)
+        self._timer.timeout.connect(self._tick)
+        self._timer.start()
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        gap = (now - self._last) * 1000
+        self._last = now
+        self.worst[self.step] = max(self.worst.get(self.step, 0.0), gap)
+
+    def begin(self, step: str) -> None:
+        self._tick()  # a gap before this step belongs to the previous one
+        self.step = step
+        self.worst.setdefault(step, 0.0)
+
+
+class Walk:
+    def __init__(self, viewer, monitor: GapMonitor) -> None:
+        self.viewer = viewer
+        self.monitor = monitor
+        self.rows: list[tuple[str, float, float, str]] = []
+        self.failures: list[str] = []
+        self.max_height = 0
+
+    def pump(self, seconds: float) -> None:
+        from qtpy.QtWidgets import QApplication
+
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            QApplication.processEvents()
+            time.sleep(0.005)
+            self._height()
+
+    def wait(self, condition, timeout: float = 120.0) -> bool:
+        from qtpy.QtWidgets import QApplication
+
+        end = time.perf_counter() + timeout
+        while not condition():
+            if time.perf_counter() > end:
+                return False
+            QApplication.processEvents()
+            time.sleep(0.005)
+            self._height()
+        return True
+
+    def _height(self) -> None:
+        window = getattr(self.viewer.window, "_qt_window", None)  # (None once closed)
+        if window is not None and not _deleted(window):
+            self.max_height = max(self.max_height, window.frameGeometry().height())
+
+    def run_job(self, widget, double_click: bool = False) -> str:
+        """Click the dock's Run button (twice 150 ms apart for a double-click), wait for
+        the job to end and for its layers to be added; returns the dock's status."""
+        widget._run_button.native.click()
+        if double_click:
+            self.pump(0.15)
+            widget._run_button.native.click()
+        self.wait(lambda: not widget.busy and widget.worker is None)
+        self.pump(0.3)  # what the result does after the job (layers, plots) is measured too
+        return f"{widget.state.value}: {widget._status.value}"
+
+    def step(self, name: str, action) -> None:
+        self.monitor.begin(name)
+        start = time.perf_counter()
+        try:
+            outcome = action() or ""
+        except Exception as exc:  # noqa: BLE001 - a failed step is reported, the walk goes on
+            outcome = f"FAILED {type(exc).__name__}: {exc}"
+            self.failures.append(f"{name}: {outcome}")
+            traceback.print_exc()
+        self.pump(0.1)
+        seconds = time.perf_counter() - start
+        gap = self.monitor.worst.get(name, 0.0)
+        self.rows.append((name, seconds, gap, outcome))
+        flag = "  STALL" if gap > STALL_MS else ""
+        print(f"{name:<34} {seconds:6.1f} s  gap {gap:5.0f} ms{flag}  {outcome[:150]}", flush=True)
+
+
+def _deleted(qobject) -> bool:
+    try:
+        qobject.objectName()
+    except RuntimeError:
+        return True
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--beads", nargs="*", default=[], help="more bead images to calibrate")
+    args = parser.parse_args(argv)
+
+    import numpy as np
+
+    import napari
+    from napari.utils.notifications import notification_manager
+
+    exceptions: list[str] = []
+    shown: list[tuple[str, str]] = []
+
+    def on_exception(kind, value, tb):
+        exceptions.append("".join(traceback.format_exception(kind, value, tb)))
+        sys.__excepthook__(kind, value, tb)
+
+    sys.excepthook = on_exception
+    threading.excepthook = lambda a: on_exception(a.exc_type, a.exc_value, a.exc_traceback)
+    started = time.perf_counter()
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(*WINDOW)
+    notification_manager.notification_ready.connect(
+        lambda n: shown.append((str(n.severity), str(n.message)))
+    )
+    walk = Walk(viewer, GapMonitor())
+    walk.pump(0.5)
+    tmp = Path(tempfile.mkdtemp(prefix="napari_walk_"))
+    docks: dict = {}
+
+    def open_sample():
+        viewer.open_sample("napari-deepblur", "blurred_fluorescence")
+        return f"{viewer.layers[-1].name} {viewer.layers[-1].data.shape}"
+
+    def open_panel():
+        _, docks["panel"] = viewer.window.add_plugin_dock_widget(
+            "napari-deepblur", "Identify blur and deblur"
+        )
+        docks["identify"], docks["deblur"] = docks["panel"]._identify, docks["panel"]._deblur
+        for dock in (docks["identify"], docks["deblur"]):
+            dock._device.value = "cpu"
+        return "docked"
+
+    def identify():
+        return walk.run_job(docks["identify"], double_click=True)
+
+    def deblur():
+        return walk.run_job(docks["deblur"])
+
+    def switch_image():
+        viewer.open_sample("napari-deepblur", "blurred_actin")
+        actin = viewer.layers[-1]
+        docks["identify"]._image_layer.value = actin
+        first = walk.run_job(docks["identify"])
+        docks["deblur"]._image_layer.value = actin
+        estimate = docks["deblur"]._psf_layer.value
+        return f"{first} | estimate: {getattr(estimate, 'name', estimate)} | " + walk.run_job(
+            docks["deblur"]
+        )
+
+    def compare():
+        button = docks["deblur"]._compare_button
+        if not button.enabled:
+            raise RuntimeError("Compare is disabled after a deblur")
+        button.native.click()
+        walk.pump(0.5)
+        return f"grid={viewer.grid.enabled}, {len(viewer.layers)} layers"
+
+    def model_combo():
+        combo = docks["deblur"]._model
+        choices = [c for c in combo.choices if c != combo.value and not c.endswith("…")]
+        before = combo.value
+        combo.value = choices[0]
+        walk.pump(0.3)
+        combo.value = before
+        walk.pump(0.3)
+        return f"{before} → {choices[0]} → {before}"
+
+    def export_and_reopen():
+        identify = docks["identify"]
+        path = tmp / "walk.psf.tif"
+        identify._export_path.value = path
+        identify._export_button.native.click()
+        walk.pump(0.3)
+        if not path.exists():
+            raise RuntimeError(f"{path} was not written")
+        layers = viewer.open(path)
+        layer = layers[0]
+        has = "estimate" in layer.metadata or "format" in layer.metadata
+        return f"reopened '{layer.name}' scale {tuple(layer.scale)}, our metadata: {has}"
+
+    def calibrate(path):
+        def action():
+            layer = viewer.open(path)[0]
+            if "calibrate" not in docks:
+                _, docks["calibrate"] = viewer.window.add_plugin_dock_widget(
+                    "napari-deepblur", "Calibrate from beads"
+                )
+            widget = docks["calibrate"]
+            widget._image_layer.value = layer
+            assumed = widget.assumed_text() if hasattr(widget, "assumed_text") else "?"
+            return f"[{assumed or 'optics known'}] " + walk.run_job(widget)
+
+        return action
+
+    def close_during_job():
+        rng = np.random.default_rng(0)
+        big = viewer.add_image(rng.random((1024, 1024), dtype=np.float32), name="big")
+        deblur = docks["deblur"]
+        deblur._image_layer.value = big
+        deblur._run_button.native.click()
+        if not walk.wait(lambda: "tile" in deblur._status.value, 60):
+            raise RuntimeError(f"the job did not start: {deblur._status.value}")
+        worker = deblur.worker
+        viewer.close()
+        walk.wait(lambda: worker is None or not worker.is_running, 60)
+        walk.pump(1.0)  # anything the worker still sends arrives now
+        return "closed; worker stopped" if worker is None or not worker.is_running else "running"
+
+    walk.step("open sample", open_sample)
+    walk.step("open Identify+Deblur panel", open_panel)
+    walk.step("Identify (double-click)", identify)
+    walk.step("Deblur", deblur)
+    walk.step("switch image (actin)", switch_image)
+    walk.step("Compare side by side", compare)
+    walk.step("Deblur model combo change", model_combo)
+    walk.step("export PSF + reopen", export_and_reopen)
+    for path in [BEAD_PLANE, *args.beads]:
+        walk.step(f"Calibrate {Path(path).name[:20]}", calibrate(path))
+    walk.step("close window during Deblur", close_during_job)
+
+    errors = [m for s, m in shown if s.lower() == "error"]
+    warnings_shown = [m for s, m in shown if s.lower() == "warning"]
+    longest = max(walk.rows, key=lambda r: r[2])
+    print()
+    print(f"total {time.perf_counter() - started:.0f} s; window {WINDOW[0]}×{WINDOW[1]} asked,")
+    print(f"tallest window frame seen: {walk.max_height} px (fits 900: {walk.max_height <= 900})")
+    print(f"longest main-thread gap: {longest[2]:.0f} ms in '{longest[0]}'")
+    print(f"steps with a gap over {STALL_MS} ms: {sum(r[2] > STALL_MS for r in walk.rows)}")
+    print(f"exceptions: {len(exceptions)}; error notifications: {len(errors)}; "
+          f"warnings shown: {len(warnings_shown)}; failed steps: {len(walk.failures)}")
+    for text in exceptions:
+        print("EXCEPTION:", text.strip().splitlines()[-1])
+    for text in errors:
+        print("ERROR SHOWN:", text[:200])
+    for text in warnings_shown:
+        print("warning shown:", text[:200])
+    ok = not exceptions and not errors and not walk.failures and walk.max_height <= 900
+    sys.stdout.flush()
+    os._exit(0 if ok else 1)  # the window is closed; leave without Qt's teardown
+
+
+if __name__ == "__main__":
+    main()
