@@ -4,7 +4,7 @@ longest stall of the Qt main thread (a 50 ms timer records the longest gap betwe
 ticks, per step) and the window's height (a laptop screen: 900 px).
 
 Steps: open the synthetic sample; open "Identify blur and deblur" from the Plugins menu;
-double-click "Identify blur"; Deblur; open the actin sample and switch both docks to it,
+double-click "Identify blur"; Deblur; Identify with the space-varying model; open the actin sample and switch both docks to it,
 identify and deblur it; Compare side by side; change the Deblur model and back; export the
 PSF and reopen it (``viewer.open``); open "Calibrate from beads" on the shipped bead plane
 (``tests/data/beads_confocal_plane.tif``, and any ``--beads`` files) and Calibrate with the
@@ -184,6 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     def deblur():
         return walk.run_job(docks["deblur"])
 
+    def identify_field():
+        widget = docks["identify"]
+        before = widget._model.value
+        widget._model.value = "field-default"
+        try:
+            return walk.run_job(widget)
+        finally:
+            widget._model.value = before
+
     def switch_image():
         viewer.open_sample("napari-deepblur", "blurred_actin")
         actin = viewer.layers[-1]
@@ -258,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     walk.step("open Identify+Deblur panel", open_panel)
     walk.step("Identify (double-click)", identify)
     walk.step("Deblur", deblur)
+    walk.step("Identify (field-default model)", identify_field)
     walk.step("switch image (actin)", switch_image)
     walk.step("Compare side by side", compare)
     walk.step("Deblur model combo change", model_combo)

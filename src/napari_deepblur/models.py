@@ -267,6 +267,32 @@ def load_model(
     return replace(model, card=copy.deepcopy(model.card))
 
 
+def model_header(name_or_path: str | Path | None = None) -> tuple[float, str]:
+    """``(fc, family kind)`` of a model file, from its header alone (milliseconds: no
+    weights read, no network built), e.g. for a dock to show the sampling as soon as a
+    model is chosen; :func:`load_model` checks the file in full when it is used.
+
+    >>> model_header("field-default")
+    (0.2, 'product_convolution')
+    """
+    path = resolve_model_path(name_or_path).resolve()
+    stat = path.stat()
+    return _header_cached(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _header_cached(path: str, mtime_ns: int, size: int) -> tuple[float, str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            config = json.loads((f.metadata() or {})[_METADATA_KEY])
+        fc, kind = float(config["fc"]), str(config["family"]["kind"])
+    except Exception as err:  # noqa: BLE001 - any unreadable header is one error
+        raise ModelFileError(f"{path} is not a readable napari-deepblur file: {err}") from err
+    return fc, kind
+
+
 def as_model(model=None, device="auto", precision: str | None = None) -> DeepBlurModel:
     """The model an entry point was given, on ``device``, in eval mode: a
     :class:`DeepBlurModel` as it is (moved to ``device``: :meth:`DeepBlurModel.to` returns

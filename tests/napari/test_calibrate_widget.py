@@ -65,7 +65,7 @@ def test_calibrate_adds_beads_and_eigen_psfs(
     assert isinstance(eigen, Image) and eigen.data.shape == (31, 4 * 35 - 4)
     assert eigen.translate[1] > 192 * 74
     assert "held-out" in widget._summary.value.lower() and "dB" in widget._summary.value
-    assert widget._canvas is not None and len(widget._canvas.figure.axes) == 2
+    assert not widget._plot.pixmap().isNull() and len(widget._figure.axes) == 2
     assert widget._save_button.enabled
     # the input is untouched
     np.testing.assert_array_equal(layer.data, data)

@@ -577,3 +577,20 @@ def test_the_optics_of_our_tiff_opened_by_naparis_reader_are_prefilled(
     assert widget._use_optics.value
     assert (widget._na.value, widget._wavelength.value) == (pytest.approx(1.2), pytest.approx(600))
     assert widget._pixel_size.value == pytest.approx(90)
+
+
+def test_choosing_a_model_reads_only_its_header(viewer_with_sample):
+    """Changing the Model combo updates the sampling text and the field options from the
+    file's header: no weights are loaded on the UI thread (it stalled the UI 0.45 s)."""
+    from napari_deepblur import models
+    from napari_deepblur._qt import IdentifyWidget
+
+    viewer, _ = viewer_with_sample
+    widget = IdentifyWidget(viewer)
+    models._load_cached.cache_clear()
+    widget._model.value = "field-default"
+    assert not widget._kernel_grid.native.isHidden()
+    assert "model: 0.200" in widget._fc_label.value
+    widget._model.value = "zernike-default"
+    assert widget._kernel_grid.native.isHidden()
+    assert models._load_cached.cache_info().currsize == 0  # nothing loaded

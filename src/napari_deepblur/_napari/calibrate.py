@@ -72,6 +72,7 @@ class CalibrateLayers:
     result: Any
     layers: list[LayerDataTuple]
     error: str = ""
+    plot: Any = None  # (pixels RGBA (H, W, 4) uint8, matplotlib Figure) of :func:`plot_image`
 
 
 def _plane_name(index: tuple[int, ...]) -> str:
@@ -121,6 +122,7 @@ def iter_calibrate_layers(request: CalibrateRequest) -> Generator[Any, None, Cal
         )
         return CalibrateLayers(None, [points] if exc.beads else [], str(exc))
     summary = result.summary()
+    yield Progress(0, 0, "drawing the results")
     return CalibrateLayers(
         result,
         [
@@ -129,7 +131,50 @@ def iter_calibrate_layers(request: CalibrateRequest) -> Generator[Any, None, Cal
             ),
             eigen_psf_layer_data(result, request.source, request.geometry, planes.shape[-2:]),
         ],
+        plot=plot_image(result),
     )
+
+
+#: Size of the results plot, px (it fits the dock's width).
+PLOT_PX = (340, 190)
+
+
+def plot_image(result, size_px: tuple[int, int] = PLOT_PX, dpi: int = 80):
+    """The variance captured per component (bars, kept ones orange) and the held-out PSF
+    SNR against one PSF for the field, drawn off-screen (Agg, no Qt): in the job's thread,
+    so that the dock only shows the pixels (drawing it in the dock stalled the UI ~0.7 s).
+    Returns ``(pixels (H, W, 4) uint8 RGBA, the Figure)``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(size_px[0] / dpi, size_px[1] / dpi), dpi=dpi, tight_layout=True)
+    canvas = FigureCanvasAgg(figure)
+    left, right = figure.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    rows = variance_rows(result)
+    kept = result.family.num_psfs
+    left.bar(
+        [r[0] for r in rows],
+        [r[1] for r in rows],
+        color=["tab:orange" if i < kept else "tab:gray" for i in range(len(rows))],
+    )
+    left.set_yscale("log")
+    left.set_ylabel("% of variance", fontsize=8)
+    left.set_title(f"kept: {100 * result.variance_captured:.2f}%", fontsize=9)
+    left.tick_params(labelsize=7)
+    h = result.holdout
+    if h is not None:
+        right.bar(
+            ["model", "one PSF"],
+            [h.model_mean_snr_db, h.baseline_mean_snr_db],
+            color=["tab:orange", "tab:gray"],
+        )
+        right.set_title(f"held-out ({h.num_held_out})", fontsize=9)
+    else:
+        right.text(0.5, 0.5, "no held-out\nbeads", ha="center", va="center", fontsize=8)
+    right.set_ylabel("PSF SNR (dB)", fontsize=8)
+    right.tick_params(labelsize=7)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba()).copy(), figure
 
 
 def calibrate_layers(request: CalibrateRequest) -> CalibrateLayers:
@@ -168,16 +213,20 @@ def points_layer_data(
             affine = np.eye(4)
             affine[1:, 1:] = geometry["affine"]
             geometry["affine"] = affine
+    import pandas  # napari's features table; imported here, in the job (0.6 s the first time)
+
     kwargs = {
         "name": f"{source} beads",
-        "features": {
-            "status": status,
-            "reason": [b.reason or "-" for b in beads],
-            "peak": [float(b.peak) for b in beads],
-            "snr": [float(b.snr) for b in beads],
-            "width_px": [float(b.width_px) for b in beads],
-            "label": [b.reason for b in beads],
-        },
+        "features": pandas.DataFrame(
+            {
+                "status": status,
+                "reason": [b.reason or "-" for b in beads],
+                "peak": [float(b.peak) for b in beads],
+                "snr": [float(b.snr) for b in beads],
+                "width_px": [float(b.width_px) for b in beads],
+                "label": [b.reason for b in beads],
+            }
+        ),
         "text": {"string": "{label}", "color": REJECTED_COLOR, "size": 8, "anchor": "upper_left"},
         "face_color": "transparent",
         "border_color": [colors[s] for s in status] or "transparent",

@@ -46,7 +46,8 @@ class CalibrateWidget(JobWidget):
     Private sub-widgets (tests drive them): ``_image_layer``, ``_planes``, ``_use_fc``,
     ``_na``, ``_wavelength``, ``_pixel_size``, ``_fc``, ``_kernel_size``, ``_num_psfs``,
     ``_map_degree``, ``_run_button``, ``_status``, ``_summary``, ``_save_path``,
-    ``_save_button``; ``_canvas`` is the matplotlib plot (None before the first run).
+    ``_save_button``; ``_plot`` shows the results plot drawn by the job (``_figure``, its
+    matplotlib Figure; both None before the first run).
     """
 
     action = "Calibrate"
@@ -134,7 +135,8 @@ class CalibrateWidget(JobWidget):
         )
         self._result = None
         self._source = ""
-        self._canvas = None
+        self._plot = None  # the results plot (a QLabel showing its pixels)
+        self._figure = None
         self._image_layer.changed.connect(self._on_layer_changed)
         self._use_fc.changed.connect(self._on_use_fc)
         for name, box in self._optics_boxes().items():
@@ -268,7 +270,7 @@ class CalibrateWidget(JobWidget):
             + (f"\nOptics {assumed}." if assumed else "")
         )
         self._summary.visible = True
-        self._draw_plot(r)
+        self._show_plot(result.plot)
         self._save_button.enabled = True
         if not str(self._save_path.value) or str(self._save_path.value) == ".":
             self._save_path.value = Path.home() / f"{_safe(self._source)}-family.safetensors"
@@ -277,42 +279,20 @@ class CalibrateWidget(JobWidget):
             f" (rejected: {rejected})." if rejected else "."
         )
 
-    def _draw_plot(self, result) -> None:
-        """Variance captured per component (bars) and held-out PSF SNR vs the baseline."""
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
+    def _show_plot(self, plot) -> None:
+        """Show the results plot drawn by the job (:func:`calib.plot_image`): pixels only."""
+        from qtpy.QtGui import QImage, QPixmap
+        from qtpy.QtWidgets import QLabel
 
-        if self._canvas is None:
-            self._canvas = FigureCanvasQTAgg(Figure(figsize=(4, 2.2), tight_layout=True))
-            self._canvas.setMinimumHeight(180)
-            self.content.layout().insertWidget(5, self._canvas)
-        figure = self._canvas.figure
-        figure.clear()
-        left, right = figure.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
-        rows = calib.variance_rows(result)
-        kept = result.family.num_psfs
-        left.bar(
-            [r[0] for r in rows],
-            [r[1] for r in rows],
-            color=["tab:orange" if i < kept else "tab:gray" for i in range(len(rows))],
-        )
-        left.set_yscale("log")
-        left.set_ylabel("% of variance")
-        left.set_title(f"kept: {100 * result.variance_captured:.2f}%", fontsize=9)
-        left.tick_params(labelsize=7)
-        h = result.holdout
-        if h is not None:
-            right.bar(
-                ["model", "one PSF"],
-                [h.model_mean_snr_db, h.baseline_mean_snr_db],
-                color=["tab:orange", "tab:gray"],
-            )
-            right.set_title(f"held-out ({h.num_held_out})", fontsize=9)
-        else:
-            right.text(0.5, 0.5, "no held-out\nbeads", ha="center", va="center")
-        right.set_ylabel("PSF SNR (dB)")
-        right.tick_params(labelsize=7)
-        self._canvas.draw_idle()
+        if plot is None:
+            return
+        pixels, self._figure = plot
+        if self._plot is None:
+            self._plot = QLabel()
+            self.content.layout().insertWidget(5, self._plot)
+        height, width = pixels.shape[:2]
+        image = QImage(pixels.data, width, height, 4 * width, QImage.Format.Format_RGBA8888)
+        self._plot.setPixmap(QPixmap.fromImage(image.copy()))
 
     # -- save --------------------------------------------------------------------------------
     def _on_save_clicked(self, *_: Any) -> None:
