@@ -5,7 +5,7 @@ ticks, per step) and the window's height (a laptop screen: 900 px).
 
 Steps: open the synthetic sample; open "Identify blur and deblur" from the Plugins menu;
 double-click "Identify blur"; Deblur; Identify with the space-varying model; open the actin sample and switch both docks to it,
-identify and deblur it; Compare side by side; change the Deblur model and back; export the
+identify and deblur it; Compare side by side; change the Identify model and back; export the
 PSF and reopen it (``viewer.open``); open "Calibrate from beads" on the shipped bead plane
 (``tests/data/beads_confocal_plane.tif``, and any ``--beads`` files) and Calibrate with the
 defaults; finally start a Deblur on a 1024² image and close the window during the job.
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         return f"grid={viewer.grid.enabled}, {len(viewer.layers)} layers"
 
     def model_combo():
-        combo = docks["deblur"]._model
+        combo = docks["identify"]._model
         choices = [c for c in combo.choices if c != combo.value and not c.endswith("…")]
         before = combo.value
         combo.value = choices[0]
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     walk.step("Identify (field-default model)", identify_field)
     walk.step("switch image (actin)", switch_image)
     walk.step("Compare side by side", compare)
-    walk.step("Deblur model combo change", model_combo)
+    walk.step("Identify model combo change", model_combo)
     walk.step("export PSF + reopen", export_and_reopen)
     for path in [BEAD_PLANE, *args.beads]:
         walk.step(f"Calibrate {Path(path).name[:20]}", calibrate(path))
