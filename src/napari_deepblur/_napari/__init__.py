@@ -7,6 +7,8 @@ is tested without a viewer.
 - :mod:`.requests`: the Identify and Deblur jobs (:func:`iter_identify_layers`,
   :func:`iter_deblur_layers`) and their requests;
 - :mod:`.calibrate`: the "Calibrate from beads" job;
+- :mod:`.estimates`: which blur estimates the Deblur dock offers for an image, and the
+  model to deblur one with;
 - :mod:`.layers`: checks of the layers chosen, and the layers we add;
 - :mod:`.tables`: the coefficient table and the summary of an estimate;
 - :mod:`.messages`: every exception as one sentence for a notification.
@@ -16,6 +18,14 @@ The PSF layers' metadata and the optics known for a layer are
 """
 
 from ..formats import PSF_FORMAT, KnownOptics, is_psf_metadata, known_optics, psf_metadata
+from .estimates import (
+    OTHER_IMAGE_LABEL,
+    estimate_model,
+    foreign_estimate_warning,
+    model_to_follow,
+    optics_differences,
+    order_estimates,
+)
 from .layers import (
     AUXILIARY_LAYERS,
     PSF_COLORMAP,
@@ -64,6 +74,7 @@ __all__ = [
     "AUXILIARY_LAYERS",
     "IDENTIFY_STACK_MODES",
     "KERNEL_MAP_GRID",
+    "OTHER_IMAGE_LABEL",
     "PSF_COLORMAP",
     "PSF_FORMAT",
     "DeblurRequest",
@@ -81,8 +92,10 @@ __all__ = [
     "deblur_layers",
     "estimate_from_psf_layer",
     "estimate_layers",
+    "estimate_model",
     "estimate_source",
     "fc_text",
+    "foreign_estimate_warning",
     "field_summary",
     "guarded",
     "identify_layers",
@@ -98,6 +111,9 @@ __all__ = [
     "layer_geometry",
     "magnitude_bar",
     "matched_contrast_limits",
+    "model_to_follow",
+    "optics_differences",
+    "order_estimates",
     "plane_index",
     "psf_layer_data",
     "psf_map_layer_data",
