@@ -24,6 +24,9 @@ from ._job import (
     notify_info,
     notify_warning,
 )
+from ._psf_files import settle_psf_layer, watch_psf_files
+from ._view import camera, fit_all, reveal
+from ._view import grid as _grid
 
 if TYPE_CHECKING:
     import napari
@@ -132,6 +135,7 @@ class DeblurWidget(JobWidget):
         self._compare_button.changed.connect(self._on_compare_clicked)
         self._connect_layer_events()
         self._viewer.layers.events.inserted.connect(self._on_layer_inserted)
+        watch_psf_files(self._viewer)  # PSF files opened by napari's reader
         self.reset_choices()
         self._on_layer_changed(self._image_layer.value)
 
@@ -184,6 +188,7 @@ class DeblurWidget(JobWidget):
         to use (one of another image is only offered, with "Show estimates of other
         images")."""
         layer = event.value
+        settle_psf_layer(self._viewer, layer)  # a PSF file opened by napari's reader
         if logic.is_psf_metadata(getattr(layer, "metadata", None)):
             self._psf_layer.reset_choices()
             if self._is_mine(layer):
@@ -278,6 +283,7 @@ class DeblurWidget(JobWidget):
         if self._comparing:
             self.end_comparison()
         added = [self._viewer.add_layer(Layer.create(*ldt)) for ldt in result.layers]
+        reveal(self._viewer, added)
         self._result_layer = added[-1]
         raw = self._raw_layer
         if raw is not None and raw in self._viewer.layers:
@@ -305,7 +311,9 @@ class DeblurWidget(JobWidget):
             notify_error("Compare failed: deblur an image first (its result layer is missing).")
             return
         limits = logic.matched_contrast_limits(_current(raw, self._viewer), result.data)
+        view = camera(self._viewer)
         self._saved_view = {
+            "camera": (tuple(view.center), float(view.zoom)),
             "visible": {layer: layer.visible for layer in layers},
             "grid": _grid(self._viewer).enabled,
             "limits": {raw: tuple(raw.contrast_limits), result: tuple(result.contrast_limits)},
@@ -318,6 +326,7 @@ class DeblurWidget(JobWidget):
         if layers.index(raw) > layers.index(result):
             layers.move(layers.index(raw), layers.index(result))
         _grid(self._viewer).enabled = True
+        fit_all(self._viewer)  # each grid cell shows its whole image
         self._comparing = True
         self._compare_button.text = "End comparison"
 
@@ -328,6 +337,8 @@ class DeblurWidget(JobWidget):
             if layer in self._viewer.layers:
                 layer.visible = visible
         _grid(self._viewer).enabled = saved.get("grid", False)
+        if "camera" in saved:
+            camera(self._viewer).center, camera(self._viewer).zoom = saved["camera"]
         self._comparing = False
         self._saved_view = {}
         self._compare_button.text = "Compare side by side"
@@ -350,18 +361,12 @@ class DeblurWidget(JobWidget):
                 + " Choose a PSF exported by Deep-Blur (a .tif with its .json)."
             )
             return None
-        layer = self._viewer.add_layer(Layer.create(*ldt))
+        layer = self._viewer.add_layer(Layer.create(*ldt))  # (placed by _on_layer_inserted)
         if not self._is_mine(layer):  # opening it is the explicit choice of another's PSF
             self._other_estimates.value = True
         self._psf_layer.reset_choices()
         self._psf_layer.value = layer
         return layer
-
-
-def _grid(viewer):
-    """The viewer's grid settings (``viewer.canvas.grid`` since napari 0.9)."""
-    canvas = getattr(viewer, "canvas", None)
-    return canvas.grid if hasattr(canvas, "grid") else viewer.grid
 
 
 def _identified(psf) -> str:

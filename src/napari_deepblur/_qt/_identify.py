@@ -34,6 +34,8 @@ from ._job import (
     notify_info,
     wrap_to_dock_width,
 )
+from ._psf_files import watch_psf_files
+from ._view import reveal
 
 if TYPE_CHECKING:
     import napari
@@ -180,6 +182,7 @@ class IdentifyWidget(JobWidget):
         self._use_optics.changed.connect(self._on_use_optics)
         self._export_button.changed.connect(self._on_export_clicked)
         self._connect_layer_events()
+        watch_psf_files(self._viewer)  # PSF files opened by napari's reader
         self.reset_choices()
         self._on_layer_changed(self._image_layer.value)
 
@@ -262,6 +265,7 @@ class IdentifyWidget(JobWidget):
         from napari.layers import Layer
 
         added = [self._viewer.add_layer(Layer.create(*ldt)) for ldt in result.layers]
+        reveal(self._viewer, added[:1])  # the PSF, beside the image
         self._result_layer = added[0]
         self.show_estimate(added[0].metadata)
         self._export_button.enabled = True
