@@ -28,6 +28,8 @@ from .estimates import (
 )
 from .layers import (
     AUXILIARY_LAYERS,
+    DEBLUR_MIN_PX,
+    IDENTIFY_MIN_PX,
     PSF_COLORMAP,
     LayerDataTuple,
     beside_image,
@@ -64,8 +66,10 @@ from .tables import (
     KERNEL_MAP_GRID,
     coefficient_columns,
     coefficient_rows,
+    coefficient_text,
     field_summary,
     is_field_estimate,
+    is_uncertain,
     magnitude_bar,
     rms_radius,
     summary_text,
@@ -73,6 +77,8 @@ from .tables import (
 
 __all__ = [
     "AUXILIARY_LAYERS",
+    "DEBLUR_MIN_PX",
+    "IDENTIFY_MIN_PX",
     "IDENTIFY_STACK_MODES",
     "KERNEL_MAP_GRID",
     "OTHER_IMAGE_LABEL",
@@ -91,6 +97,7 @@ __all__ = [
     "check_layer",
     "coefficient_columns",
     "coefficient_rows",
+    "coefficient_text",
     "deblur_layers",
     "estimate_from_psf_layer",
     "estimate_layers",
@@ -106,6 +113,7 @@ __all__ = [
     "is_field_model",
     "is_psf_metadata",
     "is_psf_of",
+    "is_uncertain",
     "iter_deblur_layers",
     "iter_identify_layers",
     "kernel_map_layer_data",

@@ -36,12 +36,20 @@ AUXILIARY_LAYERS = ("psf map", "kernel map", "weight map")
 LayerDataTuple = tuple[Any, dict, str]
 
 
+#: The smallest image side (px, at the model's sampling) the shipped models identify (their
+#: identification network's ``min_size``) and deblur (larger than the 31 px blur kernel).
+IDENTIFY_MIN_PX = 96
+DEBLUR_MIN_PX = 32
+
+
 def check_layer(
-    kind: str, *, rgb: bool = False, shape: Sequence[int] = (), min_size: int = 32
+    kind: str, *, rgb: bool = False, shape: Sequence[int] = (), min_size: int = DEBLUR_MIN_PX
 ) -> None:
     """Refuse a layer Deep-Blur cannot use, with a :class:`UserError` that says what to do.
 
-    ``kind``: the layer's type name ("image", "labels", …); ``shape``: its data shape.
+    ``kind``: the layer's type name ("image", "labels", …); ``shape``: its data shape. An
+    image under ``min_size`` px a side is refused with both minimums (the pipeline checks
+    them exactly, at the model's sampling, when it runs).
     """
     kind = kind.lower()
     if kind == "labels":
@@ -59,8 +67,9 @@ def check_layer(
         raise UserError(f"expected an image with at least 2 dimensions, got shape {tuple(shape)}")
     if min(shape[-2:]) < min_size:
         raise UserError(
-            f"the image ({shape[-2]}×{shape[-1]} px) is too small: at least "
-            f"{min_size}×{min_size} px are needed"
+            f"the image ({shape[-2]}×{shape[-1]} px) is too small: identifying the blur "
+            f"needs at least {IDENTIFY_MIN_PX} px a side and deblurring with a known PSF "
+            f"{DEBLUR_MIN_PX} px, at the model's sampling; use a larger crop"
         )
 
 

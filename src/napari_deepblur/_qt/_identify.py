@@ -22,7 +22,7 @@ from magicgui.widgets import (
     SpinBox,
     Table,
 )
-from qtpy.QtWidgets import QHeaderView
+from qtpy.QtWidgets import QHeaderView, QStyledItemDelegate
 
 from .. import _napari as logic
 from ._job import (
@@ -131,6 +131,9 @@ class IdentifyWidget(JobWidget):
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setStretchLastSection(True)
         self._table.read_only = True
+        # magicgui's delegate re-formats numeric cells ("-1.4740", "2.700e-02", "-0.0000"):
+        # show our text (logic.coefficient_text) as it is
+        self._table.native.setItemDelegate(QStyledItemDelegate(self._table.native))
         self._summary = Label(label="", value="", visible=False)
         for label in (self._summary, self._fc_label):
             wrap_to_dock_width(label)
@@ -299,8 +302,8 @@ class IdentifyWidget(JobWidget):
             "data": [
                 [
                     r["aberration"],
-                    f"{r['waves_rms']:+.3f}"
-                    + ("" if r["uncertainty"] is None else f" ± {r['uncertainty']:.3f}"),
+                    logic.coefficient_text(r["waves_rms"], r["uncertainty"])
+                    + ("  uncertain" if r["uncertain"] else ""),
                     r["bar"],
                 ]
                 for r in rows
