@@ -7,6 +7,7 @@ is tested without a viewer.
 - :mod:`.requests`: the Identify and Deblur jobs (:func:`iter_identify_layers`,
   :func:`iter_deblur_layers`) and their requests;
 - :mod:`.calibrate`: the "Calibrate from beads" job;
+- :mod:`.channels`: the channel axis of a layer, and no job across channels;
 - :mod:`.estimates`: which blur estimates the Deblur dock offers for an image, and the
   model to deblur one with;
 - :mod:`.layers`: checks of the layers chosen, and the layers we add;
@@ -18,6 +19,7 @@ The PSF layers' metadata and the optics known for a layer are
 """
 
 from ..formats import PSF_FORMAT, KnownOptics, is_psf_metadata, known_optics, psf_metadata
+from .channels import channel_count, check_not_across_channels, layer_axes
 from .estimates import (
     OTHER_IMAGE_LABEL,
     estimate_model,
@@ -94,6 +96,8 @@ __all__ = [
     "RunStateMachine",
     "UserError",
     "beside_image",
+    "channel_count",
+    "check_not_across_channels",
     "check_layer",
     "coefficient_columns",
     "coefficient_rows",
@@ -118,6 +122,7 @@ __all__ = [
     "iter_identify_layers",
     "kernel_map_layer_data",
     "known_optics",
+    "layer_axes",
     "layer_geometry",
     "magnitude_bar",
     "matched_contrast_limits",

@@ -18,6 +18,7 @@ from ._job import (
     MODEL_FILE_CHOICE,
     JobWidget,
     device_choices,
+    layer_axes,
     layer_geometry,
     layer_optics,
     notify_error,
@@ -244,6 +245,10 @@ class DeblurWidget(JobWidget):
         logic.check_layer(type(layer).__name__, rgb=getattr(layer, "rgb", False), shape=shape)
         data = layer.data[0] if layer.multiscale else layer.data
         all_planes = len(shape) > 2 and self._planes.value == ALL_PLANES
+        if all_planes:
+            logic.check_not_across_channels(
+                layer_axes(layer), shape, "deblurring all planes with one PSF"
+            )
         psf_layer = self._psf_layer.value
         estimate = None
         if psf_layer is not None:

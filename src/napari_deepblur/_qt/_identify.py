@@ -28,6 +28,7 @@ from .. import _napari as logic
 from ._job import (
     JobWidget,
     device_choices,
+    layer_axes,
     layer_geometry,
     layer_optics,
     notify_error,
@@ -72,8 +73,9 @@ class IdentifyWidget(JobWidget):
             label="Planes",
             choices=list(STACK_MODES),
             value=CURRENT_PLANE,
-            tooltip="For a stack (Z, T, C): the plane shown now, or the median of the "
-            "estimates of every plane (one plane at a time; slower).",
+            tooltip="For a stack (Z, T): the plane shown now, or the median of the "
+            "estimates of every plane (one plane at a time; slower). Not across channels: "
+            "each has its own wavelength.",
         )
         self._model, self._model_file = self._make_model_widgets()
         self._use_optics = CheckBox(
@@ -247,11 +249,16 @@ class IdentifyWidget(JobWidget):
             raise logic.UserError("open an image first (File > Open, or File > Open Sample)")
         data = _data(layer)
         logic.check_layer(type(layer).__name__, rgb=getattr(layer, "rgb", False), shape=data.shape)
+        stack_mode = STACK_MODES[self._planes.value] if len(data.shape) > 2 else "plane"
+        if stack_mode == "median":
+            logic.check_not_across_channels(
+                layer_axes(layer), data.shape, "the median over all planes"
+            )
         request = logic.IdentifyRequest(
             data=data,
             source=layer.name,
             plane=self._plane_of(layer),
-            stack_mode=STACK_MODES[self._planes.value] if len(data.shape) > 2 else "plane",
+            stack_mode=stack_mode,
             model=self._model_value(),
             optics=self._optics(),
             device=self._device.value,
