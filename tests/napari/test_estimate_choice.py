@@ -116,6 +116,15 @@ def test_the_deblur_model_follows_the_estimates(two_images, qtbot, notes):
     later = DeblurWidget(viewer)
     later._image_layer.value = a
     assert later._psf_layer.value is psf and later._model.value == "field-default"
+    # set back by hand: it runs, with a warning
+    deblur._model.value = "zernike-default"
+    deblur._device.value = "cpu"
+    _run(qtbot, deblur)
+    assert deblur.state == RunState.DONE and notes["error"] == []
+    assert (
+        "identified with the model 'field-default' and is deblurred with 'zernike-default'"
+        in (notes["warning"][-1])
+    )
 
 
 def test_an_estimates_model_that_is_not_here_warns(make_napari_viewer, notes):

@@ -261,6 +261,9 @@ class DeblurWidget(JobWidget):
             )
             if warning:
                 notify_warning(warning)
+        model = self._model_value()
+        if psf_layer is not None:
+            self._warn_other_model(psf_layer, Path(model).stem)
         noise = None
         if self._noise_override.value:
             noise = {"alpha": float(self._noise_alpha.value), "beta": float(self._noise_beta.value)}
@@ -271,7 +274,7 @@ class DeblurWidget(JobWidget):
             plane=None if all_planes else self._plane_of(layer),
             estimate=estimate,
             of_this_image=of_this_image,
-            model=self._model_value(),
+            model=model,
             optics=optics,
             device=self._device.value,
             strength=float(self._strength.value),
@@ -280,6 +283,16 @@ class DeblurWidget(JobWidget):
             colormap=getattr(layer.colormap, "name", None),
         )
         return logic.iter_deblur_layers(request)
+
+    def _warn_other_model(self, psf, model: str) -> None:
+        """Deblurring with another model than the estimate's runs, but is a mismatch."""
+        identified_with = logic.estimate_model(psf.metadata)
+        if identified_with and identified_with != model:
+            notify_warning(
+                f"Deblur: '{psf.name}' was identified with the model '{identified_with}' and "
+                f"is deblurred with '{model}': choose '{identified_with}' as the Model, "
+                "unless you are comparing models."
+            )
 
     # -- result → viewer --------------------------------------------------------------------
     def _finish(self, result: logic.DeblurResult) -> None:
