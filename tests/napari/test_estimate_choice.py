@@ -138,3 +138,20 @@ def test_an_estimates_model_that_is_not_here_warns(make_napari_viewer, notes):
     assert deblur._psf_layer.value is viewer.layers["cell PSF"]
     assert deblur._model.value == "zernike-default"
     assert "'my-scope', which is not available here" in notes["warning"][-1]
+
+
+def test_opening_another_images_psf_file_chooses_it(two_images, qtbot, notes, tmp_path):
+    from napari_deepblur._qt import DeblurWidget
+    from napari_deepblur._writer import write_psf_layer
+
+    viewer, a, b = two_images
+    psf_a = _identify(qtbot, viewer, a)
+    path = tmp_path / "a.psf.tif"
+    write_psf_layer(str(path), psf_a.data, {"metadata": psf_a.metadata, "name": psf_a.name})
+    deblur = DeblurWidget(viewer)
+    deblur._image_layer.value = b
+    deblur._psf_file.value = path
+    deblur._open_psf_button.native.click()  # an explicit choice of A's PSF for B
+    opened = viewer.layers["a"]
+    assert deblur._psf_layer.value is opened and deblur._other_estimates.value
+    assert notes["error"] == []
