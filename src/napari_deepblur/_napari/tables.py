@@ -194,7 +194,10 @@ def summary_text(estimate: Mapping, field_summary: Mapping | None = None) -> str
     if estimate.get("refined"):
         lines.append("Refined on the image itself (fit through the physics after the network)")
     if estimate.get("uncertainty", estimate.get("uncertainty_waves_rms")) is not None:
-        lines.append("± = spread over flipped/rotated copies of the image (waves RMS)")
+        lines.append(
+            "± = spread over flipped/rotated copies of the image (waves RMS); the error "
+            "can be larger (a bias of the network is the same in every copy)"
+        )
         unsure = [r["aberration"] for r in coefficient_rows(estimate) if r["uncertain"]]
         if unsure:
             lines.append(
