@@ -83,6 +83,10 @@ def test_another_images_psf_needs_an_explicit_choice_and_warns(two_images, qtbot
     assert "identified on 'A'" in warning and "pixel size 74 nm vs 120 nm" in warning
     assert "NA 1.4 vs 1" in warning
 
+    # unticked: no longer offered, B's own (none yet: identify first)
+    deblur._other_estimates.value = False
+    assert deblur._psf_layer.value is None and _shown(deblur._psf_layer) == [IDENTIFY_FIRST]
+
     # back to A: its own estimate again
     deblur._image_layer.value = a
     assert deblur._psf_layer.value is psf_a

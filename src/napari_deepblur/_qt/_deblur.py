@@ -204,10 +204,12 @@ class DeblurWidget(JobWidget):
         self._psf_layer.value = self._latest_estimate()
 
     def _on_other_estimates(self, value: bool) -> None:
+        """Offer (or stop offering) other images' estimates; one chosen that is no longer
+        offered gives way to the image's latest."""
         chosen = self._psf_layer.value
         self._psf_layer.reset_choices()
-        if chosen is not None and any(chosen is v for _, v in self._psf_choices()):
-            self._psf_layer.value = chosen
+        offered = any(chosen is v for _, v in self._psf_choices())
+        self._psf_layer.value = chosen if offered else self._latest_estimate()
 
     def _on_psf_changed(self, layer: Any) -> None:
         noise = {} if layer is None else (layer.metadata.get("noise") or {})
