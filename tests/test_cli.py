@@ -237,6 +237,27 @@ def test_wrong_dims_are_user_errors(tmp_path, capsys, data, message):
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("command", ["identify", "deblur"])
+def test_channels_are_not_planes(tmp_path, capsys, command):
+    """A CYX file: one estimate shared by its channels (imaged at different wavelengths) is
+    refused with one sentence; --per-plane identifies each channel on its own."""
+    path = tmp_path / "cyx.tif"
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(
+        path, rng.random((2, 96, 96), np.float32), imagej=True, metadata={"axes": "CYX"}
+    )
+    out = ["-o", str(tmp_path / "o.tif")] if command == "deblur" else []
+    for mode in ([], ["--median"]):
+        assert cli.main([command, str(path), *out, *mode, "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert "2 channels (axes CYX)" in err and len(err.strip().splitlines()) == 1
+    per_plane = "--all-planes" if command == "identify" else "--per-plane"
+    assert per_plane in err
+    if command == "identify":
+        assert cli.main([command, str(path), per_plane, "--quiet", "--no-augment"]) == 0
+        assert "plane (1,)" in capsys.readouterr().out
+
+
 def test_unreadable_and_missing_files(tmp_path, capsys):
     text = tmp_path / "notes.tif"
     text.write_text("not an image")

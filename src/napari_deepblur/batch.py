@@ -133,9 +133,21 @@ def image_sampling(image, optics: dict | None = None) -> tuple[Sampling, str]:
     return Sampling(), "assumed sampled like the model (no optics given or stored in the file)"
 
 
-def check_image_axes(image, path) -> None:
-    """Refuse RGB and other sample-interleaved images with a message that says what to do."""
+def check_image_axes(image, path, mode: str | None = None) -> None:
+    """Refuse RGB and other sample-interleaved images with a message that says what to do;
+    and, when ``mode`` (how a stack is identified) shares one estimate over the planes, a
+    stack whose planes are channels (imaged at different wavelengths)."""
     axes = image.axes or ""
+    channels = (
+        image.data.shape[axes.index("C")] if "C" in axes and len(axes) == image.data.ndim else 1
+    )
+    if mode in ("plane", "median") and channels > 1:
+        raise ValueError(
+            f"{path} has {channels} channels (axes {axes}): one estimate for all its planes "
+            "would mix channels imaged at different wavelengths. Save each channel as its own "
+            "file and give its emission wavelength (--wavelength-nm), or identify every plane "
+            "on its own (identify --all-planes; deblur and batch --per-plane)"
+        )
     if "S" in axes or (image.data.ndim == 3 and image.data.shape[-1] in (3, 4)):
         raise ValueError(
             f"{path} is an RGB(A) image (axes {axes or '?'}, shape {tuple(image.data.shape)}); "
@@ -219,7 +231,7 @@ def _deblur_claimed(input_path: Path, output_path: Path, sidecar: Path | None, o
 
         torch.set_num_threads(options.torch_threads)
     image = io.read_image(input_path, mmap=True)
-    check_image_axes(image, input_path)
+    check_image_axes(image, input_path, None if options.estimate is not None else options.mode)
     data = image.data
     dtype = np.float32 if options.dtype == "float32" else data.dtype
     check_free_space(output_path, int(np.prod(data.shape)) * np.dtype(dtype).itemsize)

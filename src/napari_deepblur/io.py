@@ -304,6 +304,18 @@ def read_header(path: str | os.PathLike) -> tuple[float | None, dict]:
         raise ValueError(f"not a readable TIFF: {path} ({exc})") from exc
 
 
+def read_axes(path: str | os.PathLike) -> tuple[str, tuple[int, ...]]:
+    """The axes (tifffile's, e.g. "CYX", "TZCYX": from the OME-XML or ImageJ metadata) and
+    shape of a TIFF's first series, without reading its pixels; ``("", ())`` when it is not
+    a readable TIFF."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            return str(series.axes), tuple(int(n) for n in series.shape)
+    except (tifffile.TiffFileError, ValueError, IndexError, KeyError, OSError):
+        return "", ()
+
+
 def _header(tif: tifffile.TiffFile) -> tuple[float | None, dict]:
     description = _json_description(_our_description(tif.pages.first))
     pixel_size_nm = _pixel_size_nm(tif, description)

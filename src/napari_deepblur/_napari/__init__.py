@@ -7,6 +7,9 @@ is tested without a viewer.
 - :mod:`.requests`: the Identify and Deblur jobs (:func:`iter_identify_layers`,
   :func:`iter_deblur_layers`) and their requests;
 - :mod:`.calibrate`: the "Calibrate from beads" job;
+- :mod:`.channels`: the channel axis of a layer, and no job across channels;
+- :mod:`.estimates`: which blur estimates the Deblur dock offers for an image, and the
+  model to deblur one with;
 - :mod:`.layers`: checks of the layers chosen, and the layers we add;
 - :mod:`.tables`: the coefficient table and the summary of an estimate;
 - :mod:`.messages`: every exception as one sentence for a notification.
@@ -16,10 +19,22 @@ The PSF layers' metadata and the optics known for a layer are
 """
 
 from ..formats import PSF_FORMAT, KnownOptics, is_psf_metadata, known_optics, psf_metadata
+from .channels import channel_count, check_not_across_channels, layer_axes
+from .estimates import (
+    OTHER_IMAGE_LABEL,
+    estimate_model,
+    foreign_estimate_warning,
+    model_to_follow,
+    optics_differences,
+    order_estimates,
+)
 from .layers import (
     AUXILIARY_LAYERS,
+    DEBLUR_MIN_PX,
+    IDENTIFY_MIN_PX,
     PSF_COLORMAP,
     LayerDataTuple,
+    beside_image,
     check_layer,
     estimate_from_psf_layer,
     estimate_layers,
@@ -53,8 +68,10 @@ from .tables import (
     KERNEL_MAP_GRID,
     coefficient_columns,
     coefficient_rows,
+    coefficient_text,
     field_summary,
     is_field_estimate,
+    is_uncertain,
     magnitude_bar,
     rms_radius,
     summary_text,
@@ -62,8 +79,11 @@ from .tables import (
 
 __all__ = [
     "AUXILIARY_LAYERS",
+    "DEBLUR_MIN_PX",
+    "IDENTIFY_MIN_PX",
     "IDENTIFY_STACK_MODES",
     "KERNEL_MAP_GRID",
+    "OTHER_IMAGE_LABEL",
     "PSF_COLORMAP",
     "PSF_FORMAT",
     "DeblurRequest",
@@ -75,14 +95,20 @@ __all__ = [
     "RunState",
     "RunStateMachine",
     "UserError",
+    "beside_image",
+    "channel_count",
+    "check_not_across_channels",
     "check_layer",
     "coefficient_columns",
     "coefficient_rows",
+    "coefficient_text",
     "deblur_layers",
     "estimate_from_psf_layer",
     "estimate_layers",
+    "estimate_model",
     "estimate_source",
     "fc_text",
+    "foreign_estimate_warning",
     "field_summary",
     "guarded",
     "identify_layers",
@@ -91,13 +117,18 @@ __all__ = [
     "is_field_model",
     "is_psf_metadata",
     "is_psf_of",
+    "is_uncertain",
     "iter_deblur_layers",
     "iter_identify_layers",
     "kernel_map_layer_data",
     "known_optics",
+    "layer_axes",
     "layer_geometry",
     "magnitude_bar",
     "matched_contrast_limits",
+    "model_to_follow",
+    "optics_differences",
+    "order_estimates",
     "plane_index",
     "psf_layer_data",
     "psf_map_layer_data",

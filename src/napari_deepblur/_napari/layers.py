@@ -36,12 +36,20 @@ AUXILIARY_LAYERS = ("psf map", "kernel map", "weight map")
 LayerDataTuple = tuple[Any, dict, str]
 
 
+#: The smallest image side (px, at the model's sampling) the shipped models identify (their
+#: identification network's ``min_size``) and deblur (larger than the 31 px blur kernel).
+IDENTIFY_MIN_PX = 96
+DEBLUR_MIN_PX = 32
+
+
 def check_layer(
-    kind: str, *, rgb: bool = False, shape: Sequence[int] = (), min_size: int = 32
+    kind: str, *, rgb: bool = False, shape: Sequence[int] = (), min_size: int = DEBLUR_MIN_PX
 ) -> None:
     """Refuse a layer Deep-Blur cannot use, with a :class:`UserError` that says what to do.
 
-    ``kind``: the layer's type name ("image", "labels", …); ``shape``: its data shape.
+    ``kind``: the layer's type name ("image", "labels", …); ``shape``: its data shape. An
+    image under ``min_size`` px a side is refused with both minimums (the pipeline checks
+    them exactly, at the model's sampling, when it runs).
     """
     kind = kind.lower()
     if kind == "labels":
@@ -59,8 +67,9 @@ def check_layer(
         raise UserError(f"expected an image with at least 2 dimensions, got shape {tuple(shape)}")
     if min(shape[-2:]) < min_size:
         raise UserError(
-            f"the image ({shape[-2]}×{shape[-1]} px) is too small: at least "
-            f"{min_size}×{min_size} px are needed"
+            f"the image ({shape[-2]}×{shape[-1]} px) is too small: identifying the blur "
+            f"needs at least {IDENTIFY_MIN_PX} px a side and deblurring with a known PSF "
+            f"{DEBLUR_MIN_PX} px, at the model's sampling; use a larger crop"
         )
 
 
@@ -177,6 +186,27 @@ def psf_layer_data(
     pixels, so it takes the image's scale and units (nm for our samples and files; without
     units on the image, the pixel size in nm is kept in the metadata's ``optics``), and sits
     just right of the image (of ``image_shape``) so that both are visible."""
+    kwargs: dict[str, Any] = {
+        "name": f"{source} PSF",
+        "colormap": PSF_COLORMAP,
+        "metadata": psf_metadata(estimate, source),
+        **beside_image(geometry, image_shape),
+    }
+    return np.asarray(estimate.psf, np.float32), kwargs, "image"
+
+
+#: Pixels of the image between it and its PSF layer.
+PSF_GAP_PX = 8
+
+
+def beside_image(geometry: Mapping, image_shape: Sequence[int] | None = None) -> dict:
+    """Where a PSF layer of the image of ``geometry`` (:func:`layer_geometry`, 2 axes) and
+    ``image_shape`` goes: on the image's pixel grid (its ``scale``, ``units``, ``affine``),
+    :data:`PSF_GAP_PX` px right of the image (at its origin without ``image_shape``).
+
+    >>> beside_image({"scale": (2.0, 2.0), "translate": (0.0, 0.0)}, (64, 64))["translate"]
+    (0.0, 144.0)
+    """
     geometry = layer_geometry(
         geometry.get("scale", (1.0, 1.0)),
         geometry.get("translate", (0.0, 0.0)),
@@ -185,17 +215,8 @@ def psf_layer_data(
     )
     scale, translate = geometry["scale"], geometry["translate"]
     if image_shape is not None:
-        gap = 8
-        translate = (translate[0], translate[1] + (image_shape[-1] + gap) * scale[1])
-    kwargs: dict[str, Any] = {
-        "name": f"{source} PSF",
-        "colormap": PSF_COLORMAP,
-        "metadata": psf_metadata(estimate, source),
-        "scale": scale,
-        "translate": translate,
-        **_on_grid(geometry),
-    }
-    return np.asarray(estimate.psf, np.float32), kwargs, "image"
+        translate = (translate[0], translate[1] + (image_shape[-1] + PSF_GAP_PX) * scale[1])
+    return {"scale": scale, "translate": translate, **_on_grid(geometry)}
 
 
 def _mosaic(

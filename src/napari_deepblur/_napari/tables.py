@@ -1,7 +1,9 @@
 """What the Identify dock shows of an estimate besides layers: the coefficient table
 (:func:`coefficient_rows`: Zernike terms in waves RMS, or the γ of a space-varying
-estimate, with text bars) and the summary (:func:`summary_text`: total aberration, Strehl
-ratio, noise, model; how the PSF changes across the field)."""
+estimate, with text bars; :func:`coefficient_text`: every value with the same fixed
+decimals; :func:`is_uncertain`: a term whose ± is large next to it) and the summary
+(:func:`summary_text`: total aberration, Strehl ratio, noise, model, the uncertain terms;
+how the PSF changes across the field)."""
 
 from __future__ import annotations
 
@@ -25,6 +27,45 @@ MARECHAL_WAVES = 0.072
 
 #: The kernel map of a space-varying estimate: local PSFs on a grid of this many cells a side.
 KERNEL_MAP_GRID = 5
+
+
+#: Decimals of every coefficient in the table (waves RMS, or γ).
+DECIMALS = 3
+
+
+#: A coefficient is "uncertain" when its ± (the spread over flipped copies) is at least this
+#: fraction of its magnitude, and at least :data:`UNCERTAIN_MIN` (waves RMS, or γ): below
+#: that, a small term with a small spread is surely small.
+UNCERTAIN_FRACTION = 0.5
+UNCERTAIN_MIN = 0.01
+
+
+def coefficient_text(value: float, uncertainty: float | None = None) -> str:
+    """A coefficient for the table, always with :data:`DECIMALS` fixed decimals and a sign
+    (no e-notation, and no "-0.000": a value that rounds to zero is "0.000").
+
+    >>> coefficient_text(0.0271, 0.004), coefficient_text(-1.474), coefficient_text(-3e-5)
+    ('+0.027 ± 0.004', '-1.474', '0.000')
+    """
+    text = f"{float(value):+.{DECIMALS}f}"
+    if float(text) == 0:
+        text = f"{0:.{DECIMALS}f}"
+    if uncertainty is not None:
+        text += f" ± {abs(float(uncertainty)):.{DECIMALS}f}"
+    return text
+
+
+def is_uncertain(value: float, uncertainty: float | None) -> bool:
+    """Whether the spread ``uncertainty`` of a coefficient is large next to its value
+    (:data:`UNCERTAIN_FRACTION`, :data:`UNCERTAIN_MIN`).
+
+    >>> is_uncertain(0.06, 0.05), is_uncertain(0.2, 0.01), is_uncertain(0.002, 0.003)
+    (True, False, False)
+    """
+    if uncertainty is None:
+        return False
+    u = abs(float(uncertainty))
+    return u >= UNCERTAIN_MIN and u >= UNCERTAIN_FRACTION * abs(float(value))
 
 
 def is_field_estimate(estimate: Mapping) -> bool:
@@ -69,6 +110,7 @@ def coefficient_rows(estimate: Mapping) -> list[dict]:
                 "label": f"Z{int(j)}",
                 "waves_rms": float(c),
                 "uncertainty": u,
+                "uncertain": is_uncertain(float(c), u),
                 "bar": magnitude_bar(float(c)),
             }
         )
@@ -84,13 +126,15 @@ def _field_rows(estimate: Mapping, gamma: list[float], names, uncertainty) -> li
     rows = []
     for k, g in enumerate(gamma):
         i, j = divmod(k, num_maps)
+        u = None if uncertainty is None else float(uncertainty[k])
         rows.append(
             {
                 "aberration": f"eigen-PSF {i + 1} × map {j + 1}",
                 "noll": None,
                 "label": names[k] if k < len(names) else f"γ{k + 1}",
                 "waves_rms": g,  # (the same key as Zernike rows; γ has no unit)
-                "uncertainty": None if uncertainty is None else float(uncertainty[k]),
+                "uncertainty": u,
+                "uncertain": is_uncertain(g, u),
                 "bar": magnitude_bar(g, full=full),
             }
         )
@@ -150,7 +194,17 @@ def summary_text(estimate: Mapping, field_summary: Mapping | None = None) -> str
     if estimate.get("refined"):
         lines.append("Refined on the image itself (fit through the physics after the network)")
     if estimate.get("uncertainty", estimate.get("uncertainty_waves_rms")) is not None:
-        lines.append("± = spread over flipped/rotated copies of the image (waves RMS)")
+        lines.append(
+            "± = spread over flipped/rotated copies of the image (waves RMS); the error "
+            "can be larger (a bias of the network is the same in every copy)"
+        )
+        unsure = [r["aberration"] for r in coefficient_rows(estimate) if r["uncertain"]]
+        if unsure:
+            lines.append(
+                f"Uncertain: {', '.join(unsure)} (the ± is at least half the value): the "
+                "copies of the image disagree, so take these terms with caution; another "
+                "plane or region, or the median over planes, may tell more"
+            )
     if estimate.get("model"):
         lines.append(f"Model: {estimate['model']}, fc = {float(estimate.get('fc', 0)):.3f}")
     return "\n".join(lines)

@@ -14,7 +14,20 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, PushButton
 
 from .. import _napari as logic
-from ._job import JobWidget, device_choices, layer_geometry, layer_optics, notify_error
+from ._job import (
+    MODEL_FILE_CHOICE,
+    JobWidget,
+    device_choices,
+    layer_axes,
+    layer_geometry,
+    layer_optics,
+    notify_error,
+    notify_info,
+    notify_warning,
+)
+from ._psf_files import settle_psf_layer, watch_psf_files
+from ._view import camera, fit_all, reveal
+from ._view import grid as _grid
 
 if TYPE_CHECKING:
     import napari
@@ -27,10 +40,16 @@ ALL_PLANES = "all planes"
 class DeblurWidget(JobWidget):
     """Remove the blur of an image layer with a PSF estimate.
 
+    The "Blur estimate" list offers the PSF layers identified on the chosen image, latest
+    first (the latest is chosen); those of other images only when ``_other_estimates`` ("Show
+    estimates of other images") is ticked, labelled as such, and deblurring with one whose
+    optics differ from the image's warns. Choosing an estimate sets the model to the one it
+    was identified with (or warns when that model is not available).
+
     Private sub-widgets (tests drive them): ``_image_layer``, ``_planes``, ``_psf_layer``,
-    ``_psf_file``, ``_open_psf_button``, ``_model``, ``_model_file``, ``_device``,
-    ``_strength``, ``_noise_override``, ``_noise_alpha``, ``_noise_beta``, ``_run_button``,
-    ``_progress``, ``_status``, ``_compare_button``.
+    ``_other_estimates``, ``_psf_file``, ``_open_psf_button``, ``_model``, ``_model_file``,
+    ``_device``, ``_strength``, ``_noise_override``, ``_noise_alpha``, ``_noise_beta``,
+    ``_run_button``, ``_progress``, ``_status``, ``_compare_button``.
     """
 
     action = "Deblur"
@@ -40,6 +59,12 @@ class DeblurWidget(JobWidget):
         self._image_layer = ComboBox(label="Image", choices=self._image_layer_choices)
         self._planes = ComboBox(
             label="Planes", choices=[CURRENT_PLANE, ALL_PLANES], value=CURRENT_PLANE
+        )
+        self._other_estimates = CheckBox(
+            text="Show estimates of other images",
+            value=False,
+            tooltip="Offer the PSFs identified on other images too (their optics may "
+            "differ: a warning says so when you deblur).",
         )
         self._psf_layer = ComboBox(label="Blur estimate", choices=self._psf_choices)
         self._psf_file = FileEdit(label="…or a PSF file", mode="r", filter="*.tif *.tiff *.json")
@@ -72,6 +97,7 @@ class DeblurWidget(JobWidget):
                 self._image_layer,
                 self._planes,
                 self._psf_layer,
+                self._other_estimates,
                 self._psf_file,
             ],
         )
@@ -104,11 +130,13 @@ class DeblurWidget(JobWidget):
         self._saved_view: dict = {}
         self._image_layer.changed.connect(self._on_layer_changed)
         self._psf_layer.changed.connect(self._on_psf_changed)
+        self._other_estimates.changed.connect(self._on_other_estimates)
         self._noise_override.changed.connect(self._on_noise_override)
         self._open_psf_button.changed.connect(self._on_open_psf_clicked)
         self._compare_button.changed.connect(self._on_compare_clicked)
         self._connect_layer_events()
         self._viewer.layers.events.inserted.connect(self._on_layer_inserted)
+        watch_psf_files(self._viewer)  # PSF files opened by napari's reader
         self.reset_choices()
         self._on_layer_changed(self._image_layer.value)
 
@@ -123,38 +151,89 @@ class DeblurWidget(JobWidget):
         ]
 
     def _psf_choices(self, _widget=None) -> list:
+        """ "identify first", the PSF layers of the chosen image (latest first), then, when
+        "Show estimates of other images" is ticked, the others (labelled as such)."""
         psfs = [
-            (layer.name, layer)
+            layer
             for layer in self._viewer.layers
             if logic.is_psf_metadata(getattr(layer, "metadata", None))
         ]
-        return [(IDENTIFY_FIRST, None), *psfs]
+        image = self._image_layer.value
+        mine, others = logic.order_estimates(
+            None if image is None else image.name,
+            [(layer.name, layer.metadata) for layer in psfs],
+            include_others=bool(self._other_estimates.value),
+        )
+        foreign = [
+            (
+                logic.OTHER_IMAGE_LABEL.format(
+                    name=psfs[i].name, source=psfs[i].metadata.get("source") or "unknown"
+                ),
+                psfs[i],
+            )
+            for i in others
+        ]
+        return [(IDENTIFY_FIRST, None), *((psfs[i].name, psfs[i]) for i in mine), *foreign]
+
+    def _latest_estimate(self) -> Any:
+        """The latest PSF layer identified on the chosen image, or None."""
+        choices = self._psf_choices()
+        return choices[1][1] if len(choices) > 1 and self._is_mine(choices[1][1]) else None
+
+    def _is_mine(self, psf) -> bool:
+        image = self._image_layer.value
+        return image is not None and logic.is_psf_of(psf.metadata, image.name)
 
     def _on_layer_inserted(self, event) -> None:
-        """A new PSF layer (identified or opened) becomes the estimate to use."""
+        """A new PSF layer (identified or opened) of the chosen image becomes the estimate
+        to use (one of another image is only offered, with "Show estimates of other
+        images")."""
         layer = event.value
+        settle_psf_layer(self._viewer, layer)  # a PSF file opened by napari's reader
         if logic.is_psf_metadata(getattr(layer, "metadata", None)):
             self._psf_layer.reset_choices()
-            self._psf_layer.value = layer
+            if self._is_mine(layer):
+                self._psf_layer.value = layer
 
     def _on_layer_changed(self, layer: Any) -> None:
+        """Another image: its own latest estimate (or "identify first"), never the
+        estimate chosen for the previous image."""
         shape = () if layer is None else tuple(layer.data.shape)
         self._planes.visible = len(shape) > 2 and not getattr(layer, "rgb", False)
-        if layer is not None and self._psf_layer.value is None:
-            # the latest PSF identified from this image (not from "<name> 2"), if any
-            mine = [
-                psf
-                for _, psf in self._psf_choices()[1:]
-                if logic.is_psf_of(psf.metadata, layer.name)
-            ]
-            if mine:
-                self._psf_layer.value = mine[-1]
+        self._psf_layer.reset_choices()
+        self._psf_layer.value = self._latest_estimate()
+
+    def _on_other_estimates(self, value: bool) -> None:
+        """Offer (or stop offering) other images' estimates; one chosen that is no longer
+        offered gives way to the image's latest."""
+        chosen = self._psf_layer.value
+        self._psf_layer.reset_choices()
+        offered = any(chosen is v for _, v in self._psf_choices())
+        self._psf_layer.value = chosen if offered else self._latest_estimate()
 
     def _on_psf_changed(self, layer: Any) -> None:
         noise = {} if layer is None else (layer.metadata.get("noise") or {})
         if noise and not self._noise_override.value:
             self._noise_alpha.value = max(float(noise.get("alpha", 0.0)), 0.0)
             self._noise_beta.value = max(float(noise.get("beta", 0.0)), 0.0)
+        if layer is not None:
+            self._follow_estimate_model(layer)
+
+    def _follow_estimate_model(self, psf) -> None:
+        """Deblur with the model the estimate was identified with (a field estimate with
+        field-default), or warn when it is not available here."""
+        current = self._model.value
+        if current == MODEL_FILE_CHOICE:
+            current = Path(str(self._model_file.value)).stem
+        available = [c for c in self._model.choices if c != MODEL_FILE_CHOICE]
+        follow = logic.model_to_follow(psf.metadata, current, available)
+        if follow is None:
+            return
+        if follow.startswith("⚠"):
+            notify_warning(f"Deblur with '{psf.name}': {follow[1:].strip()}")
+            return
+        self._model.value = follow
+        notify_info(f"Deblur: model set to '{follow}', the model '{psf.name}' was identified with.")
 
     def _on_noise_override(self, value: bool) -> None:
         self._noise_alpha.visible = self._noise_beta.visible = bool(value)
@@ -168,11 +247,25 @@ class DeblurWidget(JobWidget):
         logic.check_layer(type(layer).__name__, rgb=getattr(layer, "rgb", False), shape=shape)
         data = layer.data[0] if layer.multiscale else layer.data
         all_planes = len(shape) > 2 and self._planes.value == ALL_PLANES
+        if all_planes:
+            logic.check_not_across_channels(
+                layer_axes(layer), shape, "deblurring all planes with one PSF"
+            )
         psf_layer = self._psf_layer.value
         estimate = None
         if psf_layer is not None:
             estimate = logic.estimate_from_psf_layer(psf_layer.data, psf_layer.metadata)
         of_this_image = psf_layer is not None and logic.is_psf_of(psf_layer.metadata, layer.name)
+        optics = layer_optics(layer)
+        if psf_layer is not None and not of_this_image:
+            warning = logic.foreign_estimate_warning(
+                psf_layer.name, psf_layer.metadata, layer.name, optics
+            )
+            if warning:
+                notify_warning(warning)
+        model = self._model_value()
+        if psf_layer is not None:
+            self._warn_other_model(psf_layer, Path(model).stem)
         noise = None
         if self._noise_override.value:
             noise = {"alpha": float(self._noise_alpha.value), "beta": float(self._noise_beta.value)}
@@ -183,8 +276,8 @@ class DeblurWidget(JobWidget):
             plane=None if all_planes else self._plane_of(layer),
             estimate=estimate,
             of_this_image=of_this_image,
-            model=self._model_value(),
-            optics=layer_optics(layer),
+            model=model,
+            optics=optics,
             device=self._device.value,
             strength=float(self._strength.value),
             noise=noise,
@@ -193,6 +286,16 @@ class DeblurWidget(JobWidget):
         )
         return logic.iter_deblur_layers(request)
 
+    def _warn_other_model(self, psf, model: str) -> None:
+        """Deblurring with another model than the estimate's runs, but is a mismatch."""
+        identified_with = logic.estimate_model(psf.metadata)
+        if identified_with and identified_with != model:
+            notify_warning(
+                f"Deblur: '{psf.name}' was identified with the model '{identified_with}' and "
+                f"is deblurred with '{model}': choose '{identified_with}' as the Model, "
+                "unless you are comparing models."
+            )
+
     # -- result → viewer --------------------------------------------------------------------
     def _finish(self, result: logic.DeblurResult) -> None:
         from napari.layers import Layer
@@ -200,6 +303,7 @@ class DeblurWidget(JobWidget):
         if self._comparing:
             self.end_comparison()
         added = [self._viewer.add_layer(Layer.create(*ldt)) for ldt in result.layers]
+        reveal(self._viewer, added)
         self._result_layer = added[-1]
         raw = self._raw_layer
         if raw is not None and raw in self._viewer.layers:
@@ -227,7 +331,9 @@ class DeblurWidget(JobWidget):
             notify_error("Compare failed: deblur an image first (its result layer is missing).")
             return
         limits = logic.matched_contrast_limits(_current(raw, self._viewer), result.data)
+        view = camera(self._viewer)
         self._saved_view = {
+            "camera": (tuple(view.center), float(view.zoom)),
             "visible": {layer: layer.visible for layer in layers},
             "grid": _grid(self._viewer).enabled,
             "limits": {raw: tuple(raw.contrast_limits), result: tuple(result.contrast_limits)},
@@ -240,6 +346,7 @@ class DeblurWidget(JobWidget):
         if layers.index(raw) > layers.index(result):
             layers.move(layers.index(raw), layers.index(result))
         _grid(self._viewer).enabled = True
+        fit_all(self._viewer)  # each grid cell shows its whole image
         self._comparing = True
         self._compare_button.text = "End comparison"
 
@@ -250,6 +357,8 @@ class DeblurWidget(JobWidget):
             if layer in self._viewer.layers:
                 layer.visible = visible
         _grid(self._viewer).enabled = saved.get("grid", False)
+        if "camera" in saved:
+            camera(self._viewer).center, camera(self._viewer).zoom = saved["camera"]
         self._comparing = False
         self._saved_view = {}
         self._compare_button.text = "Compare side by side"
@@ -272,16 +381,12 @@ class DeblurWidget(JobWidget):
                 + " Choose a PSF exported by Deep-Blur (a .tif with its .json)."
             )
             return None
-        layer = self._viewer.add_layer(Layer.create(*ldt))
+        layer = self._viewer.add_layer(Layer.create(*ldt))  # (placed by _on_layer_inserted)
+        if not self._is_mine(layer):  # opening it is the explicit choice of another's PSF
+            self._other_estimates.value = True
         self._psf_layer.reset_choices()
         self._psf_layer.value = layer
         return layer
-
-
-def _grid(viewer):
-    """The viewer's grid settings (``viewer.canvas.grid`` since napari 0.9)."""
-    canvas = getattr(viewer, "canvas", None)
-    return canvas.grid if hasattr(canvas, "grid") else viewer.grid
 
 
 def _identified(psf) -> str:

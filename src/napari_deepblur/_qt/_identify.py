@@ -22,18 +22,21 @@ from magicgui.widgets import (
     SpinBox,
     Table,
 )
-from qtpy.QtWidgets import QHeaderView
+from qtpy.QtWidgets import QHeaderView, QStyledItemDelegate
 
 from .. import _napari as logic
 from ._job import (
     JobWidget,
     device_choices,
+    layer_axes,
     layer_geometry,
     layer_optics,
     notify_error,
     notify_info,
     wrap_to_dock_width,
 )
+from ._psf_files import watch_psf_files
+from ._view import reveal
 
 if TYPE_CHECKING:
     import napari
@@ -70,8 +73,9 @@ class IdentifyWidget(JobWidget):
             label="Planes",
             choices=list(STACK_MODES),
             value=CURRENT_PLANE,
-            tooltip="For a stack (Z, T, C): the plane shown now, or the median of the "
-            "estimates of every plane (one plane at a time; slower).",
+            tooltip="For a stack (Z, T): the plane shown now, or the median of the "
+            "estimates of every plane (one plane at a time; slower). Not across channels: "
+            "each has its own wavelength.",
         )
         self._model, self._model_file = self._make_model_widgets()
         self._use_optics = CheckBox(
@@ -129,6 +133,9 @@ class IdentifyWidget(JobWidget):
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setStretchLastSection(True)
         self._table.read_only = True
+        # magicgui's delegate re-formats numeric cells ("-1.4740", "2.700e-02", "-0.0000"):
+        # show our text (logic.coefficient_text) as it is
+        self._table.native.setItemDelegate(QStyledItemDelegate(self._table.native))
         self._summary = Label(label="", value="", visible=False)
         for label in (self._summary, self._fc_label):
             wrap_to_dock_width(label)
@@ -180,6 +187,7 @@ class IdentifyWidget(JobWidget):
         self._use_optics.changed.connect(self._on_use_optics)
         self._export_button.changed.connect(self._on_export_clicked)
         self._connect_layer_events()
+        watch_psf_files(self._viewer)  # PSF files opened by napari's reader
         self.reset_choices()
         self._on_layer_changed(self._image_layer.value)
 
@@ -243,11 +251,16 @@ class IdentifyWidget(JobWidget):
             raise logic.UserError("open an image first (File > Open, or File > Open Sample)")
         data = _data(layer)
         logic.check_layer(type(layer).__name__, rgb=getattr(layer, "rgb", False), shape=data.shape)
+        stack_mode = STACK_MODES[self._planes.value] if len(data.shape) > 2 else "plane"
+        if stack_mode == "median":
+            logic.check_not_across_channels(
+                layer_axes(layer), data.shape, "the median over all planes"
+            )
         request = logic.IdentifyRequest(
             data=data,
             source=layer.name,
             plane=self._plane_of(layer),
-            stack_mode=STACK_MODES[self._planes.value] if len(data.shape) > 2 else "plane",
+            stack_mode=stack_mode,
             model=self._model_value(),
             optics=self._optics(),
             device=self._device.value,
@@ -264,6 +277,7 @@ class IdentifyWidget(JobWidget):
         from napari.layers import Layer
 
         added = [self._viewer.add_layer(Layer.create(*ldt)) for ldt in result.layers]
+        reveal(self._viewer, added[:1])  # the PSF, beside the image
         self._result_layer = added[0]
         self.show_estimate(added[0].metadata)
         self._export_button.enabled = True
@@ -297,8 +311,8 @@ class IdentifyWidget(JobWidget):
             "data": [
                 [
                     r["aberration"],
-                    f"{r['waves_rms']:+.3f}"
-                    + ("" if r["uncertainty"] is None else f" ± {r['uncertainty']:.3f}"),
+                    logic.coefficient_text(r["waves_rms"], r["uncertainty"])
+                    + ("  uncertain" if r["uncertain"] else ""),
                     r["bar"],
                 ]
                 for r in rows

@@ -359,6 +359,15 @@ def layer_optics(layer):
     )
 
 
+def layer_axes(layer) -> str:
+    """The axes of ``layer``'s data when known ("CYX"…: :func:`napari_deepblur._napari.
+    layer_axes`, from its metadata or the TIFF it was opened from), else ""."""
+    from .._napari import layer_axes as axes
+
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    return axes(layer.metadata, data.shape, getattr(getattr(layer, "source", None), "path", None))
+
+
 def layer_geometry(layer, axes: int = 2) -> dict:
     """Where the layers made from ``layer`` go: its scale, translate and units of the last
     ``axes`` axes, and its rotation, shear and affine transform as one ``affine``

@@ -50,14 +50,7 @@ def add_optics_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
         "optics", "either the microscope (defaults: NA 1.4, 520 nm, 74 nm pixels) or --fc"
     )
-    g.add_argument("--na", type=float, help="numerical aperture of the objective")
-    g.add_argument("--wavelength-nm", type=float, help="emission wavelength in nm")
-    g.add_argument("--pixel-size-nm", type=float, help="pixel size in the sample plane in nm")
-    g.add_argument(
-        "--refractive-index",
-        type=float,
-        help=IMMERSION_HELP,
-    )
+    _add_microscope_arguments(g)
     g.add_argument(
         "--fc",
         type=float,
@@ -156,15 +149,16 @@ def add_image_optics_arguments(p: argparse.ArgumentParser) -> None:
         "optics stored by deepblur are used when not given), or --fc; without any, the image "
         "is assumed sampled like the model",
     )
-    g.add_argument("--na", type=float, help="numerical aperture of the objective")
-    g.add_argument("--wavelength-nm", type=float, help="emission wavelength in nm")
-    g.add_argument("--pixel-size-nm", type=float, help="pixel size in the sample plane in nm")
-    g.add_argument(
-        "--refractive-index",
-        type=float,
-        help=IMMERSION_HELP,
-    )
+    _add_microscope_arguments(g)
     g.add_argument("--fc", type=float, help="pupil cutoff NA·pixel/λ in cycles/pixel")
+
+
+def _add_microscope_arguments(group) -> None:
+    """``--na``, ``--wavelength-nm``, ``--pixel-size-nm`` and ``--refractive-index``."""
+    group.add_argument("--na", type=float, help="numerical aperture of the objective")
+    group.add_argument("--wavelength-nm", type=float, help="emission wavelength in nm")
+    group.add_argument("--pixel-size-nm", type=float, help="pixel size in the sample plane in nm")
+    group.add_argument("--refractive-index", type=float, help=IMMERSION_HELP)
 
 
 def add_plane_arguments(p: argparse.ArgumentParser, per_plane_flag: str) -> None:

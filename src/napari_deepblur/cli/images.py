@@ -123,9 +123,9 @@ def _run_identify(args: argparse.Namespace) -> int:
     )
     check_image_path(args.image)
     image = io.read_image(args.image, mmap=True)
-    check_image_axes(image, args.image)
-    sampling, sampling_text = image_sampling(image, optics_args(args))
     mode, plane = stack_mode(args)
+    check_image_axes(image, args.image, mode)
+    sampling, sampling_text = image_sampling(image, optics_args(args))
     model = load_model(args.model, device=args.device, precision=args.precision)
     estimate = drive(
         pipeline.iter_identify_stack(

@@ -1,0 +1,104 @@
+"""What the docks say: the size error agrees with the guide and the models, the coefficient
+table has fixed decimals, and an unsure estimate is called so (run under ``xvfb-run -a``)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_deepblur._napari import DEBLUR_MIN_PX, IDENTIFY_MIN_PX, RunState
+
+pytestmark = pytest.mark.napari
+
+TIMEOUT_MS = 60_000
+GUIDE = Path(__file__).parents[2] / "docs" / "user-guide.md"
+
+
+def _run(qtbot, widget):
+    widget._run_button.native.click()
+    qtbot.waitUntil(lambda: not widget.busy and widget.worker is None, timeout=TIMEOUT_MS)
+
+
+def _shown(table) -> list[list[str]]:
+    """The table's cells as the user sees them (the text its delegate displays)."""
+    from qtpy.QtCore import QLocale
+
+    native = table.native
+    delegate, locale = native.itemDelegate(), QLocale()
+    return [
+        [delegate.displayText(native.item(r, c).text(), locale) for c in range(2)]
+        for r in range(native.rowCount())
+    ]
+
+
+def test_the_size_minimums_are_the_models_and_the_guides():
+    from napari_deepblur.models import load_model
+    from napari_deepblur.optics.noise import NOISE_MIN_SIDE_PX
+
+    for name in ("zernike-default", "field-default"):
+        model = load_model(name, device="cpu")
+        assert model.identification.config.min_size == IDENTIFY_MIN_PX
+        assert max(model.family.kernel_size + 1, NOISE_MIN_SIDE_PX) == DEBLUR_MIN_PX
+    [row] = [line for line in GUIDE.read_text().splitlines() if "is too small*" in line]
+    assert f"{IDENTIFY_MIN_PX} px" in row and f"{DEBLUR_MIN_PX} px" in row
+
+
+def test_the_size_error_names_both_minimums(make_napari_viewer, notes):
+    from napari_deepblur._qt import DeblurWidget, IdentifyWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).random((16, 20)), name="tiny")
+    for cls in (IdentifyWidget, DeblurWidget):
+        widget = cls(viewer)
+        widget._run_button.native.click()
+        assert widget.state == RunState.FAILED
+        message = notes["error"][-1]
+        assert "(16×20 px) is too small" in message
+        assert f"{IDENTIFY_MIN_PX} px a side" in message and f"{DEBLUR_MIN_PX} px" in message
+
+
+def test_the_gamma_table_has_fixed_decimals(make_napari_viewer, small_sample, qtbot, notes):
+    from napari_deepblur._qt import IdentifyWidget
+
+    viewer = make_napari_viewer()
+    data, kwargs = small_sample
+    layer = viewer.add_image(data.copy(), **kwargs)
+    widget = IdentifyWidget(viewer)
+    widget._model.value = "field-default"
+    widget._device.value = "cpu"
+    widget._augment.value = False
+    _run(qtbot, widget)
+    assert widget.state == RunState.DONE, notes["error"]
+    shown = [row[1] for row in _shown(widget._table)]
+    assert len(shown) == 16
+    fixed = re.compile(r"^([+-]\d+\.\d{3}|0\.000)$")
+    assert all(fixed.match(text) for text in shown), shown
+    # a γ that rounds to zero, negative or not, is "0.000"
+    metadata = dict(viewer.layers[f"{layer.name} PSF"].metadata)
+    estimate = dict(metadata["estimate"])
+    estimate["coefficients"] = [-3e-5, 2.7e-2, -1.474, *estimate["coefficients"][3:]]
+    widget.show_estimate({**metadata, "estimate": estimate})
+    shown = [row[1] for row in _shown(widget._table)]
+    assert shown[:3] == ["0.000", "+0.027", "-1.474"]
+
+
+def test_an_unsure_estimate_is_called_uncertain(make_napari_viewer):
+    from napari_deepblur._qt import IdentifyWidget
+
+    viewer = make_napari_viewer()
+    widget = IdentifyWidget(viewer)
+    widget.show_estimate(
+        {
+            "noll_indices": [4, 8, 5],
+            "coefficients_waves_rms": [0.147, -0.116, 0.004],
+            "uncertainty_waves_rms": [0.02, 0.09, 0.003],
+        }
+    )
+    shown = dict(_shown(widget._table))
+    assert shown["defocus"] == "+0.147 ± 0.020"  # sure: the spread is small next to it
+    assert shown["horizontal coma"] == "-0.116 ± 0.090  uncertain"
+    assert shown["oblique astigmatism"] == "+0.004 ± 0.003"  # small, and surely small
+    assert "Uncertain: horizontal coma" in widget._summary.value
