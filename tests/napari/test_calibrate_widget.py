@@ -201,6 +201,13 @@ def test_calibrate_failure_draws_detections_and_names_the_plane(
     assert widget.state == RunState.FAILED
     (error,) = notes["error"]
     assert "in plane 2 but map degree 2" in error and "allow map degree 0" in error
+    # on the empty first plane: no bead, and the plane with beads is named
+    viewer.dims.set_point(0, 0.0)
+    widget._map_degree.value = None
+    _run(qtbot, widget)
+    assert "no usable bead in plane 1" in notes["error"][-1]
+    assert "Plane 2 is the brightest: try it" in notes["error"][-1]
+    viewer.dims.set_point(0, 125.0)
     points = viewer.layers["beads beads"]
     assert len(points.data) == 4 and set(points.features["status"]) == {"accepted"}
     # every plane, as states: plane 1 has no bead; the rejected detections say why

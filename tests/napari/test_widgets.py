@@ -352,7 +352,7 @@ def test_a_constant_plane_is_copied_with_one_warning(
     qtbot.waitUntil(lambda: bool(notes["warning"]), timeout=5000)
     qtbot.wait(50)  # a second notification, if any, would arrive by now
     assert len(notes["warning"]) == 1 and relayed == []
-    assert "plane (1,) (plane 2 of 2) is constant: copied unchanged" in notes["warning"][0]
+    assert "plane 2 of 2 is constant: copied unchanged" in notes["warning"][0]
 
 
 def _slow_generator(steps=400, delay=0.01):

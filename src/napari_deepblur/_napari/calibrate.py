@@ -117,10 +117,11 @@ def iter_calibrate_layers(request: CalibrateRequest) -> Generator[Any, None, Cal
             image_labels=names if stack else [names[0]],
         )
     except TooFewBeadsError as exc:
+        message = str(exc) + _brightest_plane_hint(request)
         points = points_layer_data(
-            exc.beads, exc.kernel_size, request.source, points_geometry, stack, str(exc)
+            exc.beads, exc.kernel_size, request.source, points_geometry, stack, message
         )
-        return CalibrateLayers(None, [points] if exc.beads else [], str(exc))
+        return CalibrateLayers(None, [points] if exc.beads else [], message)
     summary = result.summary()
     yield Progress(0, 0, "drawing the results")
     return CalibrateLayers(
@@ -175,6 +176,21 @@ def plot_image(result, size_px: tuple[int, int] = PLOT_PX, dpi: int = 80):
     right.tick_params(labelsize=7)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba()).copy(), figure
+
+
+def _brightest_plane_hint(request: CalibrateRequest) -> str:
+    """For one plane of a z-stack: the brightest plane (the best-focused beads), when it is
+    another one, as a sentence (a stack often opens on an out-of-focus plane)."""
+    data = np.asarray(request.data)
+    if data.ndim < 3 or request.plane is None or len(request.plane) != data.ndim - 2:
+        return ""
+    peaks = data.reshape(-1, *data.shape[-2:]).max(axis=(1, 2))
+    brightest = np.unravel_index(int(np.argmax(peaks)), data.shape[:-2])
+    if tuple(int(i) for i in brightest) == tuple(request.plane):
+        return ""
+    return (
+        f". {_plane_name(tuple(int(i) for i in brightest)).capitalize()} is the brightest: try it"
+    )
 
 
 def calibrate_layers(request: CalibrateRequest) -> CalibrateLayers:
