@@ -246,10 +246,8 @@ class CalibrateWidget(JobWidget):
 
     # -- result → viewer --------------------------------------------------------------------
     def _finish(self, result: calib.CalibrateLayers) -> None:
-        from napari.layers import Layer
 
-        for ldt in result.layers:
-            self._viewer.add_layer(Layer.create(*ldt))
+        self._add_layers(result.layers)
         if result.layers:
             self._viewer.reset_view()  # the eigen-PSFs sit right of the bead image
         assumed = self.assumed_text()

@@ -298,11 +298,10 @@ class DeblurWidget(JobWidget):
 
     # -- result → viewer --------------------------------------------------------------------
     def _finish(self, result: logic.DeblurResult) -> None:
-        from napari.layers import Layer
 
         if self._comparing:
             self.end_comparison()
-        added = [self._viewer.add_layer(Layer.create(*ldt)) for ldt in result.layers]
+        added = self._add_layers(result.layers)
         reveal(self._viewer, added)
         self._result_layer = added[-1]
         raw = self._raw_layer

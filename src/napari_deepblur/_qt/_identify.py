@@ -274,9 +274,8 @@ class IdentifyWidget(JobWidget):
 
     # -- result → viewer --------------------------------------------------------------------
     def _finish(self, result: logic.IdentifyResult) -> None:
-        from napari.layers import Layer
 
-        added = [self._viewer.add_layer(Layer.create(*ldt)) for ldt in result.layers]
+        added = self._add_layers(result.layers)
         reveal(self._viewer, added[:1])  # the PSF, beside the image
         self._result_layer = added[0]
         self.show_estimate(added[0].metadata)
