@@ -127,7 +127,8 @@ class Walk:
         gap = self.monitor.worst.get(name, 0.0)
         self.rows.append((name, seconds, gap, outcome))
         flag = "  STALL" if gap > STALL_MS else ""
-        print(f"{name:<34} {seconds:6.1f} s  gap {gap:5.0f} ms{flag}  {outcome[:150]}", flush=True)
+        text = outcome if len(outcome) < 200 else outcome[:100] + " … " + outcome[-100:]
+        print(f"{name:<34} {seconds:6.1f} s  gap {gap:5.0f} ms{flag}  {text}", flush=True)
 
 
 def _deleted(qobject) -> bool:
