@@ -495,7 +495,8 @@ def known_optics(
 
 
 def _file_optics(path) -> list[Mapping]:
-    """The optics a TIFF file carries (ours, and its pixel size); none for other files."""
+    """The optics a TIFF file carries (ours; its pixel size, and the NA and emission an
+    OME-TIFF states); none for other files."""
     if not path or Path(str(path)).suffix.lower() not in _PSF_SUFFIXES:
         return []
     try:
@@ -503,4 +504,8 @@ def _file_optics(path) -> list[Mapping]:
     except (ValueError, OSError):
         return []
     optics = metadata.get("optics")
-    return [optics if isinstance(optics, Mapping) else {}, {"pixel_size_nm": pixel_size_nm}]
+    stated = {k: metadata[k] for k in ("na", "wavelength_nm") if k in metadata}  # OME's
+    return [
+        optics if isinstance(optics, Mapping) else {},
+        {"pixel_size_nm": pixel_size_nm, **stated},
+    ]

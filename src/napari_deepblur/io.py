@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import uuid
 import xml.etree.ElementTree as ET
@@ -203,6 +204,30 @@ def _ome_pixels(tif: tifffile.TiffFile) -> dict:
     return {} if pixels is None else dict(pixels.attrib)
 
 
+def _ome_optics(tif: tifffile.TiffFile) -> dict:
+    """``na`` (the first Objective's LensNA) and ``wavelength_nm`` (the first Channel's
+    EmissionWavelength, OME's default unit nm) of an OME-TIFF, where it states them; {}."""
+    if not (tif.is_ome and tif.ome_metadata):
+        return {}
+    try:
+        root = ET.fromstring(tif.ome_metadata)
+    except ET.ParseError:
+        return {}
+    found: dict[str, float] = {}
+    for element in root.iter():
+        tag = element.tag.rsplit("}", 1)[-1]
+        try:
+            if tag == "Objective" and "LensNA" in element.attrib and "na" not in found:
+                found["na"] = float(element.attrib["LensNA"])
+            elif tag == "Channel" and "EmissionWavelength" in element.attrib:
+                scale = unit_to_nm(element.attrib.get("EmissionWavelengthUnit", "nm"))
+                if scale is not None and "wavelength_nm" not in found:
+                    found["wavelength_nm"] = float(element.attrib["EmissionWavelength"]) * scale
+        except ValueError:
+            continue
+    return {k: v for k, v in found.items() if math.isfinite(v) and v > 0}
+
+
 def _ome_length_nm(pixels: dict, name: str) -> float | None:
     """An OME physical size (``PhysicalSizeX``, ``PhysicalSizeZ``) in nm (OME's default unit
     is µm), or None when absent or in an unknown unit."""
@@ -325,6 +350,8 @@ def _header(tif: tifffile.TiffFile) -> tuple[float | None, dict]:
         metadata = description.get("metadata") or {}
     else:  # someone else's JSON description (e.g. tifffile's "shaped"): keep it, minus shape
         metadata = {k: v for k, v in description.items() if k != "shape"}
+    for key, value in _ome_optics(tif).items():  # NA and emission of an OME-TIFF
+        metadata.setdefault(key, value)
     return pixel_size_nm, metadata
 
 

@@ -222,3 +222,34 @@ def test_calibrate_failure_draws_detections_and_names_the_plane(
     assert points.text.values[np.flatnonzero(points.features["status"] == "rejected")[0]]
     assert points.data.shape[1] == 3 and not {0.0} & set(points.data[:, 0])
     assert "beads eigen-PSFs" not in viewer.layers
+
+
+def test_calibrate_reads_na_and_emission_of_an_ome_tiff(make_napari_viewer, tmp_path):
+    """NA and wavelength stated in an OME-TIFF (Objective LensNA, Channel
+    EmissionWavelength) fill the dock, and nothing is shown as assumed."""
+    import tifffile
+
+    from napari_deepblur._qt import CalibrateWidget
+    from napari_deepblur.io import read_image
+    from test_calibration import CONFOCAL_PLANE
+
+    plane = read_image(CONFOCAL_PLANE).data
+    ome = (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        '<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
+        '<Instrument ID="Instrument:0"><Objective ID="Objective:0" LensNA="1.2"/></Instrument>'
+        '<Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYCZT" Type="uint8" '
+        'SizeX="150" SizeY="150" SizeC="1" SizeZ="1" SizeT="1" PhysicalSizeX="0.022" '
+        'PhysicalSizeY="0.022"><Channel ID="Channel:0:0" SamplesPerPixel="1" '
+        'EmissionWavelength="600" EmissionWavelengthUnit="nm"/>'
+        '<TiffData IFD="0" PlaneCount="1"/></Pixels></Image></OME>'
+    )
+    path = tmp_path / "beads.ome.tif"
+    tifffile.imwrite(path, plane, description=ome, metadata=None)
+    viewer = make_napari_viewer()
+    viewer.open(path, plugin="napari")
+    widget = CalibrateWidget(viewer)
+    assert widget._na.value == pytest.approx(1.2)
+    assert widget._wavelength.value == pytest.approx(600)
+    assert widget._pixel_size.value == pytest.approx(22)
+    assert widget.assumed_text() == "" and widget._optics_note.native.isHidden()
