@@ -124,10 +124,8 @@ def main() -> int:
     [beads] = viewer.open(str(beads_path))
     _, calibrate = viewer.window.add_plugin_dock_widget("napari-deepblur", "Calibrate from beads")
     calibrate._image_layer.value = beads
-    calibrate._pixel_size.value = 22.0
-    calibrate._num_psfs.value = 1
-    calibrate._map_degree.value = 0
-    calibrate.run()
+    calibrate._pixel_size.value = 22.0  # (the file says 22.49; the source states 22)
+    calibrate.run()  # Eigen-PSFs and Map degree on auto: what four beads determine
     wait(calibrate)
     viewer.reset_view()
     shoot(viewer, "07-calibrate-beads.png")
