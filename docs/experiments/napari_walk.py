@@ -114,7 +114,8 @@ class Walk:
         return f"{widget.state.value}: {widget._status.value}"
 
     def step(self, name: str, action) -> None:
-        self.monitor.begin(name)
+        key = f"{len(self.rows)}: {name}"  # (a name may come twice)
+        self.monitor.begin(key)
         start = time.perf_counter()
         try:
             outcome = action() or ""
@@ -124,7 +125,7 @@ class Walk:
             traceback.print_exc()
         self.pump(0.1)
         seconds = time.perf_counter() - start
-        gap = self.monitor.worst.get(name, 0.0)
+        gap = self.monitor.worst.get(key, 0.0)
         self.rows.append((name, seconds, gap, outcome))
         flag = "  STALL" if gap > STALL_MS else ""
         text = outcome if len(outcome) < 200 else outcome[:100] + " … " + outcome[-100:]
@@ -257,10 +258,15 @@ def main(argv: list[str] | None = None) -> int:
         assumed = widget.assumed_text() if hasattr(widget, "assumed_text") else "?"
         outcome = f"[{assumed or 'optics known'}] " + walk.run_job(widget)
         hint = re.search(r"Plane (\d+) is the brightest", outcome)
-        if hint:  # as the message says: move the slider there, and calibrate again
-            viewer.dims.set_current_step(0, int(hint.group(1)) - 1)
-            outcome += f" || at plane {hint.group(1)}: " + walk.run_job(widget)
+        docks["hint"] = int(hint.group(1)) if hint else None
         return outcome
+
+    def move_slider(plane):
+        def action():
+            viewer.dims.set_current_step(0, plane - 1)
+            return f"slider at plane {plane}"
+
+        return action
 
     def close_during_job():
         rng = np.random.default_rng(0)
@@ -288,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     for path in [BEAD_PLANE, *args.beads]:
         walk.step(f"open {Path(path).name[:25]}", open_beads(path))
         walk.step("Calibrate (defaults)", calibrate)
+        if docks.get("hint"):  # as the message says: move the slider there, calibrate again
+            walk.step(f"move the slider to plane {docks['hint']}", move_slider(docks["hint"]))
+            walk.step("Calibrate (defaults) again", calibrate)
     walk.step("close window during Deblur", close_during_job)
 
     errors = [m for s, m in shown if s.lower() == "error"]
