@@ -9,17 +9,20 @@ sample and switch both docks to it, identify and deblur it; Compare side by side
 Identify model and back; export the PSF and reopen it (``viewer.open``); open "Calibrate from
 beads" on the shipped bead plane (``tests/data/beads_confocal_plane.tif``, and any
 ``--beads`` files) and Calibrate with the defaults (on a stack that fails on the plane shown,
-move the slider to the plane the message names and calibrate again); finally start a Deblur
-on a 1024² image and close the window during the job.
+move the slider to the plane the message names and calibrate again); finally leave the
+Compare grid, start a Deblur on a 1024² image and close the window during the job.
 
-Run (about 1–2 min on 2 CPU cores)::
+Run (about 30 s on 2 CPU cores)::
 
     xvfb-run -a -s "-screen 0 1600x900x24" python docs/experiments/napari_walk.py \\
-        [--beads /path/to/more_beads.tif ...]
+        [--beads /path/to/more_beads.tif ...] [--why]
 
 Prints one line per step (seconds, longest main-thread gap in ms, outcome) and a summary;
-exits 1 when an exception was raised, an error was shown, a step failed or the window grew
-taller than 900 px. Stalls over 200 ms are flagged ("STALL") but do not fail the run.
+exits 1 when an exception was raised, an error was shown (a bead stack opened on a plane
+without beads shows one, by design), a step failed or the window grew taller than 900 px.
+Stalls over 200 ms are flagged ("STALL") but do not fail the run. ``--why`` samples the
+main thread's stack every 100 ms while it is stalled and prints where, per step (a stall in
+C code that holds the GIL is not sampled).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import tempfile
 import threading
 import time
 import traceback
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,16 +49,33 @@ class GapMonitor:
     """A 50 ms QTimer on the main thread; the longest gap between its ticks per step is how
     long the UI was frozen (a tick is late when the event loop is blocked)."""
 
-    def __init__(self) -> None:
+    def __init__(self, why: bool = False) -> None:
         from qtpy.QtCore import QTimer
 
         self.step = "start"
         self.worst: dict[str, float] = {}
+        #: with ``why``: per step, where the main thread was while a tick was over 300 ms late
+        self.stacks: dict[str, Counter] = {}
         self._last = time.perf_counter()
         self._timer = QTimer()
         self._timer.setInterval(TIMER_MS)
         self._timer.timeout.connect(self._tick)
         self._timer.start()
+        if why:
+            main = threading.get_ident()
+            threading.Thread(target=self._sample, args=(main,), daemon=True).start()
+
+    def _sample(self, main: int) -> None:
+        """Every 100 ms: if the main thread is stalled, note its innermost frames."""
+        while True:
+            time.sleep(0.1)
+            if time.perf_counter() - self._last > 0.3:
+                frame = sys._current_frames().get(main)
+                if frame is None:
+                    continue
+                calls = traceback.extract_stack(frame)[-6:][::-1]
+                where = " < ".join(f"{c.name} ({Path(c.filename).name}:{c.lineno})" for c in calls)
+                self.stacks.setdefault(self.step, Counter())[where] += 1
 
     def _tick(self) -> None:
         now = time.perf_counter()
@@ -143,6 +164,9 @@ def _deleted(qobject) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--beads", nargs="*", default=[], help="more bead images to calibrate")
+    parser.add_argument(
+        "--why", action="store_true", help="sample the main thread's stack during stalls"
+    )
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -165,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     notification_manager.notification_ready.connect(
         lambda n: shown.append((str(n.severity), str(n.message)))
     )
-    walk = Walk(viewer, GapMonitor())
+    walk = Walk(viewer, GapMonitor(args.why))
     walk.pump(0.5)
     tmp = Path(tempfile.mkdtemp(prefix="napari_walk_"))
     docks: dict = {}
@@ -268,19 +292,26 @@ def main(argv: list[str] | None = None) -> int:
 
         return action
 
-    def close_during_job():
+    def start_big_job():
         rng = np.random.default_rng(0)
         big = viewer.add_image(rng.random((1024, 1024), dtype=np.float32), name="big")
         deblur = docks["deblur"]
         deblur._image_layer.value = big
         deblur._run_button.native.click()
-        if not walk.wait(lambda: "tile" in deblur._status.value, 60):
-            raise RuntimeError(f"the job did not start: {deblur._status.value}")
+        if not walk.wait(lambda: "tile" in deblur._status.value or not deblur.busy, 120):
+            raise RuntimeError(f"the job did not reach its tiles: {deblur._status.value}")
+        walk.pump(1.0)  # a second of the job running
+        return deblur._status.value
+
+    def close_during_job():
+        deblur = docks["deblur"]
         worker = deblur.worker
+        if worker is None:
+            raise RuntimeError(f"no job running: {deblur._status.value}")
         viewer.close()
-        walk.wait(lambda: worker is None or not worker.is_running, 60)
+        walk.wait(lambda: not worker.is_running, 60)
         walk.pump(1.0)  # anything the worker still sends arrives now
-        return "closed; worker stopped" if worker is None or not worker.is_running else "running"
+        return "closed; worker stopped" if not worker.is_running else "still running"
 
     walk.step("open sample", open_sample)
     walk.step("open Identify+Deblur panel", open_panel)
@@ -297,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         if docks.get("hint"):  # as the message says: move the slider there, calibrate again
             walk.step(f"move the slider to plane {docks['hint']}", move_slider(docks["hint"]))
             walk.step("Calibrate (defaults) again", calibrate)
+    walk.step("grid off (leave Compare)", lambda: setattr(viewer.grid, "enabled", False))
+    walk.step("Deblur 1024² (a second of it)", start_big_job)
     walk.step("close window during Deblur", close_during_job)
 
     errors = [m for s, m in shown if s.lower() == "error"]
@@ -311,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
         f"exceptions: {len(exceptions)}; error notifications: {len(errors)}; "
         f"warnings shown: {len(warnings_shown)}; failed steps: {len(walk.failures)}"
     )
+    for step, where in walk.monitor.stacks.items():  # --why
+        place, count = where.most_common(1)[0]
+        print(f"stalled in '{step}' ({count}× 0.1 s): {place}")
     for text in exceptions:
         print("EXCEPTION:", text.strip().splitlines()[-1])
     for text in errors:
