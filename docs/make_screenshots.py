@@ -21,7 +21,7 @@ from qtpy.QtWidgets import QApplication
 import napari
 
 IMAGES = Path(__file__).resolve().parent / "images"
-SIZE = (1500, 950)  # window width, height in px
+SIZE = (1600, 900)  # window width, height in px: a laptop screen
 
 
 def wait(widget, timeout: float = 300.0) -> None:
