@@ -1,5 +1,6 @@
 """Sample data (npe2 contribution): the blurred samples of :mod:`napari_deepblur.samples` as
-napari layer data, with the true blur and the sharp image in the layer's metadata."""
+napari layer data, with the true blur and the sharp image in the layer's metadata. napari
+calls these on its main thread: they read the shipped samples (no torch, no blurring)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from .samples import (
     SAMPLE_NAME,
     make_actin_sample,
     make_blurred_sample,
+    shipped_sample,
 )
 
 __all__ = [
@@ -22,12 +24,12 @@ __all__ = [
 
 def blurred_fluorescence() -> list[tuple]:
     """napari sample: one image layer with the true blur and the sharp image in its metadata."""
-    return [_layer(make_blurred_sample(), SAMPLE_NAME)]
+    return [_layer(shipped_sample(SAMPLE_NAME), SAMPLE_NAME)]
 
 
 def blurred_actin() -> list[tuple]:
     """napari sample: real actin-labelled cells, blurred by a known PSF (in the metadata)."""
-    return [_layer(make_actin_sample(), ACTIN_NAME)]
+    return [_layer(shipped_sample(ACTIN_NAME), ACTIN_NAME)]
 
 
 def _layer(sample: dict, name: str) -> tuple:

@@ -3,7 +3,9 @@ scene (:func:`make_blurred_sample`) and real actin-labelled cells (:func:`make_a
 each blurred by a known aberrated PSF plus Poisson–Gaussian noise.
 
 The demo, the benchmarks' warm-ups and the tests use them directly; the napari sample-data
-contribution (:mod:`napari_deepblur._sample_data`) wraps them as layer data.
+contribution (:mod:`napari_deepblur._sample_data`) opens them as shipped
+(:func:`shipped_sample`: the defaults made once, read from a file without torch, so that the
+sample menu does not stall napari), made again with ``python -m napari_deepblur.samples``.
 
     >>> sample = make_blurred_sample(seed=0, size=64)
     >>> sample["image"].shape, sample["true_psf"].shape, round(sample["optics"]["fc"], 4)
@@ -11,6 +13,9 @@ contribution (:mod:`napari_deepblur._sample_data`) wraps them as layer data.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 
@@ -120,3 +125,39 @@ def make_actin_sample(seed: int = 0, size: int = 256) -> dict:
         "camera": dict(ACTIN_CAMERA),
         "source": f"{ACTIN_FILE}: BPAE cells, actin (see napari_deepblur/data/ATTRIBUTION.md)",
     }
+
+
+#: The samples with their defaults (seed 0, 256 px), as shipped in ``napari_deepblur/data``.
+SHIPPED_FILES = {SAMPLE_NAME: "sample_fluorescence.npz", ACTIN_NAME: "sample_actin.npz"}
+_ARRAYS = ("image", "sharp", "true_psf")
+
+
+def shipped_sample(name: str) -> dict:
+    """The sample ``name`` (:data:`SAMPLE_NAME` or :data:`ACTIN_NAME`) with its defaults, as
+    :func:`make_blurred_sample` / :func:`make_actin_sample` return it, read from the shipped
+    file: no torch, no blurring (tens of milliseconds instead of about two seconds)."""
+    from importlib.resources import files
+
+    with np.load(str(files("napari_deepblur") / "data" / SHIPPED_FILES[name])) as stored:
+        arrays = {key: stored[key] for key in _ARRAYS}
+        rest = json.loads(str(stored["metadata"]))
+    return {**arrays, **rest}
+
+
+def write_shipped_samples(folder: str | Path | None = None) -> list[Path]:
+    """Make the samples with their defaults and write them where :func:`shipped_sample`
+    reads them (``folder``: default the package's data folder)."""
+    folder = Path(folder) if folder is not None else Path(__file__).parent / "data"
+    written = []
+    for name, make in ((SAMPLE_NAME, make_blurred_sample), (ACTIN_NAME, make_actin_sample)):
+        sample = make()
+        arrays = {key: sample.pop(key) for key in _ARRAYS}
+        path = folder / SHIPPED_FILES[name]
+        np.savez_compressed(path, **arrays, metadata=np.array(json.dumps(sample)))
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for written_path in write_shipped_samples():
+        print(f"wrote {written_path}")
