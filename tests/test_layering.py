@@ -21,7 +21,7 @@ FLOORS = [
     # 0: physics, networks and the helpers everything shares
     ("optics", "nets", "devices", "notices", "intensity"),
     # 1: model files
-    ("models",),
+    ("models", "model_files"),
     # 2: the public API, by stage
     ("pipeline",),
     # 3: what builds on it: the space-varying feature, formats, files in and out

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import json
 import math
 import os
@@ -29,23 +28,22 @@ from .devices import (
     resolve_device,
     resolve_precision,
 )
+from .model_files import (  # noqa: F401 - the model-file names, without torch, re-exported
+    _METADATA_KEY,
+    DEFAULT_MODEL,
+    FORMAT_VERSION,
+    WEIGHTS_DIR,
+    ModelFileError,
+    ModelNotFoundError,
+    list_models,
+    model_header,
+    resolve_model_path,
+    sha256,
+)
 from .nets import DeblurringConfig, DeblurringNetwork, IdentificationConfig, IdentificationNetwork
 from .optics import NYQUIST_FC, OperatorFamily, ZernikeConvolution, family_from_state
 from .optics.psf import MAX_PSF_SIZE_PX
 from .optics.zernike import DEFAULT_NOLL_INDICES, check_noll_indices
-
-WEIGHTS_DIR = Path(__file__).parent / "weights"
-DEFAULT_MODEL = "zernike-default"
-FORMAT_VERSION = 1
-_METADATA_KEY = "napari_deepblur"
-
-
-class ModelFileError(ValueError):
-    """A model file that cannot be used: corrupt, truncated, or of another format."""
-
-
-class ModelNotFoundError(FileNotFoundError):
-    """A model or family file that does not exist, or no shipped model of that name."""
 
 
 @dataclass(frozen=True)
@@ -207,40 +205,6 @@ def _write_with_card(path, tensors: dict, config: dict, card: dict | None) -> Pa
     return path
 
 
-def sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def list_models() -> dict[str, dict]:
-    """Shipped models by name → their model card (``{}`` if a card is missing)."""
-    models = {}
-    for path in sorted(WEIGHTS_DIR.glob("*.safetensors")):
-        card = path.with_suffix(".json")
-        models[path.stem] = json.loads(card.read_text()) if card.exists() else {}
-    return models
-
-
-def resolve_model_path(name_or_path: str | Path | None) -> Path:
-    """A shipped model's name, or a path to a ``.safetensors`` file → its path."""
-    name_or_path = name_or_path or DEFAULT_MODEL
-    candidate = Path(name_or_path)
-    if candidate.suffix == ".safetensors" or candidate.exists() or os.sep in str(name_or_path):
-        if not candidate.exists():
-            raise ModelNotFoundError(f"model file not found: {candidate}")
-        return candidate
-    shipped = WEIGHTS_DIR / f"{name_or_path}.safetensors"
-    if not shipped.exists():
-        names = ", ".join(list_models()) or "none"
-        raise ModelNotFoundError(
-            f"no shipped model named {name_or_path!r} (looked for {shipped}); available: {names}"
-        )
-    return shipped
-
-
 def load_model(
     name_or_path: str | Path | None = None,
     device: str | torch.device = "cpu",
@@ -265,32 +229,6 @@ def load_model(
         precision = "auto"
     model = model.with_precision(precision)
     return replace(model, card=copy.deepcopy(model.card))
-
-
-def model_header(name_or_path: str | Path | None = None) -> tuple[float, str]:
-    """``(fc, family kind)`` of a model file, from its header alone (milliseconds: no
-    weights read, no network built), e.g. for a dock to show the sampling as soon as a
-    model is chosen; :func:`load_model` checks the file in full when it is used.
-
-    >>> model_header("field-default")
-    (0.2, 'product_convolution')
-    """
-    path = resolve_model_path(name_or_path).resolve()
-    stat = path.stat()
-    return _header_cached(str(path), stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=16)
-def _header_cached(path: str, mtime_ns: int, size: int) -> tuple[float, str]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(path, framework="pt") as f:
-            config = json.loads((f.metadata() or {})[_METADATA_KEY])
-        fc, kind = float(config["fc"]), str(config["family"]["kind"])
-    except Exception as err:  # noqa: BLE001 - any unreadable header is one error
-        raise ModelFileError(f"{path} is not a readable napari-deepblur file: {err}") from err
-    return fc, kind
 
 
 def as_model(model=None, device="auto", precision: str | None = None) -> DeepBlurModel:

@@ -25,7 +25,7 @@ def fc_text(optics: KnownOptics, model_fc: float | None) -> str:
     model = "" if model_fc is None else f"{model_fc:.3f}"
     if not optics.complete:
         like = f" (fc = {model})" if model else ""
-        return f"KnownOptics unknown: the image is assumed sampled like the model{like}."
+        return f"Optics unknown: the image is assumed sampled like the model{like}."
     try:
         fc = optics.sampling().fc
     except ValueError as exc:

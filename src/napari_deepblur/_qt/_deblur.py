@@ -70,8 +70,9 @@ class DeblurWidget(JobWidget):
         self._psf_file = FileEdit(label="…or a PSF file", mode="r", filter="*.tif *.tiff *.json")
         self._open_psf_button = PushButton(text="Open PSF file")
         self._model, self._model_file = self._make_model_widgets()
-        self._device = ComboBox(label="Device", choices=device_choices(), value="auto")
-        from ..pipeline import STRENGTH_RANGE  # (torch: imported when a dock opens)
+        self._device = ComboBox(label="Device", choices=device_choices, value="auto")
+        self._when_torch_ready(self._device.reset_choices)  # the accelerators need torch
+        from ..model_files import STRENGTH_RANGE
 
         low, high = STRENGTH_RANGE
         self._strength = FloatSpinBox(

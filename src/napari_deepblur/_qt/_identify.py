@@ -96,7 +96,8 @@ class IdentifyWidget(JobWidget):
             tooltip="In the sample plane: camera pixel / magnification.",
         )
         self._fc_label = Label(label="Sampling", value="")
-        self._device = ComboBox(label="Device", choices=device_choices(), value="auto")
+        self._device = ComboBox(label="Device", choices=device_choices, value="auto")
+        self._when_torch_ready(self._device.reset_choices)  # the accelerators need torch
         self._augment = CheckBox(
             text="Average over flips (±)",
             value=True,
@@ -233,13 +234,16 @@ class IdentifyWidget(JobWidget):
         )
 
     def _update_fc(self, *_: Any) -> None:
+        if not self.torch_ready:  # the sampling's rules need torch: shown once it is here
+            self._fc_label.value = "…"
+            self._when_torch_ready(self._update_fc)
+            return
         try:
-            from ..models import model_header
-            from ..optics.families import ProductConvolution
+            from ..model_files import SPACE_VARYING_KIND, model_header
 
             # the header only: loading the model here stalled the UI (0.45 s) on each change
             model_fc, kind = model_header(self._model_value())
-            field = kind == ProductConvolution.kind
+            field = kind == SPACE_VARYING_KIND
         except Exception:  # noqa: BLE001 - shown when Identify runs
             model_fc, field = None, False
         self._fc_label.value = logic.fc_text(self._optics(), model_fc)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 import weakref
 from collections.abc import Generator
 from pathlib import Path
@@ -51,11 +52,34 @@ def notify_info(message: str) -> None:
     show_info(message)
 
 
-def device_choices() -> list[str]:
-    """ "auto", "cpu", and the accelerators present on this machine."""
+#: Set once torch (and the pipeline) are imported: by :func:`import_torch_in_background`.
+_torch_ready = threading.Event()
+_warm_up = threading.Lock()
+
+
+def import_torch_in_background() -> None:
+    """Import torch and the pipeline in a thread, once: about 1.5 s that would otherwise
+    freeze napari when the first dock opens (in a thread its longest stall is ~0.2 s)."""
+    if not _warm_up.acquire(blocking=False):
+        return  # started already
+
+    def run() -> None:
+        try:
+            from .. import pipeline  # noqa: F401 - imports torch, the networks, the optics
+        finally:
+            _torch_ready.set()
+
+    threading.Thread(target=run, name="napari-deepblur import", daemon=True).start()
+
+
+def device_choices(_widget=None) -> list[str]:
+    """ "auto", "cpu", and the accelerators present on this machine; until torch is
+    imported (off the main thread) only "auto" and "cpu"."""
+    choices = ["auto", "cpu"]
+    if not _torch_ready.is_set():
+        return choices
     import torch
 
-    choices = ["auto", "cpu"]
     if torch.cuda.is_available():
         choices.append("cuda")
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
@@ -64,7 +88,7 @@ def device_choices() -> list[str]:
 
 
 def model_choices() -> list[str]:
-    from ..models import DEFAULT_MODEL, list_models
+    from ..model_files import DEFAULT_MODEL, list_models
 
     names = list(list_models())
     if DEFAULT_MODEL in names:  # the default first
@@ -121,6 +145,22 @@ class JobWidget(ScrollableDock, Container):
         self._removal_filter = _RemovalFilter(self._on_closed)
         self.native.installEventFilter(self._removal_filter)
         self.native.destroyed.connect(functools.partial(_on_destroyed, weakref.ref(self)))
+        import_torch_in_background()
+
+    @property
+    def torch_ready(self) -> bool:
+        """Whether torch is imported (:func:`import_torch_in_background`): until then the
+        dock must not import it on the main thread (it would wait for the import)."""
+        return _torch_ready.is_set()
+
+    def _when_torch_ready(self, callback) -> None:
+        """Call ``callback`` on the main thread once torch is imported (at once if it is)."""
+        if self._gone():
+            return
+        if _torch_ready.is_set():
+            callback()
+        else:
+            QTimer.singleShot(100, lambda: self._when_torch_ready(callback))
 
     # -- state ----------------------------------------------------------------------
     @property

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..intensity import check_contrast, normalize, robust_range
+from ..model_files import STRENGTH_RANGE
 from ..optics.noise import estimate_noise
 from ._sampling import resample, resamples
 
@@ -55,13 +56,6 @@ def as_image(image, min_size: int = 1) -> np.ndarray:
             "(e.g. with numpy.nan_to_num or an inpainting) before deblurring"
         )
     return image32
-
-
-#: The range of ``strength`` where the network does what it promises (> 1 smoother,
-#: < 1 sharper): measured on the demo and on table1 images at L1/H1 (SSIM against strength,
-#: 2026-12-03), it turns noisier again above ~3 and falls apart towards 10, far from the
-#: noise levels it was trained on.
-STRENGTH_RANGE = (0.25, 3.0)
 
 
 #: Noise given (``noise=``, ``--noise``) beyond this many times the image's intensity range
