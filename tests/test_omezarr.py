@@ -172,3 +172,29 @@ def test_a_full_or_read_only_disk_is_one_line_and_the_input_is_untouched(
     assert err.startswith("deepblur: error: ") and says in err and str(out) in err
     assert _tree_digest(src) == before
     assert isinstance(outputs.disk_error(OSError(code, "x"), out), outputs.OutputDiskError)
+
+
+def test_blocks_on_a_dask_cluster_and_in_a_batch_give_the_same_store(tmp_path):
+    """The OME-Zarr path on a two-worker LocalCluster (each worker opens the stores and the
+    model by path) writes what this process writes; ``deepblur batch`` takes OME-Zarr
+    inputs (OUT/<name>.ome.zarr) beside TIFFs, and resumes an unfinished one."""
+    distributed = pytest.importorskip("distributed")
+    src = _store(tmp_path / "in.ome.zarr", _plane(4))
+    here = tmp_path / "here.ome.zarr"
+    pipeline.run(chunked.iter_deblur_zarr(src, here, _options(), chunk_px=144))
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster, distributed.Client(cluster) as client:
+        there = tmp_path / "there.ome.zarr"
+        result = pipeline.run(
+            chunked.iter_deblur_zarr(src, there, _options(), chunk_px=144, client=client)
+        )
+        assert result["blocks"] == 4
+        a, b = (omezarr.read_ome_zarr(p).data for p in (here, there))
+        np.testing.assert_array_equal(a[:, :], b[:, :])
+        out = tmp_path / "batch"
+        done = pipeline.run(
+            batch.iter_batch([src], out, _options(), client=client, task=chunked.deblur_any)
+        )
+    assert not done.failed and len(done.done) == 1
+    assert omezarr.read_ome_zarr(out / "in.ome.zarr").data.shape == (288, 288)
