@@ -32,6 +32,16 @@ from .pipeline import DEFAULT_TILE_PX, Progress
 _STATE = omezarr.STATE_DIR
 #: Planes larger than this many pixels are identified from a sample of windows.
 SAMPLED_IDENTIFY_PX = 4096 * 4096
+#: Lazy arrays (dask, zarr: napari's big layers) with planes larger than this many pixels
+#: are never read whole: identified from windows, deblurred into an OME-Zarr.
+BIG_LAYER_PX = 2048 * 2048
+
+
+def is_big_lazy(data) -> bool:
+    """Whether ``data`` is a lazy array (not in memory) whose planes are larger than
+    :data:`BIG_LAYER_PX` pixels: napari's docks then work on it window by window."""
+    h, w = data.shape[-2:]
+    return not isinstance(data, np.ndarray) and h * w > BIG_LAYER_PX
 
 
 def read_any(path) -> io.ImageData:
@@ -114,14 +124,18 @@ def iter_deblur_zarr(
     *,
     chunk_px: int = omezarr.DEFAULT_CHUNK_PX,
     client=None,
+    image: io.ImageData | None = None,
+    sampling=None,
 ) -> Generator[Progress, None, dict]:
     """Identify (unless ``options.estimate``) and deblur ``input_path`` (OME-Zarr or TIFF)
     into the OME-Zarr store ``output_path``, block by block (``client``: a
     ``dask.distributed`` client to spread the blocks on; each worker opens the stores and
     the model file by path: they must see the same file system), yielding
     :class:`Progress`. An unfinished output of the same input is resumed; a finished one
-    is refused unless ``options.overwrite``. Returns ``{"input", "output", "seconds",
-    "shape", "estimate", "blocks", "resumed"}``."""
+    is refused unless ``options.overwrite``. ``image``: the input already open (a napari
+    layer's array; ``input_path`` then only names it, and blocks run in this process);
+    ``sampling``: the input's, instead of :func:`batch.image_sampling`'s. Returns
+    ``{"input", "output", "seconds", "shape", "estimate", "blocks", "resumed", "levels"}``."""
     options = options or DeblurOptions()
     input_path, output_path = Path(input_path), Path(output_path)
     if output_path.resolve() == input_path.resolve():
@@ -129,7 +143,11 @@ def iter_deblur_zarr(
     if not output_path.parent.is_dir():
         raise FileNotFoundError(f"the output folder {output_path.parent} does not exist")
     with claim_output(output_path):
-        return (yield from _deblur_claimed(input_path, output_path, options, chunk_px, client))
+        return (
+            yield from _deblur_claimed(
+                input_path, output_path, options, chunk_px, client, image, sampling
+            )
+        )
 
 
 def _record(output_path: Path) -> dict | None:
@@ -139,25 +157,27 @@ def _record(output_path: Path) -> dict | None:
         return None
 
 
-def _deblur_claimed(input_path, output_path, options, chunk_px, client):
+def _deblur_claimed(input_path, output_path, options, chunk_px, client, image, sampling):
     from . import pipeline
     from .models import load_model
 
     start = time.perf_counter()
     check_options(options)
-    image = read_any(input_path)
+    given = image is not None
+    image = image if given else read_any(input_path)
     check_image_axes(image, input_path)
     data = image.data
     record = _record(output_path) if output_path.is_dir() else None
     resumed = (
         record is not None
-        and record.get("input") == str(input_path.resolve())
+        and record.get("input") == (str(input_path) if given else str(input_path.resolve()))
         and not options.overwrite
     )
     if output_path.exists() and not resumed and not options.overwrite:
         raise OutputExistsError(output_path)  # before identifying
     model = load_model(options.model, device=options.device, precision=options.precision)
-    sampling, _ = image_sampling(image, options.optics)
+    if sampling is None:
+        sampling, _ = image_sampling(image, options.optics)
     if resumed:
         chunk_px = record["chunk_px"]
         estimate = formats.estimate_from_json(record["estimate"])
@@ -200,7 +220,7 @@ def _deblur_claimed(input_path, output_path, options, chunk_px, client):
             output_path, data.shape, dtype, chunk_px, metadata, overwrite=options.overwrite
         )
         record = {
-            "input": str(input_path.resolve()),
+            "input": str(input_path) if given else str(input_path.resolve()),
             "chunk_px": chunk_px,
             "estimate": formats.estimate_json(estimate),
             "setups": [[list(k), asdict(s)] for k, s in setups.items()],

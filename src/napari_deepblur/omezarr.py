@@ -229,6 +229,8 @@ def input_chunks_warning(data, overlap_px: int, path) -> None:
     """Warn when an input's Y/X chunks are smaller than the tile overlap: each block then
     reads many tiny chunks (correct, but slow); rechunking the input helps."""
     chunks = getattr(data, "chunks", None)
+    if chunks:  # dask gives each axis' chunk sizes
+        chunks = [max(c) if isinstance(c, tuple) else c for c in chunks]
     if chunks and min(chunks[-2:]) < overlap_px:
         notices.warn(
             f"{Path(path).name} is stored in chunks of {chunks[-2]}×{chunks[-1]} px, smaller "
