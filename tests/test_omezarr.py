@@ -122,7 +122,7 @@ def test_a_killed_run_resumes_without_redoing_its_blocks(tmp_path, monkeypatch):
     np.testing.assert_array_equal(a[:, :], b[:, :])
 
 
-def test_bad_stores_are_sentences(tmp_path):
+def test_bad_stores_are_sentences(tmp_path, monkeypatch):
     plain = zarr.open_group(str(tmp_path / "plain.zarr"), mode="w")
     plain.create_array("data", shape=(64, 64), dtype="uint16")
     with pytest.raises(omezarr.NotOmeZarrError, match="a zarr group but not an OME-Zarr image"):
@@ -143,6 +143,14 @@ def test_bad_stores_are_sentences(tmp_path):
         pipeline.run(chunked.iter_deblur_zarr(tiny, tmp_path / "p.ome.zarr", _options(),
                                               chunk_px=64))  # fmt: skip
     assert not (tmp_path / "p.ome.zarr").exists()
+    import shutil
+
+    free = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: free._replace(free=1000))
+    needs = r"not enough space on .*: the output q.ome.zarr needs 0\.1 MB, 0\.0 MB free"
+    with pytest.raises(outputs.OutputDiskError, match=needs):  # before identifying
+        pipeline.run(chunked.iter_deblur_zarr(tiny, tmp_path / "q.ome.zarr", _options()))
+    assert not (tmp_path / "q.ome.zarr").exists()
 
 
 @pytest.mark.parametrize(

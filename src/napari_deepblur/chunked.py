@@ -185,7 +185,9 @@ def _deblur_claimed(input_path, output_path, options, chunk_px, client, image, s
         group = omezarr._zarr().open_group(str(output_path), mode="r+")
     else:
         dtype = np.float32 if options.dtype == "float32" else data.dtype
-        check_free_space(output_path / "0", int(np.prod(data.shape)) * np.dtype(dtype).itemsize)
+        # the full resolution and a third more for the pyramid, before compression
+        nbytes = int(np.prod(data.shape)) * np.dtype(dtype).itemsize
+        check_free_space(output_path, nbytes * 4 // 3)
         estimate = options.estimate
         if estimate is None:
             estimate = yield from identify_large(
@@ -234,7 +236,7 @@ def _deblur_claimed(input_path, output_path, options, chunk_px, client, image, s
         "input": str(input_path),
         "output": str(output_path),
         "chunk_px": chunk_px,
-        "model": str(model.path) if model.path is not None else options.model,
+        "model": _model_ref(options.model),
         "device": options.device,
         "precision": options.precision,
         "tile_px": options.tile_px,
@@ -269,6 +271,14 @@ def _deblur_claimed(input_path, output_path, options, chunk_px, client, image, s
         "resumed": resumed,
         "levels": len(levels),
     }
+
+
+def _model_ref(model: str | None) -> str | None:
+    """The model as workers load it: a shipped name (or None) as given, a file by its
+    absolute path (the workers must see it there)."""
+    if model is not None and Path(model).is_file():
+        return str(Path(model).resolve())
+    return model
 
 
 def _check_chunk_px(chunk_px: int, depth: int, align: int) -> int:

@@ -12,7 +12,6 @@ finished and no reader takes it for an image.
 
 from __future__ import annotations
 
-import errno
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,12 +268,15 @@ def create_output(path, shape, dtype, chunk_px: int, metadata: dict, overwrite: 
         chunks = (1,) * (len(shape) - 2) + (chunk_px, chunk_px)
         group.create_array("0", shape=tuple(shape), chunks=chunks, dtype=dtype, fill_value=0)
     except OSError as exc:
-        raise _disk(exc, path) from exc
+        _raise_disk(exc, path)
+        raise
     return group
 
 
-def _disk(exc: OSError, path) -> OSError:
-    return disk_error(exc, Path(path)) if exc.errno in DISK_ERRNOS else exc
+def _raise_disk(exc: OSError, path) -> None:
+    """A full disk, a quota or a read-only file system as the sentence naming ``path``."""
+    if exc.errno in DISK_ERRNOS:
+        raise disk_error(exc, Path(path)) from exc
 
 
 def write_region(array, key, block: np.ndarray, path) -> None:
@@ -287,9 +289,8 @@ def write_region(array, key, block: np.ndarray, path) -> None:
     try:
         array[key] = block.astype(dtype, copy=False)
     except OSError as exc:
-        raise _disk(exc, path) from exc
-    except PermissionError as exc:  # pragma: no cover - a subclass of OSError, kept apart
-        raise OSError(errno.EACCES, f"cannot write {path}: {exc}") from exc
+        _raise_disk(exc, path)
+        raise
 
 
 def _downsample(block: np.ndarray) -> np.ndarray:
@@ -360,7 +361,8 @@ def finish_output(
             add_metadata(group, {"omero": {"channels": channels}})
         group.attrs[OUR_KEY] = ours
     except OSError as exc:
-        raise _disk(exc, path) from exc
+        _raise_disk(exc, path)
+        raise
     return [d["path"] for d in datasets]
 
 
