@@ -206,3 +206,30 @@ def test_blocks_on_a_dask_cluster_and_in_a_batch_give_the_same_store(tmp_path):
         )
     assert not done.failed and len(done.done) == 1
     assert omezarr.read_ome_zarr(out / "in.ome.zarr").data.shape == (288, 288)
+
+
+def test_a_large_plane_is_identified_from_windows_across_the_field():
+    """3 × 3 windows (corners, edges, centre), each read on its own; windows with no
+    structure (background around a specimen) are left out, with a warning."""
+    windows = pipeline.sample_windows((4096, 5000), 1024)
+    assert len(windows) == 9
+    assert (windows[0][0].start, windows[0][1].start) == (0, 0)
+    assert (windows[-1][0].stop, windows[-1][1].stop) == (4096, 5000)
+    assert (windows[4][0].start, windows[4][1].start) == (1536, 1988)
+    assert len(pipeline.sample_windows((600, 600), 1024)) == 1
+    scan = np.zeros((900, 900), np.float32)
+    scan[320:580, 320:580] = make_blurred_sample(0, 260)["image"]  # structure in the middle
+    reads = []
+
+    class Recorded:
+        shape, dtype = scan.shape, scan.dtype
+
+        def __getitem__(self, key):
+            reads.append(scan[key].shape)
+            return scan[key]
+
+    with pytest.warns(RuntimeWarning, match="8 of 9 sampled windows have no structure"):
+        est = pipeline.run(
+            pipeline.iter_identify_sampled(Recorded(), window_px=256, device="cpu", augment=False)
+        )
+    assert len(est.coefficients) == 7 and reads == [(256, 256)] * 9
