@@ -25,7 +25,7 @@ FLOORS = [
     # 2: the public API, by stage
     ("pipeline",),
     # 3: what builds on it: the space-varying feature, formats, files in and out
-    ("field", "formats", "io", "outputs", "batch", "_dask_worker"),
+    ("field", "formats", "io", "outputs", "batch", "_dask_worker", "omezarr", "chunked"),
     # 4: training, benchmarks, samples, the demo
     ("training", "evaluation", "samples", "demo"),
     # 5: the command line and the widgets' headless logic

@@ -25,6 +25,7 @@ import numpy as np
 
 from . import formats
 from .devices import resolve_precision
+from .omezarr import is_unfinished, is_zarr
 from .optics import Microscope
 from .outputs import (
     OutputBusyError,
@@ -312,20 +313,27 @@ def deblur_file(input_path, output_path, options: DeblurOptions | None = None) -
 def batch_jobs(inputs: Sequence, out_dir) -> list[tuple[Path, Path]]:
     """``(input, output)`` pairs: each input TIFF (folders: their ``*.tif``/``*.tiff``
     files, sorted, hidden ones such as macOS's ``._name.tif`` left out) → ``out_dir/<same
-    name>.tif``; a file given twice (also through its folder) is done once. Missing inputs
+    name>.tif``, each OME-Zarr store (``*.zarr``, given or in a folder) → ``out_dir/<same
+    name>.ome.zarr``; a file given twice (also through its folder) is done once. Missing inputs
     and clashing names are errors."""
     out_dir = Path(out_dir)
     files: list[Path] = []
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
+        if path.is_dir() and is_zarr(path):
+            files.append(path)
+        elif path.is_dir():
             found = sorted(
                 p
                 for p in path.iterdir()
-                if p.suffix.lower() in TIFF_SUFFIXES and p.is_file() and not p.name.startswith(".")
+                if not p.name.startswith(".")
+                and (
+                    (p.suffix.lower() in TIFF_SUFFIXES and p.is_file())
+                    or (p.suffix.lower() == ".zarr" and p.is_dir())
+                )
             )
             if not found:
-                raise FileNotFoundError(f"no .tif/.tiff files in the folder {path}")
+                raise FileNotFoundError(f"no .tif/.tiff files or .zarr stores in the folder {path}")
             files.extend(found)
         elif path.is_file():
             files.append(path)
@@ -336,7 +344,10 @@ def batch_jobs(inputs: Sequence, out_dir) -> list[tuple[Path, Path]]:
     for path in files:
         once.setdefault(path.resolve(), path)
     for path in once.values():
-        out = out_dir / (path.stem + ".tif")
+        if is_zarr(path):
+            out = out_dir / (path.name.removesuffix(".zarr").removesuffix(".ome") + ".ome.zarr")
+        else:
+            out = out_dir / (path.stem + ".tif")
         if out in seen:
             raise ValueError(f"{path} and {seen[out]} would both be written to {out}")
         if out.resolve() == path.resolve():
@@ -393,6 +404,7 @@ def iter_batch(
     workers: int | None = None,
     processes: bool = True,
     client=None,
+    task=None,
 ) -> Generator[Progress, None, BatchResult]:
     """Deblur many TIFFs on dask, one task per file, yielding :class:`Progress` per file.
 
@@ -402,9 +414,12 @@ def iter_batch(
     ``distributed.Client`` to use instead. Outputs that exist are skipped unless
     ``options.overwrite``. A failing file is recorded in :attr:`BatchResult.failed` and the
     others go on. Stopping the iteration cancels the files not yet done (and removes their
-    temporary files).
+    temporary files). ``task``: what runs each file (default :func:`deblur_file`; the
+    command line gives :func:`~napari_deepblur.chunked.deblur_any`, which also writes
+    OME-Zarr outputs).
     """
     options = options or DeblurOptions()
+    task = task or deblur_file
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"--out {out_dir} exists and is not a folder")
@@ -418,7 +433,7 @@ def iter_batch(
     todo = []
     for src, dst in jobs:
         redo = options.estimate_json and estimate_missing(src, dst)
-        if dst.exists() and not options.overwrite and not redo:
+        if dst.exists() and not options.overwrite and not redo and not is_unfinished(dst):
             result.skipped.append(str(dst))
         else:
             todo.append((src, dst))
@@ -464,7 +479,7 @@ def iter_batch(
         batch_id = uuid.uuid4().hex[:8]  # two batches on one scheduler must not share tasks
         futures = {
             client.submit(
-                deblur_file, src.absolute(), dst.absolute(), options,  # for remote workers too
+                task, src.absolute(), dst.absolute(), options,  # for remote workers too
                 pure=False, key=f"deblur-{batch_id}-{i}-{src.name}",
             ): (src, dst)
             for i, (src, dst) in enumerate(todo)

@@ -402,6 +402,11 @@ def matched_contrast_limits(*arrays, percentiles=(0.5, 99.8)) -> tuple[float, fl
     """Common contrast limits for side-by-side views (robust percentiles over all arrays)."""
     samples = []
     for a in arrays:
+        if isinstance(a, Sequence) and not isinstance(a, np.ndarray):  # multiscale levels
+            a = a[-1]
+        if not isinstance(a, np.ndarray) and a.size > 4_000_000:  # lazy: a strided sample
+            step = int(np.ceil(np.sqrt(a.size / 1_000_000)))
+            a = a[..., ::step, ::step]
         a = np.asarray(a, dtype=np.float32).ravel()
         if a.size > 1_000_000:
             a = a[:: a.size // 1_000_000]

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..formats import KnownOptics
+from .big import identify_in_windows, is_big_lazy, iter_deblur_big, refuse_median
 from .layers import LayerDataTuple, estimate_layers, estimate_source, psf_layer_data
 from .messages import UserError
 from .tables import KERNEL_MAP_GRID
@@ -116,6 +117,9 @@ def iter_identify_layers(request: IdentifyRequest) -> Generator[Any, None, Ident
     }
     shape = tuple(np.shape(request.data))
     mode = request.stack_mode if len(shape) > 2 else "plane"
+    big = is_big_lazy(request.data)
+    if mode == "median" and big:
+        refuse_median(shape)
     if mode == "median":
         planes = plane_indices(shape)
         # every plane (max_planes: no subsampling); the loop and cancel points are the pipeline's
@@ -125,8 +129,11 @@ def iter_identify_layers(request: IdentifyRequest) -> Generator[Any, None, Ident
     else:
         planes = [tuple(request.plane)]
         yield Progress(0, 0, "reading the image")
-        image = np.asarray(request.data[request.plane] if request.plane else request.data)
-        estimate = yield from iter_identify(image, model, **options)
+        plane = request.data[request.plane] if request.plane else request.data
+        if big:  # never read whole: a sample of windows
+            estimate = yield from identify_in_windows(plane, model, options)
+        else:
+            estimate = yield from iter_identify(np.asarray(plane), model, **options)
     name = estimate_source(request.source, mode, request.plane)
     layers = estimate_layers(estimate, name, request.geometry, shape[-2:], request.kernel_grid)
     if len(shape) > 2:
@@ -191,6 +198,8 @@ def iter_deblur_layers(request: DeblurRequest) -> Generator[Any, None, DeblurRes
     yield Progress(0, 0, "loading the model")
     model = _load(request.model, request.device)
     data = request.data
+    if is_big_lazy(data):  # written block by block into an OME-Zarr, opened as multiscale
+        return DeblurResult(*(yield from iter_deblur_big(request, model)))
     layers: list[LayerDataTuple] = []
     estimate = request.estimate
     sampling = request.optics.sampling()

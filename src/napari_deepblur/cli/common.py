@@ -199,8 +199,11 @@ def optics_args(args) -> dict:
 
 
 def check_image_path(path) -> None:
-    """An input image given as a folder: say so (and that ``batch`` takes folders)."""
-    if os.path.isdir(path):
+    """An input image given as a folder (not an OME-Zarr store): say so (and that
+    ``batch`` takes folders)."""
+    from ..omezarr import is_zarr
+
+    if os.path.isdir(path) and not is_zarr(path):
         raise IsADirectoryError(
             f"{path} is a folder, not an image file; to process every TIFF in a folder use "
             f"'deepblur batch {path} --out OUTPUT_FOLDER'"

@@ -54,7 +54,11 @@ def add_identify_parser(sub) -> None:
         "the PSF (TIFF + JSON sidecar) and the estimate (JSON, reusable with "
         "'deepblur deblur --estimate').",
     )
-    p.add_argument("image", help="input TIFF: (Y, X) or a stack (…, Y, X)")
+    p.add_argument(
+        "image",
+        help="input TIFF or OME-Zarr store: (Y, X) or a stack (…, Y, X); planes over 4096² px "
+        "are identified from 3×3 windows across the field, never loaded whole",
+    )
     p.add_argument("--psf-out", help="write the estimated PSF here (.tif, + .json sidecar)")
     p.add_argument(
         "--json",
@@ -103,9 +107,11 @@ def _run_identify(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from .. import formats, io, pipeline
+    from .. import formats, pipeline
     from ..batch import check_image_axes, image_sampling
+    from ..chunked import identify_large, read_any
     from ..models import load_model
+    from ..omezarr import is_zarr
 
     psf_out = Path(args.psf_out) if args.psf_out else None
     if psf_out is not None and psf_out.suffix.lower() not in (".tif", ".tiff"):
@@ -122,13 +128,18 @@ def _run_identify(args: argparse.Namespace) -> int:
         inputs=[args.image],
     )
     check_image_path(args.image)
-    image = io.read_image(args.image, mmap=True)
+    image = read_any(args.image)
     mode, plane = stack_mode(args)
     check_image_axes(image, args.image, mode)
     sampling, sampling_text = image_sampling(image, optics_args(args))
     model = load_model(args.model, device=args.device, precision=args.precision)
-    estimate = drive(
-        pipeline.iter_identify_stack(
+    if is_zarr(args.image) and not args.refine:  # planes read where sliced (sampled if huge)
+        steps = identify_large(
+            image.data, model, sampling, plane=plane, mode=mode, tile_px=args.tile_px,
+            augment=not args.no_augment,
+        )  # fmt: skip
+    else:
+        steps = pipeline.iter_identify_stack(
             image.data,
             model,
             mode=mode,
@@ -138,10 +149,8 @@ def _run_identify(args: argparse.Namespace) -> int:
             tile_px=args.tile_px,
             refine=args.refine,
             sampling=sampling,
-        ),
-        args.quiet,
-        "identify",
-    )
+        )
+    estimate = drive(steps, args.quiet, "identify")
     estimates = estimate if isinstance(estimate, list) else [estimate]
     first = estimates[0]
     report(f"image: {args.image} {tuple(image.data.shape)} {image.data.dtype}")
@@ -192,8 +201,26 @@ def add_deblur_parser(sub) -> None:
         "network. The blur is identified from the image unless --psf or --estimate gives it. "
         "Large images are read and written memory-mapped, tile by tile.",
     )
-    p.add_argument("image", help="input TIFF: (Y, X) or a stack (…, Y, X)")
-    p.add_argument("-o", "--out", required=True, help="output TIFF (float32 by default)")
+    p.add_argument("image", help="input TIFF or OME-Zarr store: (Y, X) or a stack (…, Y, X)")
+    p.add_argument(
+        "-o",
+        "--out",
+        required=True,
+        help="output TIFF (float32 by default), or an OME-Zarr store (a name ending in "
+        ".zarr): written block by block as a multiscale pyramid, resumed when run again "
+        "after an interruption",
+    )
+    p.add_argument(
+        "--chunk-px",
+        type=int,
+        default=2048,
+        help="OME-Zarr output: blocks and chunks of this many px a side (default 2048)",
+    )
+    p.add_argument(
+        "--scheduler",
+        help="OME-Zarr output: deblur its blocks on this dask.distributed scheduler "
+        "(tcp://host:8786; the workers must see the input, the output and the model file)",
+    )
     given = p.add_mutually_exclusive_group()
     given.add_argument(
         "--psf", help="a PSF TIFF (deepblur's PSF export, or any 2D PSF sampled like the image)"
@@ -238,10 +265,18 @@ def _run_deblur(args: argparse.Namespace) -> int:
     import math
     from pathlib import Path
 
-    from .. import io
     from ..batch import image_sampling, iter_deblur_file
+    from ..chunked import read_any
+    from ..omezarr import is_zarr
 
-    check_outputs([args.out], args.overwrite)
+    to_zarr = is_zarr(args.out)
+    if not to_zarr:
+        check_outputs([args.out], args.overwrite)
+        if is_zarr(args.image):
+            raise ValueError(
+                f"{args.image} is an OME-Zarr store: write its result to one too "
+                "(an --out name ending in .ome.zarr)"
+            )
     check_image_path(args.image)
     estimate = _given_estimate(args)
     if estimate is not None and not isinstance(estimate, list) and math.isnan(estimate.fc):
@@ -249,14 +284,46 @@ def _run_deblur(args: argparse.Namespace) -> int:
         from ..models import load_model
         from ..pipeline import psf_sampled_like
 
-        image = io.read_image(args.image, mmap=True)
+        image = read_any(args.image)
         sampling, _ = image_sampling(image, optics_args(args))
         model_fc = load_model(args.model, device="cpu").fc
         image_pixel_nm = (sampling.optics or {}).get("pixel_size_nm", image.pixel_size_nm)
         estimate = psf_sampled_like(estimate, sampling, model_fc, image_pixel_nm)
     options = _deblur_options(args, estimate, estimate_json=False)
+    if to_zarr:
+        return _deblur_to_zarr(args, options)
     result = drive(iter_deblur_file(args.image, Path(args.out), options), args.quiet, "deblur")
     print(f"wrote {result['output']} {tuple(result['shape'])} in {result['seconds']:.1f} s")
+    return 0
+
+
+def _deblur_to_zarr(args: argparse.Namespace, options) -> int:
+    """``deepblur deblur IN OUT.ome.zarr``: block by block, here or on a scheduler."""
+    from ..chunked import iter_deblur_zarr
+
+    client = None
+    if args.scheduler:
+        from distributed import Client
+
+        try:
+            client = Client(args.scheduler, timeout="30s")
+        except (OSError, TimeoutError) as exc:
+            raise ValueError(
+                f"could not connect to the dask scheduler at {args.scheduler}: {exc}"
+            ) from None
+    try:
+        steps = iter_deblur_zarr(
+            args.image, args.out, options, chunk_px=args.chunk_px, client=client
+        )
+        result = drive(steps, args.quiet, "deblur")
+    finally:
+        if client is not None:
+            client.close()
+    resumed = " (resumed)" if result["resumed"] else ""
+    print(
+        f"wrote {result['output']} {tuple(result['shape'])}, {result['levels']} pyramid "
+        f"level(s), in {result['seconds']:.1f} s{resumed}"
+    )
     return 0
 
 
@@ -269,7 +336,11 @@ def add_batch_parser(sub) -> None:
         "Finished outputs are skipped, so an interrupted batch resumes where it stopped. "
         "Exit code 1 when some files failed (listed), 2 on a usage error.",
     )
-    p.add_argument("inputs", nargs="+", help="TIFF files and/or folders of TIFFs")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        help="TIFF files, OME-Zarr stores (written as OUT/<name>.ome.zarr) and/or folders of them",
+    )
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument(
         "--scheduler",
@@ -293,6 +364,7 @@ def _run_batch(args: argparse.Namespace) -> int:
     import math
 
     from ..batch import iter_batch
+    from ..chunked import deblur_any
 
     if args.workers is not None and args.workers < 1:
         raise ValueError("--workers must be at least 1")
@@ -315,7 +387,10 @@ def _run_batch(args: argparse.Namespace) -> int:
         estimate = psf_sampled_like(estimate, images, None, args.pixel_size_nm)
     options = _deblur_options(args, estimate)
     result = drive(
-        iter_batch(args.inputs, args.out, options, scheduler=args.scheduler, workers=args.workers),
+        iter_batch(
+            args.inputs, args.out, options, scheduler=args.scheduler, workers=args.workers,
+            task=deblur_any,
+        ),  # fmt: skip
         args.quiet,
         "batch",
     )

@@ -35,7 +35,16 @@ the whole feature).
     (128, 128)
 """
 
-from ._deblur import deblur, deblur_dask, iter_deblur, iter_deblur_into
+from ._deblur import (
+    DeblurSetup,
+    block_margin,
+    deblur,
+    deblur_dask,
+    deblur_region,
+    deblur_setup,
+    iter_deblur,
+    iter_deblur_into,
+)
 from ._estimate import BlurEstimate, clean_measured_psf
 from ._field import FieldEstimate
 from ._identify import identify, iter_identify
@@ -47,6 +56,7 @@ from ._prepare import (
     plane_indices,
 )
 from ._progress import Progress, ProgressBar, drive, run
+from ._sampled import SAMPLE_GRID, iter_identify_sampled, sample_windows
 from ._sampling import Sampling, psf_sampled_like
 from ._stacks import (
     STACK_MODES,
@@ -76,6 +86,13 @@ __all__ = [
     "deblur_dask",
     "iter_identify_stack",
     "iter_deblur_stack",
+    "iter_identify_sampled",
+    "sample_windows",
+    "SAMPLE_GRID",
+    "block_margin",
+    "deblur_region",
+    "deblur_setup",
+    "DeblurSetup",
     "combine_estimates",
     "representative_plane",
     "plane_index",

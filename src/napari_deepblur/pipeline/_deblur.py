@@ -434,9 +434,7 @@ def deblur_dask(
     _check_estimate(estimate)
     sampling = Sampling.given(sampling, **optics).for_deblurring(estimate)
     setup = deblur_setup(array, estimate, model, sampling, noise, strength)
-    overlap, _, _ = _tile_layout(array.shape, setup.zoom, tile_px)
-    align = 1 if resamples(setup.zoom) else _grid_factor(model)
-    depth = -(-overlap // align) * align  # blocks start on the network's grid, like tiles
+    depth, align = block_margin(array.shape, setup.zoom, tile_px, model)
     chunk_px = max(-(-int(chunk_px) // align) * align, 2 * depth)
     # a path is light to ship to dask workers, which load (and cache) the model themselves
     ref = str(model.path) if model.path is not None else model
@@ -453,8 +451,26 @@ def deblur_dask(
             int(chunk_starts[1][j]) - (depth if j else 0),
         )
         local = as_model(ref, device, precision)
-        result = np.empty(x.shape, np.float32)
-        run(_iter_tiles(x, result, setup, estimate, local, tile_px, origin))
-        return result
+        return deblur_region(x, setup, estimate, local, tile_px, origin)[0]
 
     return array.map_overlap(block, depth=depth, boundary="none", dtype=np.float32, trim=True)
+
+
+def block_margin(shape, zoom: float, tile_px: int, model: DeepBlurModel) -> tuple[int, int]:
+    """``(depth, align)`` of blocks deblurred apart (:func:`deblur_dask`, the OME-Zarr
+    writer): each block is read with a margin of ``depth`` px of its neighbours (the tile
+    overlap, rounded up to ``align``) and starts on a multiple of ``align`` px (the
+    network's stride; 1 for a resampled image), so that blocks blend like tiles."""
+    overlap, _, _ = _tile_layout(shape, zoom, tile_px)
+    align = 1 if resamples(zoom) else _grid_factor(model)
+    return -(-overlap // align) * align, align
+
+
+def deblur_region(
+    x: np.ndarray, setup: DeblurSetup, estimate, model: DeepBlurModel, tile_px: int, origin=(0, 0)
+) -> tuple[np.ndarray, DeepBlurModel]:
+    """``(deblurred x as float32, the model that did it)``: one block of a large plane (with
+    its margins), tile by tile; ``origin``: where ``x`` starts in the plane (pixels)."""
+    result = np.empty(x.shape, np.float32)
+    model = run(_iter_tiles(x, result, setup, estimate, model, tile_px, origin))
+    return result, model
