@@ -190,9 +190,12 @@ def test_blocks_on_a_dask_cluster_and_in_a_batch_give_the_same_store(tmp_path):
     src = _store(tmp_path / "in.ome.zarr", _plane(4))
     here = tmp_path / "here.ome.zarr"
     pipeline.run(chunked.iter_deblur_zarr(src, here, _options(), chunk_px=144))
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
-    ) as cluster, distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         there = tmp_path / "there.ome.zarr"
         result = pipeline.run(
             chunked.iter_deblur_zarr(src, there, _options(), chunk_px=144, client=client)

@@ -388,7 +388,11 @@ def _run_batch(args: argparse.Namespace) -> int:
     options = _deblur_options(args, estimate)
     result = drive(
         iter_batch(
-            args.inputs, args.out, options, scheduler=args.scheduler, workers=args.workers,
+            args.inputs,
+            args.out,
+            options,
+            scheduler=args.scheduler,
+            workers=args.workers,
             task=deblur_any,
         ),  # fmt: skip
         args.quiet,
