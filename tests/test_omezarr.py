@@ -62,8 +62,12 @@ def test_round_trip_keeps_metadata_and_writes_a_readable_pyramid(tmp_path, capsy
     src = _store(tmp_path / "in.ome.zarr", stack)
     before = _tree_digest(src)
     out = tmp_path / "out.ome.zarr"
+    # channels are not planes: one estimate for both only when given (here the first's)
+    given = formats.write_estimate_json(
+        tmp_path / "actin.json", pipeline.identify(stack[0], device="cpu")
+    )
     argv = ["deblur", str(src), "-o", str(out), "--chunk-px", "144", "--dtype", "input",
-            "--device", "cpu", "--quiet"]  # fmt: skip
+            "--estimate", str(given), "--device", "cpu", "--quiet"]  # fmt: skip
     assert cli.main(argv) == 0
     assert "2 pyramid level(s)" in capsys.readouterr().out
     assert _tree_digest(src) == before  # the input is only read

@@ -5,6 +5,14 @@ from __future__ import annotations
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _torch_imported():
+    """The docks import torch in a thread when the first opens, and fill in what needs it
+    (the Device choices, the sampling line) when it is there; these tests start with it
+    imported, as a napari session does a moment after its first dock."""
+    import napari_deepblur.pipeline  # noqa: F401
+
+
 @pytest.fixture(scope="session")
 def small_sample():
     """The synthetic sample at 128×128 px (data + layer kwargs), computed once."""

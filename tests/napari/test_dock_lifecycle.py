@@ -105,3 +105,25 @@ def test_the_panel_fits_a_900_px_screen_and_scrolls(make_napari_viewer, small_sa
     assert panel.native.minimumSizeHint().height() < 300  # …but the dock scrolls
     assert window.height() <= 900
     assert content.minimumSizeHint().width() <= panel.native.width()  # nothing cut sideways
+
+
+def test_a_dock_opened_before_torch_is_imported_fills_in_once_it_is(
+    make_napari_viewer, small_sample, qtbot, monkeypatch
+):
+    """Opening a dock does not wait for torch (imported in a thread): the sampling line and
+    the Device choices that need it are filled in when it is there."""
+    import threading
+
+    from napari_deepblur._qt import IdentifyWidget, _job
+
+    not_yet = threading.Event()
+    monkeypatch.setattr(_job, "_torch_ready", not_yet)
+    monkeypatch.setattr(_job, "import_torch_in_background", lambda: None)
+    viewer = make_napari_viewer()
+    image, kwargs = small_sample
+    viewer.add_image(image, **kwargs)
+    widget = IdentifyWidget(viewer)
+    assert widget._fc_label.value == "…"
+    assert list(widget._device.choices) == ["auto", "cpu"]
+    not_yet.set()
+    qtbot.waitUntil(lambda: "fc = 0.199" in widget._fc_label.value, timeout=3000)

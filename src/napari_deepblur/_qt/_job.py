@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 import threading
 import weakref
 from collections.abc import Generator
@@ -60,8 +61,10 @@ _warm_up = threading.Lock()
 def import_torch_in_background() -> None:
     """Import torch and the pipeline in a thread, once: about 1.5 s that would otherwise
     freeze napari when the first dock opens (in a thread its longest stall is ~0.2 s)."""
-    if not _warm_up.acquire(blocking=False):
-        return  # started already
+    if _imported("napari_deepblur.pipeline"):
+        _torch_ready.set()
+    if _torch_ready.is_set() or not _warm_up.acquire(blocking=False):
+        return  # imported, or being imported
 
     def run() -> None:
         try:
@@ -70,6 +73,12 @@ def import_torch_in_background() -> None:
             _torch_ready.set()
 
     threading.Thread(target=run, name="napari-deepblur import", daemon=True).start()
+
+
+def _imported(name: str) -> bool:
+    """Whether module ``name`` is imported in full (not being imported by another thread)."""
+    module = sys.modules.get(name)
+    return module is not None and not getattr(module.__spec__, "_initializing", False)
 
 
 def device_choices(_widget=None) -> list[str]:
