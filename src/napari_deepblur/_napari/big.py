@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..chunked import is_big_lazy  # noqa: F401 - the docks' test, re-exported
-from .layers import LayerDataTuple, estimate_source, psf_layer_data
+from .layers import LayerDataTuple, deblurred_layer_kwargs, estimate_source, psf_layer_data
 from .messages import UserError
 
 #: Chunks (and blocks) of the OME-Zarr a big layer is deblurred into, px a side.
@@ -101,23 +101,7 @@ def iter_deblur_big(request, model) -> Generator[Any, None, tuple[Any, Any, list
         sampling=sampling.for_deblurring(estimate, of_this_image),
     )  # fmt: skip
     levels = [da.from_zarr(str(out / str(k))) for k in range(result["levels"])]
-    name = f"{request.source} deblurred"
-    if request.plane:
-        name += f" {list(request.plane)}"
-    kwargs: dict[str, Any] = {
-        "name": name,
-        "multiscale": len(levels) > 1,
-        "metadata": {
-            "deblurred_from": request.source,
-            "plane": None if request.plane is None else list(request.plane),
-            "strength": float(request.strength),
-            "noise": request.noise,
-            "estimate": estimate.to_dict(),
-            "ome_zarr": str(out),
-        },
-        **dict(request.geometry),
-    }
-    if request.colormap:
-        kwargs["colormap"] = request.colormap
+    kwargs = deblurred_layer_kwargs(request, estimate, ome_zarr=str(out))
+    kwargs["multiscale"] = len(levels) > 1
     layers.append((levels if len(levels) > 1 else levels[0], kwargs, "image"))
     return levels[0], estimate, layers

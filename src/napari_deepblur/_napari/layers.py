@@ -398,6 +398,30 @@ def estimate_layers(
     return layers
 
 
+def deblurred_layer_kwargs(request, estimate, **extra_metadata) -> dict[str, Any]:
+    """The restored layer's kwargs for a Deblur ``request`` (name, its metadata: source,
+    plane, strength, noise and the ``estimate`` used, plus ``extra_metadata``; the image's
+    geometry; its colormap)."""
+    name = f"{request.source} deblurred"
+    if request.plane:
+        name += f" {list(request.plane)}"
+    kwargs: dict[str, Any] = {
+        "name": name,
+        "metadata": {
+            "deblurred_from": request.source,
+            "plane": None if request.plane is None else list(request.plane),
+            "strength": float(request.strength),
+            "noise": request.noise,
+            "estimate": estimate.to_dict(),
+            **extra_metadata,
+        },
+        **dict(request.geometry),
+    }
+    if request.colormap:
+        kwargs["colormap"] = request.colormap
+    return kwargs
+
+
 def matched_contrast_limits(*arrays, percentiles=(0.5, 99.8)) -> tuple[float, float]:
     """Common contrast limits for side-by-side views (robust percentiles over all arrays)."""
     samples = []

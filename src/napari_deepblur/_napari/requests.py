@@ -13,7 +13,13 @@ import numpy as np
 
 from ..formats import KnownOptics
 from .big import identify_in_windows, is_big_lazy, iter_deblur_big, refuse_median
-from .layers import LayerDataTuple, estimate_layers, estimate_source, psf_layer_data
+from .layers import (
+    LayerDataTuple,
+    deblurred_layer_kwargs,
+    estimate_layers,
+    estimate_source,
+    psf_layer_data,
+)
 from .messages import UserError
 from .tables import KERNEL_MAP_GRID
 
@@ -234,23 +240,7 @@ def iter_deblur_layers(request: DeblurRequest) -> Generator[Any, None, DeblurRes
         restored = yield from iter_deblur(image, estimate, model, **options, prepared=prepared)
     else:  # every plane (or the only one), in the pipeline's plane loop
         restored = yield from iter_deblur_stack(data, estimate, model, **options, prepared=prepared)
-    name = f"{request.source} deblurred"
-    if request.plane:
-        name += f" {list(request.plane)}"
-    geometry = dict(request.geometry)
-    kwargs: dict[str, Any] = {
-        "name": name,
-        "metadata": {
-            "deblurred_from": request.source,
-            "plane": None if request.plane is None else list(request.plane),
-            "strength": float(request.strength),
-            "noise": request.noise,
-            "estimate": estimate.to_dict(),
-        },
-        **geometry,
-    }
-    if request.colormap:
-        kwargs["colormap"] = request.colormap
+    kwargs = deblurred_layer_kwargs(request, estimate)
     layers.append((restored.astype(np.float32, copy=False), kwargs, "image"))
     return DeblurResult(restored, estimate, layers)
 
