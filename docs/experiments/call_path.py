@@ -66,8 +66,11 @@ def carries_plane(frame, plane_px: int) -> bool:
     array-like of at least half its pixels: the image, resampled or normalised, not a tile)."""
     for value in frame.f_locals.values():
         shape = getattr(value, "shape", None)
-        if isinstance(shape, tuple) and len(shape) >= 2 and shape and all(
-            isinstance(n, int) for n in shape
+        if (
+            isinstance(shape, tuple)
+            and len(shape) >= 2
+            and shape
+            and all(isinstance(n, int) for n in shape)
         ):
             if int(np.prod(shape)) >= plane_px // 2:
                 return True
@@ -100,7 +103,9 @@ def trace(argv: list[str], plane_px: int) -> list[Call]:
             depth=caller.depth + 1 if caller else 0,
             name=f"{module}.{frame.f_code.co_name}",
             plane=carries_plane(frame, plane_px),
-            climbs=bool(caller) and not resumed and not method
+            climbs=bool(caller)
+            and not resumed
+            and not method
             and floor(module) > floor(caller.name.rsplit(".", 1)[0]),
         )
         caller_of[id(frame)] = call
@@ -140,7 +145,9 @@ def main() -> None:
     for name in way:
         print("  " + name)
     modules = [call.name.rsplit(".", 1)[0] for call in calls if call.plane]
-    hops = sum(a.split(".")[0] != b.split(".")[0] for a, b in zip(modules, modules[1:]))
+    hops = sum(
+        a.split(".")[0] != b.split(".")[0] for a, b in zip(modules, modules[1:], strict=False)
+    )
     print(f"calls given a whole plane: {len(modules)}; moves between top-level modules: {hops}")
     print(f"calls that climb to a higher floor: {sum(call.climbs for call in calls)}")
     print(f"calls of package functions: {len(calls)} ({len(first_calls(calls))} functions)")

@@ -14,16 +14,16 @@ import numpy as np
 import torch
 
 import napari_deepblur as ndb
+from napari_deepblur.evaluation.metrics import psf_snr_db
+from napari_deepblur.evaluation.table1 import _VALIDATION, FAMILY, draw_pair
+from napari_deepblur.evaluation.testimages import load_test_images
+from napari_deepblur.nets.identification import welch_log_spectrum
 from napari_deepblur.pipeline._windows import (
     _chosen_windows,
     _to_original_orientation,
     align_signs,
     robust_combine,
 )
-from napari_deepblur.evaluation.metrics import psf_snr_db
-from napari_deepblur.evaluation.table1 import _VALIDATION, FAMILY, draw_pair
-from napari_deepblur.evaluation.testimages import load_test_images
-from napari_deepblur.nets.identification import welch_log_spectrum
 
 model = ndb.load_model(sys.argv[1] if len(sys.argv) > 1 else None, precision="float32")
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 40

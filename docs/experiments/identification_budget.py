@@ -9,10 +9,10 @@ import time
 import numpy as np
 
 import napari_deepblur as ndb
-from napari_deepblur.pipeline._windows import identify_in_windows
 from napari_deepblur.evaluation.metrics import psf_snr_db
 from napari_deepblur.evaluation.table1 import FC, draw_pair
 from napari_deepblur.evaluation.testimages import load_test_images
+from napari_deepblur.pipeline._windows import identify_in_windows
 
 budget = int(sys.argv[1]) if len(sys.argv) > 1 else 64
 size = int(sys.argv[2]) if len(sys.argv) > 2 else 256

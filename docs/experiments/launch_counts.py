@@ -25,8 +25,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import napari_deepblur as ndb
-from napari_deepblur.samples import make_blurred_sample
 from napari_deepblur.evaluation.bench import bench_image
+from napari_deepblur.samples import make_blurred_sample
 
 SYNCING = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2",
            "unique_dim", "unique_consecutive"}  # fmt: skip

@@ -6,29 +6,40 @@ ticks, per step) and the window's height (a laptop screen: 900 px).
 Steps: open the synthetic sample; open "Identify blur and deblur" from the Plugins menu;
 double-click "Identify blur"; Deblur; Identify with the space-varying model; open the actin
 sample and switch both docks to it, identify and deblur it; Compare side by side; change the
-Identify model and back; export the PSF and reopen it (``viewer.open``); open "Calibrate from
-beads" on the shipped bead plane (``tests/data/beads_confocal_plane.tif``, and any
-``--beads`` files) and Calibrate with the defaults (on a stack that fails on the plane shown,
-move the slider to the plane the message names and calibrate again); finally leave the
-Compare grid, start a Deblur on a 1024² image and close the window during the job.
+Identify model and back; export the PSF and reopen it (as File › Open does); open
+"Calibrate from beads" on the shipped bead plane (``tests/data/beads_confocal_plane.tif``,
+and any ``--beads`` files) and Calibrate with the defaults (on a stack that fails on the
+plane shown, move the slider to the plane the message names and calibrate again); finally
+leave the Compare grid, start a Deblur on a 1024² image and close the window during the job.
 
 Run (about 30 s on 2 CPU cores)::
 
     xvfb-run -a -s "-screen 0 1600x900x24" python docs/experiments/napari_walk.py \\
-        [--beads /path/to/more_beads.tif ...] [--why]
+        [--beads /path/to/more_beads.tif ...] [--why] [--profile STEP ...] \\
+        [--napari-alone | --compare]
 
 Prints one line per step (seconds, longest main-thread gap in ms, outcome) and a summary;
 exits 1 when an exception was raised, an error was shown (a bead stack opened on a plane
 without beads shows one, by design), a step failed or the window grew taller than 900 px.
 Stalls over 200 ms are flagged ("STALL") but do not fail the run. ``--why`` samples the
-main thread's stack every 100 ms while it is stalled and prints where, per step (a stall in
-C code that holds the GIL is not sampled).
+main thread's stack every 20 ms while it is stalled and prints where, per step (a stall in
+C code that holds the GIL is not sampled); ``--profile STEP …`` prints a cProfile of the
+main thread during the named steps (the plugin's own functions listed apart).
+
+What napari itself costs matters here: under Xvfb, OpenGL is Mesa's software renderer, and
+napari's first image layer, first points layer, grid and closing each take 0.2–0.6 s on 2
+CPU cores with no plugin at all. ``--napari-alone`` walks the same steps with napari alone
+(the same kinds of layers added one at a time, a dock of ~100 magicgui widgets, napari's own
+TIFF reader, the window closed with as many layers); ``--compare`` runs both walks and
+prints their gaps side by side: the plugin's own share of a stall is the difference.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
+import pstats
 import re
 import sys
 import tempfile
@@ -54,7 +65,7 @@ class GapMonitor:
 
         self.step = "start"
         self.worst: dict[str, float] = {}
-        #: with ``why``: per step, where the main thread was while a tick was over 300 ms late
+        #: with ``why``: per step, where the main thread was while a tick was over 100 ms late
         self.stacks: dict[str, Counter] = {}
         self._last = time.perf_counter()
         self._timer = QTimer()
@@ -66,15 +77,24 @@ class GapMonitor:
             threading.Thread(target=self._sample, args=(main,), daemon=True).start()
 
     def _sample(self, main: int) -> None:
-        """Every 100 ms: if the main thread is stalled, note its innermost frames."""
+        """Every 20 ms: if the main thread is stalled (no tick for 100 ms), note where: the
+        innermost frame of our code (the plugin or this walk) and the 3 innermost frames."""
         while True:
-            time.sleep(0.1)
-            if time.perf_counter() - self._last > 0.3:
+            time.sleep(0.02)
+            if time.perf_counter() - self._last > 0.1:
                 frame = sys._current_frames().get(main)
                 if frame is None:
                     continue
-                calls = traceback.extract_stack(frame)[-6:][::-1]
-                where = " < ".join(f"{c.name} ({Path(c.filename).name}:{c.lineno})" for c in calls)
+                calls = traceback.extract_stack(frame)[::-1]
+                ours = next(
+                    (c for c in calls if "napari_deepblur" in c.filename or "walk" in c.filename),
+                    None,
+                )
+                where = " < ".join(
+                    f"{c.name} ({Path(c.filename).name}:{c.lineno})" for c in calls[:3]
+                )
+                if ours is not None:
+                    where += f"  [ours: {ours.name} ({Path(ours.filename).name}:{ours.lineno})]"
                 self.stacks.setdefault(self.step, Counter())[where] += 1
 
     def _tick(self) -> None:
@@ -96,6 +116,8 @@ class Walk:
         self.rows: list[tuple[str, float, float, str]] = []
         self.failures: list[str] = []
         self.max_height = 0
+        #: names of the steps to profile (cProfile of the main thread, ``--profile``)
+        self.profile: set[str] = set()
 
     def pump(self, seconds: float) -> None:
         from qtpy.QtWidgets import QApplication
@@ -138,6 +160,9 @@ class Walk:
         key = f"{len(self.rows)}: {name}"  # (a name may come twice)
         self.monitor.begin(key)
         start = time.perf_counter()
+        profiler = cProfile.Profile() if name in self.profile else None
+        if profiler is not None:
+            profiler.enable()
         try:
             outcome = action() or ""
         except Exception as exc:  # noqa: BLE001 - a failed step is reported, the walk goes on
@@ -145,6 +170,12 @@ class Walk:
             self.failures.append(f"{name}: {outcome}")
             traceback.print_exc()
         self.pump(0.1)
+        if profiler is not None:
+            profiler.disable()
+            print(f"--- profile of '{name}' (main thread) ---")
+            stats = pstats.Stats(profiler, stream=sys.stdout).sort_stats("cumulative")
+            stats.print_stats(20)
+            stats.print_stats("napari_deepblur", 15)  # the plugin's own functions
         seconds = time.perf_counter() - start
         gap = self.monitor.worst.get(key, 0.0)
         self.rows.append((name, seconds, gap, outcome))
@@ -161,13 +192,121 @@ def _deleted(qobject) -> bool:
     return False
 
 
+def napari_alone(viewer, walk: Walk, tmp: Path) -> None:
+    """The walk's steps with napari alone: the same kinds of layers (the samples' data, a
+    31² PSF beside the image, the field maps, points with text, the bead plane) added, the
+    same grid, TIFF opened with napari's own reader, a dock of ~100 magicgui widgets, the
+    window closed with as many layers, and none of the plugin's code (its sample files are
+    read with numpy). Layers are added one at a time with events processed between them, as
+    the plugin does. What napari itself costs on this machine, step by step."""
+    import numpy as np
+    import tifffile
+    from magicgui.widgets import Container, FloatSpinBox
+    from qtpy.QtWidgets import QApplication
+
+    def sample(name: str):
+        with np.load(ROOT / "src" / "napari_deepblur" / "data" / f"sample_{name}.npz") as f:
+            return f["image"]
+
+    def image(data, **kwargs):
+        return lambda: viewer.add_image(data, **kwargs) and ""
+
+    def one_at_a_time(*adds) -> None:
+        for n, add in enumerate(adds):
+            if n:
+                QApplication.processEvents()
+            add()
+
+    psf = np.ones((31, 31), np.float32)
+    fluo = sample("fluorescence")
+    nm = {"scale": (74.0, 74.0), "units": ("nm", "nm")}  # as the samples have
+    walk.step("open sample", image(fluo, name="fluorescence", **nm))
+    widgets = [FloatSpinBox(label=f"value {n}") for n in range(100)]
+    walk.step(
+        "open Identify+Deblur panel",
+        lambda: viewer.window.add_dock_widget(Container(widgets=widgets, scrollable=True)) and "",
+    )
+    walk.step("Identify (double-click)", image(psf, colormap="inferno", translate=(0, 260)))
+    walk.step("Deblur", image(fluo.astype(np.float32), name="deblurred"))
+
+    maps = [image(np.ones(fluo.shape, np.float32), visible=False, name=f"w{n}") for n in range(4)]
+    kernel_map = image(np.ones((155, 155), np.float32), colormap="inferno")
+    field = (image(psf, colormap="inferno", translate=(0, 260)), kernel_map, *maps)
+    walk.step("Identify (field-default model)", lambda: one_at_a_time(*field))
+    actin = sample("actin")
+    switch = (
+        image(actin, name="actin", **nm),
+        image(psf, colormap="inferno", translate=(0, 260)),
+        image(actin.astype(np.float32), name="actin deblurred"),
+    )
+    walk.step("switch image (actin)", lambda: one_at_a_time(*switch))
+    walk.step("Compare side by side", lambda: setattr(viewer.grid, "enabled", True))
+
+    def reopen():
+        path = tmp / "alone.tif"
+        tifffile.imwrite(path, psf)
+        viewer.open(path, plugin="napari")
+
+    walk.step("export PSF + reopen", reopen)
+    walk.step("open beads_confocal_plane.tif", lambda: viewer.open(BEAD_PLANE, plugin="napari"))
+
+    where = np.random.default_rng(0).random((20, 2)) * 150
+    beads = (
+        lambda: viewer.add_points(where, text=[f"bead {n}: too dim" for n in range(20)]),
+        image(np.ones((4, 31, 31), np.float32), colormap="inferno"),
+    )
+    walk.step("Calibrate (defaults)", lambda: one_at_a_time(*beads))
+    walk.step("grid off (leave Compare)", lambda: setattr(viewer.grid, "enabled", False))
+    big = np.random.default_rng(0).random((1024, 1024), dtype=np.float32)
+    walk.step("Deblur 1024² (a second of it)", image(big, name="big"))
+    walk.step("close window during Deblur", lambda: viewer.close())
+
+
+def compare_with_napari_alone(extra: list[str]) -> int:
+    """Run the walk with the plugin and with napari alone (two processes) and print their
+    main-thread gaps side by side."""
+    import subprocess
+
+    gaps = {}
+    for mode in ([], ["--napari-alone"]):
+        out = subprocess.run(
+            [sys.executable, __file__, *mode, *extra], capture_output=True, text=True
+        ).stdout
+        rows = re.findall(r"^(.{34}) +[\d.]+ s  gap +(\d+) ms", out, flags=re.MULTILINE)
+        gaps[bool(mode)] = {name.strip(): int(gap) for name, gap in rows}
+    print(f"{'step':<34} {'plugin':>8} {'napari alone':>13}  (longest main-thread gap, ms)")
+    for name, gap in gaps[False].items():
+        alone = gaps[True].get(name)
+        print(f"{name:<34} {gap:8d} {alone if alone is not None else '-':>13}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--beads", nargs="*", default=[], help="more bead images to calibrate")
     parser.add_argument(
         "--why", action="store_true", help="sample the main thread's stack during stalls"
     )
+    parser.add_argument(
+        "--profile",
+        nargs="*",
+        default=[],
+        metavar="STEP",
+        help="print a cProfile of the main thread during these steps (their names as printed)",
+    )
+    parser.add_argument(
+        "--napari-alone",
+        action="store_true",
+        help="the same steps with napari alone (the same kinds of layers, no plugin code)",
+    )
+    parser.add_argument(
+        "--compare", action="store_true", help="run both walks and print their gaps side by side"
+    )
     args = parser.parse_args(argv)
+    if args.compare:
+        return compare_with_napari_alone(
+            [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--compare"]
+        )
 
     import numpy as np
     from napari.utils.notifications import notification_manager
@@ -190,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda n: shown.append((str(n.severity), str(n.message)))
     )
     walk = Walk(viewer, GapMonitor(args.why))
+    walk.profile = set(args.profile)
     walk.pump(0.5)
     tmp = Path(tempfile.mkdtemp(prefix="napari_walk_"))
     docks: dict = {}
@@ -259,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         walk.pump(0.3)
         if not path.exists():
             raise RuntimeError(f"{path} was not written")
-        layers = viewer.open(path)
+        layers = viewer.open(path, plugin=None)  # as File › Open does: the preferred reader
         layer = layers[0]
         has = "estimate" in layer.metadata or "format" in layer.metadata
         return f"reopened '{layer.name}' scale {tuple(layer.scale)}, our metadata: {has}"
@@ -313,24 +453,27 @@ def main(argv: list[str] | None = None) -> int:
         walk.pump(1.0)  # anything the worker still sends arrives now
         return "closed; worker stopped" if not worker.is_running else "still running"
 
-    walk.step("open sample", open_sample)
-    walk.step("open Identify+Deblur panel", open_panel)
-    walk.step("Identify (double-click)", identify)
-    walk.step("Deblur", deblur)
-    walk.step("Identify (field-default model)", identify_field)
-    walk.step("switch image (actin)", switch_image)
-    walk.step("Compare side by side", compare)
-    walk.step("Identify model combo change", model_combo)
-    walk.step("export PSF + reopen", export_and_reopen)
-    for path in [BEAD_PLANE, *args.beads]:
-        walk.step(f"open {Path(path).name[:25]}", open_beads(path))
-        walk.step("Calibrate (defaults)", calibrate)
-        if docks.get("hint"):  # as the message says: move the slider there, calibrate again
-            walk.step(f"move the slider to plane {docks['hint']}", move_slider(docks["hint"]))
-            walk.step("Calibrate (defaults) again", calibrate)
-    walk.step("grid off (leave Compare)", lambda: setattr(viewer.grid, "enabled", False))
-    walk.step("Deblur 1024² (a second of it)", start_big_job)
-    walk.step("close window during Deblur", close_during_job)
+    if args.napari_alone:
+        napari_alone(viewer, walk, tmp)
+    else:
+        walk.step("open sample", open_sample)
+        walk.step("open Identify+Deblur panel", open_panel)
+        walk.step("Identify (double-click)", identify)
+        walk.step("Deblur", deblur)
+        walk.step("Identify (field-default model)", identify_field)
+        walk.step("switch image (actin)", switch_image)
+        walk.step("Compare side by side", compare)
+        walk.step("Identify model combo change", model_combo)
+        walk.step("export PSF + reopen", export_and_reopen)
+        for path in [BEAD_PLANE, *args.beads]:
+            walk.step(f"open {Path(path).name[:25]}", open_beads(path))
+            walk.step("Calibrate (defaults)", calibrate)
+            if docks.get("hint"):  # as the message says: move the slider there, calibrate again
+                walk.step(f"move the slider to plane {docks['hint']}", move_slider(docks["hint"]))
+                walk.step("Calibrate (defaults) again", calibrate)
+        walk.step("grid off (leave Compare)", lambda: setattr(viewer.grid, "enabled", False))
+        walk.step("Deblur 1024² (a second of it)", start_big_job)
+        walk.step("close window during Deblur", close_during_job)
 
     errors = [m for s, m in shown if s.lower() == "error"]
     warnings_shown = [m for s, m in shown if s.lower() == "warning"]
@@ -345,8 +488,8 @@ def main(argv: list[str] | None = None) -> int:
         f"warnings shown: {len(warnings_shown)}; failed steps: {len(walk.failures)}"
     )
     for step, where in walk.monitor.stacks.items():  # --why
-        place, count = where.most_common(1)[0]
-        print(f"stalled in '{step}' ({count}× 0.1 s): {place}")
+        for place, count in where.most_common(4):
+            print(f"stalled in '{step}' ({count}× 20 ms): {place}")
     for text in exceptions:
         print("EXCEPTION:", text.strip().splitlines()[-1])
     for text in errors:

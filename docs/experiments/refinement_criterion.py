@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 import napari_deepblur as ndb
-from napari_deepblur.pipeline import _refine as refinement
 from napari_deepblur.evaluation import table1
 from napari_deepblur.evaluation.metrics import psf_snr_db
 from napari_deepblur.evaluation.testimages import load_test_images
+from napari_deepblur.pipeline import _refine as refinement
 
 
 def previous_score(x):

@@ -32,16 +32,6 @@ from .pipeline import DEFAULT_TILE_PX, Progress
 _STATE = omezarr.STATE_DIR
 #: Planes larger than this many pixels are identified from a sample of windows.
 SAMPLED_IDENTIFY_PX = 4096 * 4096
-#: Lazy arrays (dask, zarr: napari's big layers) with planes larger than this many pixels
-#: are never read whole: identified from windows, deblurred into an OME-Zarr.
-BIG_LAYER_PX = 2048 * 2048
-
-
-def is_big_lazy(data) -> bool:
-    """Whether ``data`` is a lazy array (not in memory) whose planes are larger than
-    :data:`BIG_LAYER_PX` pixels: napari's docks then work on it window by window."""
-    h, w = data.shape[-2:]
-    return not isinstance(data, np.ndarray) and h * w > BIG_LAYER_PX
 
 
 def read_any(path) -> io.ImageData:

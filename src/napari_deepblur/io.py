@@ -21,10 +21,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import tifffile
 
 from . import notices
 from .outputs import (
@@ -35,6 +34,9 @@ from .outputs import (
     remove_partial_files,  # noqa: F401 - io.remove_partial_files, as before
     reserve_blocks,
 )
+
+if TYPE_CHECKING:  # imported where used: the docks import this module, tifffile costs ~80 ms
+    import tifffile
 
 __all__ = [
     "ImageData",
@@ -289,6 +291,8 @@ def read_image(path: str | os.PathLike, *, mmap: bool = False) -> ImageData:
     a zarr array when zarr is installed (tiled/compressed TIFFs read chunk by chunk), else
     the array in memory. Large images then cost no memory until their tiles are read.
     """
+    import tifffile
+
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder, not an image file")
@@ -322,6 +326,8 @@ def read_header(path: str | os.PathLike) -> tuple[float | None, dict]:
     """The pixel size (nm, or None) and our JSON metadata of a TIFF, as :func:`read_image`
     gives them, without reading its pixels (milliseconds: e.g. for the optics of a napari
     layer opened by another reader). ValueError when it is not a readable TIFF."""
+    import tifffile
+
     try:
         with tifffile.TiffFile(path) as tif:
             return _header(tif)
@@ -333,6 +339,8 @@ def read_axes(path: str | os.PathLike) -> tuple[str, tuple[int, ...]]:
     """The axes (tifffile's, e.g. "CYX", "TZCYX": from the OME-XML or ImageJ metadata) and
     shape of a TIFF's first series, without reading its pixels; ``("", ())`` when it is not
     a readable TIFF."""
+    import tifffile
+
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
@@ -357,6 +365,8 @@ def _header(tif: tifffile.TiffFile) -> tuple[float | None, dict]:
 
 def _lazy_data(path: Path) -> Any:
     """A memory map (or zarr array) of the first series, or None when neither is possible."""
+    import tifffile
+
     try:
         return tifffile.memmap(path, series=0, mode="r")
     except (ValueError, OSError, TypeError):
@@ -584,6 +594,8 @@ def write_image(
     check_free_space(path, data.nbytes + _HEADER_BYTES)
 
     def write(tmp: Path) -> None:
+        import tifffile
+
         tifffile.imwrite(tmp, data, **options)
 
     atomic_write(path, write)
@@ -641,6 +653,8 @@ def create_image(
 def _new_memmap(tmp: Path, shape, dtype, options: dict) -> np.memmap:
     """``tifffile.memmap`` of a new file, with the file's blocks reserved
     (:func:`~napari_deepblur.outputs.reserve_blocks`) before it is mapped."""
+    import tifffile
+
     dtype = np.dtype(dtype)
     offset, _ = tifffile.imwrite(
         tmp,

@@ -127,3 +127,25 @@ def test_a_dock_opened_before_torch_is_imported_fills_in_once_it_is(
     assert list(widget._device.choices) == ["auto", "cpu"]
     not_yet.set()
     qtbot.waitUntil(lambda: "fc = 0.199" in widget._fc_label.value, timeout=3000)
+
+
+def test_opening_a_dock_imports_no_torch_and_torch_loads_in_a_thread():
+    """The docks' modules import without torch (its import would freeze napari for ~1.5 s);
+    the background import loads torch's C++ library first, and torch then works."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, threading\n"
+        "import napari_deepblur._qt as docks\n"
+        "from napari_deepblur._qt import _job\n"
+        "print('torch' in sys.modules)\n"
+        "_job.import_torch_in_background()\n"
+        "assert _job._torch_ready.wait(120)\n"
+        "import torch\n"
+        "x = torch.nn.functional.conv2d(torch.ones(1, 1, 8, 8), torch.ones(1, 1, 3, 3))\n"
+        "print(float(x[0, 0, 3, 3]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "9.0"]

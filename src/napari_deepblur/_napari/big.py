@@ -1,5 +1,5 @@
 """Big layers: dask- or zarr-backed arrays whose planes are larger than
-:data:`~napari_deepblur.chunked.BIG_LAYER_PX` (as napari-ome-zarr opens an OME-Zarr), which
+:data:`BIG_LAYER_PX` (as napari-ome-zarr opens an OME-Zarr), which
 the docks never read whole. Identify reads a sample of windows across the plane
 (:func:`~napari_deepblur.pipeline.iter_identify_sampled`); Deblur writes the full result
 block by block into an OME-Zarr (:func:`~napari_deepblur.chunked.iter_deblur_zarr`, with
@@ -13,12 +13,23 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
-from ..chunked import is_big_lazy  # noqa: F401 - the docks' test, re-exported
+import numpy as np
+
 from .layers import LayerDataTuple, deblurred_layer_kwargs, estimate_source, psf_layer_data
 from .messages import UserError
 
+#: Lazy arrays (dask, zarr: napari's big layers) with planes larger than this many pixels
+#: are never read whole: identified from windows, deblurred into an OME-Zarr.
+BIG_LAYER_PX = 2048 * 2048
 #: Chunks (and blocks) of the OME-Zarr a big layer is deblurred into, px a side.
 LAYER_CHUNK_PX = 1024
+
+
+def is_big_lazy(data) -> bool:
+    """Whether ``data`` is a lazy array (not in memory) whose planes are larger than
+    :data:`BIG_LAYER_PX` pixels: the docks then work on it window by window."""
+    h, w = data.shape[-2:]
+    return not isinstance(data, np.ndarray) and h * w > BIG_LAYER_PX
 
 
 def identify_in_windows(plane, model, options: dict) -> Generator[Any, None, Any]:
