@@ -5,7 +5,7 @@ ticks, per step) and the window's height (a laptop screen: 900 px).
 
 Steps: open the synthetic sample; open "Identify blur and deblur" from the Plugins menu;
 double-click "Identify blur"; Deblur; Identify with the space-varying model; open the actin
-sample and switch both docks to it, identify and deblur it; Compare side by side; change the
+sample, switch both docks to it, identify and deblur it; Compare side by side; change the
 Identify model and back; export the PSF and reopen it (as File › Open does); open
 "Calibrate from beads" on the shipped bead plane (``tests/data/beads_confocal_plane.tif``,
 and any ``--beads`` files) and Calibrate with the defaults (on a stack that fails on the
@@ -234,8 +234,8 @@ def napari_alone(viewer, walk: Walk, tmp: Path) -> None:
     field = (image(psf, colormap="inferno", translate=(0, 260)), kernel_map, *maps)
     walk.step("Identify (field-default model)", lambda: one_at_a_time(*field))
     actin = sample("actin")
+    walk.step("open the actin sample", image(actin, name="actin", **nm))
     switch = (
-        image(actin, name="actin", **nm),
         image(psf, colormap="inferno", translate=(0, 260)),
         image(actin.astype(np.float32), name="actin deblurred"),
     )
@@ -362,9 +362,12 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             widget._model.value = before
 
-    def switch_image():
+    def open_actin():
         viewer.open_sample("napari-deepblur", "blurred_actin")
-        actin = viewer.layers[-1]
+        return f"{viewer.layers[-1].name} {viewer.layers[-1].data.shape}"
+
+    def switch_image():
+        actin = viewer.layers["blurred actin (real cells)"]
         docks["identify"]._image_layer.value = actin
         first = walk.run_job(docks["identify"])
         docks["deblur"]._image_layer.value = actin
@@ -461,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         walk.step("Identify (double-click)", identify)
         walk.step("Deblur", deblur)
         walk.step("Identify (field-default model)", identify_field)
+        walk.step("open the actin sample", open_actin)
         walk.step("switch image (actin)", switch_image)
         walk.step("Compare side by side", compare)
         walk.step("Identify model combo change", model_combo)

@@ -99,6 +99,32 @@ def test_an_unsure_estimate_is_called_uncertain(make_napari_viewer):
     )
     shown = dict(_shown(widget._table))
     assert shown["defocus"] == "+0.147 ± 0.020"  # sure: the spread is small next to it
-    assert shown["horizontal coma"] == "-0.116 ± 0.090  uncertain"
+    assert shown["horizontal coma"] == "-0.116 ± 0.090 ?"
     assert shown["oblique astigmatism"] == "+0.004 ± 0.003"  # small, and surely small
-    assert "Uncertain: horizontal coma" in widget._summary.value
+    table = widget._table.native
+    unsure, sure = table.item(1, 1), table.item(0, 1)  # rows in Noll order: 4, 8, 5
+    assert "at least half the value" in unsure.toolTip() and not sure.toolTip()
+    assert unsure.foreground().color() != sure.foreground().color()  # greyed
+    assert "Uncertain (?, greyed): horizontal coma" in widget._summary.value
+
+
+def test_the_coefficient_table_fits_the_dock(make_napari_viewer, qtbot):
+    """In a 1600×900 window every column of the table shows without scrolling sideways,
+    with the longest terms and uncertain values of a space-varying estimate too."""
+    from napari_deepblur._qt import IdentifyWidget
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1600, 900)
+    widget = IdentifyWidget(viewer)
+    viewer.window.add_dock_widget(widget, area="right")
+    widget.show_estimate(
+        {
+            "noll_indices": [4, 5, 6, 7, 8, 9, 10],
+            "coefficients_waves_rms": [0.25, -0.011, 0.004, 0.021, -0.003, 0.009, -0.006],
+            "uncertainty_waves_rms": [0.036, 0.043, 0.028, 0.060, 0.063, 0.026, 0.020],
+        }
+    )
+    table = widget._table.native
+    qtbot.waitUntil(lambda: table.isVisible(), timeout=3000)
+    qtbot.wait(50)
+    assert table.horizontalScrollBar().maximum() == 0, "the table scrolls sideways"

@@ -115,7 +115,8 @@ def test_coefficient_rows_and_summary():
     }
     rows = logic.coefficient_rows(estimate)
     assert [r["aberration"] for r in rows] == ["defocus", "vertical coma"]
-    assert rows[0]["bar"] == "█" * 8 and rows[1]["bar"].endswith("▸")
+    half = "█" * (logic.BAR_WIDTH // 2)  # 0.1 waves: half of the full bar (0.2 waves)
+    assert rows[0]["bar"] == half and rows[1]["bar"].endswith("▸")
     text = logic.summary_text(estimate)
     assert "0.316 waves RMS" in text and "aberrated" in text and "α = 0.01" in text
 

@@ -65,7 +65,10 @@ from .requests import (
 )
 from .state import RunState, RunStateMachine
 from .tables import (
+    BAR_WIDTH,
     KERNEL_MAP_GRID,
+    UNCERTAIN_MARK,
+    UNCERTAIN_TOOLTIP,
     coefficient_columns,
     coefficient_rows,
     coefficient_text,
@@ -79,6 +82,7 @@ from .tables import (
 
 __all__ = [
     "AUXILIARY_LAYERS",
+    "BAR_WIDTH",
     "DEBLUR_MIN_PX",
     "IDENTIFY_MIN_PX",
     "IDENTIFY_STACK_MODES",
@@ -86,6 +90,8 @@ __all__ = [
     "OTHER_IMAGE_LABEL",
     "PSF_COLORMAP",
     "PSF_FORMAT",
+    "UNCERTAIN_MARK",
+    "UNCERTAIN_TOOLTIP",
     "DeblurRequest",
     "DeblurResult",
     "IdentifyRequest",

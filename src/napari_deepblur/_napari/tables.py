@@ -18,7 +18,7 @@ from ..formats import zernike_names
 BAR_FULL_SCALE_WAVES = 0.2
 
 
-BAR_WIDTH = 16
+BAR_WIDTH = 10
 
 
 #: Maréchal criterion: a wavefront error below this RMS (waves) is "diffraction-limited".
@@ -38,6 +38,11 @@ DECIMALS = 3
 #: that, a small term with a small spread is surely small.
 UNCERTAIN_FRACTION = 0.5
 UNCERTAIN_MIN = 0.01
+#: How the table marks an uncertain coefficient (its row is also greyed, with this tooltip).
+UNCERTAIN_MARK = "?"
+UNCERTAIN_TOOLTIP = (
+    "Uncertain: the ± (spread over flipped copies of the image) is at least half the value"
+)
 
 
 def coefficient_text(value: float, uncertainty: float | None = None) -> str:
@@ -201,7 +206,8 @@ def summary_text(estimate: Mapping, field_summary: Mapping | None = None) -> str
         unsure = [r["aberration"] for r in coefficient_rows(estimate) if r["uncertain"]]
         if unsure:
             lines.append(
-                f"Uncertain: {', '.join(unsure)} (the ± is at least half the value): the "
+                f"Uncertain ({UNCERTAIN_MARK}, greyed): {', '.join(unsure)} (the ± is at "
+                "least half the value): the "
                 "copies of the image disagree, so take these terms with caution; another "
                 "plane or region, or the median over planes, may tell more"
             )

@@ -22,6 +22,7 @@ from magicgui.widgets import (
     SpinBox,
     Table,
 )
+from qtpy.QtGui import QColor
 from qtpy.QtWidgets import QHeaderView, QStyledItemDelegate
 
 from .. import _napari as logic
@@ -315,7 +316,7 @@ class IdentifyWidget(JobWidget):
                 [
                     r["aberration"],
                     logic.coefficient_text(r["waves_rms"], r["uncertainty"])
-                    + ("  uncertain" if r["uncertain"] else ""),
+                    + (f" {logic.UNCERTAIN_MARK}" if r["uncertain"] else ""),
                     r["bar"],
                 ]
                 for r in rows
@@ -324,6 +325,12 @@ class IdentifyWidget(JobWidget):
             "index": [r["label"] for r in rows],
         }
         table = self._table.native
+        for n, row in enumerate(rows):
+            if row["uncertain"]:  # greyed, and says why on hover
+                for column in range(table.columnCount()):
+                    item = table.item(n, column)
+                    item.setForeground(QColor("gray"))
+                    item.setToolTip(logic.UNCERTAIN_TOOLTIP)
         table.verticalHeader().setVisible(False)
         table.resizeColumnsToContents()
         rows_px = sum(table.rowHeight(i) for i in range(len(rows)))
