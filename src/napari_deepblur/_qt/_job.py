@@ -60,8 +60,9 @@ _warm_up = threading.Lock()
 
 def import_torch_in_background() -> None:
     """Import torch and the pipeline in a thread, once: about 1.5 s that would otherwise
-    freeze napari when the first dock opens (in a thread, with torch's C++ library loaded
-    first by :func:`_load_torch_library`, the main thread's longest wait is ~50 ms)."""
+    freeze napari when the first dock opens. In a thread the main thread still waits while
+    the import holds Python's lock: 0.2–0.3 s at once for torch's C++ library, ~0.05 s once
+    :func:`_load_torch_library` has loaded it (2-core EPYC)."""
     if _imported("napari_deepblur.pipeline"):
         _torch_ready.set()
     if _torch_ready.is_set() or not _warm_up.acquire(blocking=False):
