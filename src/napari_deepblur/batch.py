@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import formats
+from . import formats, notices
 from .devices import resolve_precision
 from .omezarr import is_unfinished, is_zarr
 from .optics import Microscope
@@ -147,7 +147,16 @@ def check_image_axes(image, path, mode: str | None = None) -> None:
             f"{path} has {channels} channels (axes {axes}): one estimate for all its planes "
             "would mix channels imaged at different wavelengths. Save each channel as its own "
             "file and give its emission wavelength (--wavelength-nm), or identify every plane "
-            "on its own (identify --all-planes; deblur and batch --per-plane)"
+            "on its own, all with the same optics (identify --all-planes; deblur and batch "
+            "--per-plane)"
+        )
+    if mode == "per-plane" and channels > 1:
+        notices.warn(
+            f"{path}: each of its {channels} channels gets its own estimate, but all are "
+            "taken as imaged with the same optics (one emission wavelength); a channel "
+            "imaged at another wavelength gets a PSF of the wrong width. For the best "
+            "estimates save each channel as its own file and give its --wavelength-nm",
+            RuntimeWarning,
         )
     if "S" in axes or (image.data.ndim == 3 and image.data.shape[-1] in (3, 4)):
         raise ValueError(
