@@ -80,7 +80,9 @@ def check_options(options: DeblurOptions) -> None:
         check_fc(options.optics["fc"])
 
 
-def image_sampling(image, optics: dict | None = None) -> tuple[Sampling, str]:
+def image_sampling(
+    image, optics: dict | None = None, channel: int | None = None
+) -> tuple[Sampling, str]:
     """The :class:`~napari_deepblur.pipeline.Sampling` of an
     :class:`~napari_deepblur.io.ImageData`, and where it came from (a short text): the one
     place a file's sampling is resolved.
@@ -88,8 +90,11 @@ def image_sampling(image, optics: dict | None = None) -> tuple[Sampling, str]:
     ``fc`` given wins. Otherwise NA, wavelength and pixel size come from ``optics`` (the
     pipeline's keywords; None values are ignored) where given, else from the file (its pixel
     size; NA, wavelength and refractive index from the optics our TIFFs carry in their
-    metadata). Partial optics that cannot be completed are an error; nothing at all means
-    "sampled like the model" (an unknown sampling).
+    metadata, or the objective's NA and the emission wavelength an OME-TIFF states: read as
+    :func:`~napari_deepblur.formats.known_optics` reads them for napari). Partial optics
+    that cannot be completed are an error; nothing at all means "sampled like the model" (an
+    unknown sampling). ``channel``: the sampling of that channel, at its own emission
+    wavelength where the file states one per channel.
     """
     optics = {k: v for k, v in (optics or {}).items() if v is not None}
     explicit = any(k in optics for k in ("pixel_size_nm", "na", "wavelength_nm"))
@@ -97,7 +102,7 @@ def image_sampling(image, optics: dict | None = None) -> tuple[Sampling, str]:
         if explicit:
             raise ValueError("give either --fc or the optics (NA, wavelength, pixel size)")
         return Sampling.of(fc=optics["fc"]), f"fc {optics['fc']} cycles/pixel (given)"
-    stored = (image.metadata or {}).get("optics") or {}
+    stored = formats.known_optics(image.metadata, channel=channel).known()
     if explicit or ("na" in stored and "wavelength_nm" in stored):
 
         def first(*values):  # the first value given (0 included: the optics then say it is wrong)
@@ -134,6 +139,41 @@ def image_sampling(image, optics: dict | None = None) -> tuple[Sampling, str]:
     return Sampling(), "assumed sampled like the model (no optics given or stored in the file)"
 
 
+def stack_sampling(image, optics: dict | None = None, mode: str | None = None):
+    """:func:`image_sampling` for a stack identified with ``mode``: a
+    :class:`~napari_deepblur.pipeline.Sampling` shared by its planes, or, plane by plane
+    (``"per-plane"``) over channels that state their own emission wavelengths (an OME-TIFF)
+    when no wavelength or ``fc`` is given, a function giving each plane (its index over the
+    leading axes) the sampling of its channel; and a short text. Plane by plane over
+    channels taken with one wavelength, it warns that they are."""
+    sampling, text = image_sampling(image, optics)
+    axes, shape = image.axes or "", tuple(image.data.shape)
+    channels = shape[axes.index("C")] if "C" in axes and len(axes) == len(shape) else 1
+    if mode != "per-plane" or channels == 1:
+        return sampling, text
+    given = {k for k, v in (optics or {}).items() if v is not None}
+    wavelengths = (image.metadata or {}).get("channel_wavelengths_nm") or []
+    if len(wavelengths) == channels and sampling.known and not given & {"wavelength_nm", "fc"}:
+        per_channel = [image_sampling(image, optics, channel=c)[0] for c in range(channels)]
+        if len({s.fc for s in per_channel}) == 1:  # the channels state one wavelength
+            return sampling, text
+        axis = axes.index("C")
+        listed = ", ".join(f"{w:g}" for w in wavelengths)
+        return (
+            lambda index: per_channel[index[axis]],
+            f"{text}; each channel at its own emission wavelength ({listed} nm)",
+        )
+    notices.warn(
+        f"each of the {channels} channels gets its own estimate, but all are taken as "
+        "imaged with the same optics (one emission wavelength); a channel imaged at "
+        "another wavelength gets a PSF of the wrong width. Give each channel's "
+        "wavelength in the file (OME Channel EmissionWavelength), or save each channel "
+        "as its own file with its --wavelength-nm",
+        RuntimeWarning,
+    )
+    return sampling, text
+
+
 def check_image_axes(image, path, mode: str | None = None) -> None:
     """Refuse RGB and other sample-interleaved images with a message that says what to do;
     and, when ``mode`` (how a stack is identified) shares one estimate over the planes, a
@@ -149,14 +189,6 @@ def check_image_axes(image, path, mode: str | None = None) -> None:
             "file and give its emission wavelength (--wavelength-nm), or identify every plane "
             "on its own, all with the same optics (identify --all-planes; deblur and batch "
             "--per-plane)"
-        )
-    if mode == "per-plane" and channels > 1:
-        notices.warn(
-            f"{path}: each of its {channels} channels gets its own estimate, but all are "
-            "taken as imaged with the same optics (one emission wavelength); a channel "
-            "imaged at another wavelength gets a PSF of the wrong width. For the best "
-            "estimates save each channel as its own file and give its --wavelength-nm",
-            RuntimeWarning,
         )
     if "S" in axes or (image.data.ndim == 3 and image.data.shape[-1] in (3, 4)):
         raise ValueError(
@@ -245,7 +277,9 @@ def _deblur_claimed(input_path: Path, output_path: Path, sidecar: Path | None, o
     data = image.data
     dtype = np.float32 if options.dtype == "float32" else data.dtype
     check_free_space(output_path, int(np.prod(data.shape)) * np.dtype(dtype).itemsize)
-    sampling, _ = image_sampling(image, options.optics)
+    sampling, _ = stack_sampling(
+        image, options.optics, None if options.estimate is not None else options.mode
+    )
     model = load_model(options.model, device=options.device, precision=options.precision)
     estimate = options.estimate
     prepared: dict = {}  # the planes identify prepares, deblurred without preparing them again

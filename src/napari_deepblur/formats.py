@@ -465,13 +465,15 @@ def known_optics(
     scale: Sequence[float] = (),
     units: Sequence[Any] | None = None,
     source_path: str | os.PathLike | None = None,
+    channel: int | None = None,
 ) -> KnownOptics:
     """Optics known for an image (a layer): ``metadata['optics']`` (our samples and files),
     the estimate of a PSF layer, flat keys (``na``, ``wavelength_nm``, ``pixel_size_nm``), then
     what the TIFF it was opened from says (``source_path``: napari's own reader keeps neither
     the optics deepblur stores nor the pixel size), and the pixel size from ``scale`` when
-    its ``units`` are lengths (:func:`~napari_deepblur.io.unit_to_nm`). Unknown values are
-    None."""
+    its ``units`` are lengths (:func:`~napari_deepblur.io.unit_to_nm`). ``channel``: the
+    wavelength is that channel's where the image states one per channel
+    (``channel_wavelengths_nm``, from an OME-TIFF). Unknown values are None."""
     metadata = metadata or {}
     sources = [
         metadata.get("optics"),
@@ -479,6 +481,8 @@ def known_optics(
         metadata,
         *_file_optics(source_path),
     ]
+    if channel is not None:
+        sources.insert(0, {"wavelength_nm": channel_wavelength_nm(sources, channel)})
     found: dict[str, float | None] = dict.fromkeys(_OPTICS_KEYS)
     for source in sources:
         if not isinstance(source, Mapping):
@@ -494,6 +498,20 @@ def known_optics(
     return KnownOptics(**found)
 
 
+def channel_wavelength_nm(sources: Sequence[Mapping | None], channel: int) -> float | None:
+    """The emission wavelength (nm) of ``channel`` from the first of ``sources`` (metadata
+    dicts) that states one per channel (``channel_wavelengths_nm``); None when none does.
+
+    >>> channel_wavelength_nm([{}, {"channel_wavelengths_nm": [460.0, 640.0]}], 1)
+    640.0
+    """
+    for source in sources:
+        stated = source.get("channel_wavelengths_nm") if isinstance(source, Mapping) else None
+        if isinstance(stated, Sequence) and 0 <= channel < len(stated):
+            return _positive(stated[channel])
+    return None
+
+
 def _file_optics(path) -> list[Mapping]:
     """The optics a TIFF file carries (ours; its pixel size, and the NA and emission an
     OME-TIFF states); none for other files."""
@@ -504,7 +522,9 @@ def _file_optics(path) -> list[Mapping]:
     except (ValueError, OSError):
         return []
     optics = metadata.get("optics")
-    stated = {k: metadata[k] for k in ("na", "wavelength_nm") if k in metadata}  # OME's
+    stated = {  # OME's
+        k: metadata[k] for k in ("na", "wavelength_nm", "channel_wavelengths_nm") if k in metadata
+    }
     return [
         optics if isinstance(optics, Mapping) else {},
         {"pixel_size_nm": pixel_size_nm, **stated},

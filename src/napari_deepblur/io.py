@@ -208,7 +208,9 @@ def _ome_pixels(tif: tifffile.TiffFile) -> dict:
 
 def _ome_optics(tif: tifffile.TiffFile) -> dict:
     """``na`` (the first Objective's LensNA) and ``wavelength_nm`` (the first Channel's
-    EmissionWavelength, OME's default unit nm) of an OME-TIFF, where it states them; {}."""
+    EmissionWavelength, OME's default unit nm) of an OME-TIFF, where it states them; with
+    several channels that all state one, ``channel_wavelengths_nm`` too (in channel order:
+    channels imaged at different wavelengths have different PSFs); {}."""
     if not (tif.is_ome and tif.ome_metadata):
         return {}
     try:
@@ -216,18 +218,34 @@ def _ome_optics(tif: tifffile.TiffFile) -> dict:
     except ET.ParseError:
         return {}
     found: dict[str, float] = {}
+    emissions: list[float | None] = []
     for element in root.iter():
         tag = element.tag.rsplit("}", 1)[-1]
         try:
             if tag == "Objective" and "LensNA" in element.attrib and "na" not in found:
                 found["na"] = float(element.attrib["LensNA"])
-            elif tag == "Channel" and "EmissionWavelength" in element.attrib:
-                scale = unit_to_nm(element.attrib.get("EmissionWavelengthUnit", "nm"))
-                if scale is not None and "wavelength_nm" not in found:
-                    found["wavelength_nm"] = float(element.attrib["EmissionWavelength"]) * scale
+            elif tag == "Channel":
+                emissions.append(_ome_emission_nm(element.attrib))
         except ValueError:
             continue
-    return {k: v for k, v in found.items() if math.isfinite(v) and v > 0}
+    stated = [w for w in emissions if w is not None]
+    if stated:
+        found["wavelength_nm"] = stated[0]
+    optics: dict = {k: v for k, v in found.items() if math.isfinite(v) and v > 0}
+    if len(emissions) > 1 and len(stated) == len(emissions):
+        optics["channel_wavelengths_nm"] = stated
+    return optics
+
+
+def _ome_emission_nm(channel: dict) -> float | None:
+    """A Channel's EmissionWavelength in nm (OME's default unit), or None when absent,
+    not a positive number or in an unknown unit."""
+    scale = unit_to_nm(channel.get("EmissionWavelengthUnit", "nm"))
+    try:
+        value = float(channel["EmissionWavelength"]) * scale if scale is not None else None
+    except (KeyError, ValueError):
+        return None
+    return value if value is not None and math.isfinite(value) and value > 0 else None
 
 
 def _ome_length_nm(pixels: dict, name: str) -> float | None:

@@ -56,3 +56,37 @@ def test_a_z_stack_and_a_layer_that_says_its_axes(small_sample):
     logic.check_not_across_channels("CYX", (1, 64, 64), "the median")  # one channel: fine
     with pytest.raises(logic.UserError, match="2 channels"):
         logic.check_not_across_channels("ZCYX", (5, 2, 64, 64), "the median")
+
+
+def test_the_wavelength_follows_the_channel_shown(
+    make_napari_viewer, small_sample, tmp_path, qtbot
+):
+    """An OME-TIFF whose channels state their emission wavelengths (460, 640 nm), opened by
+    napari's reader as a stack: the Identify dock takes the wavelength of the channel on
+    screen, and the PSF identified on channel 1 is at 640 nm."""
+    import sys
+    from pathlib import Path
+
+    from napari_deepblur._qt import IdentifyWidget
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from test_channel_optics import write_ome
+
+    data, _ = small_sample
+    path = write_ome(tmp_path / "two.ome.tif", np.stack([data, data[::-1]]), [460, 640])
+    viewer = make_napari_viewer()
+    [layer] = viewer.open(path, plugin="napari")
+    assert layer.data.shape[0] == 2
+    widget = IdentifyWidget(viewer)
+    widget._image_layer.value = layer
+    assert widget._wavelength.value == pytest.approx(460) and widget._na.value == 1.3
+    viewer.dims.set_current_step(0, 1)
+    assert widget._wavelength.value == pytest.approx(640)
+    widget._device.value = "cpu"
+    widget._augment.value = False
+    widget._run_button.native.click()
+    qtbot.waitUntil(lambda: widget.state == RunState.DONE, timeout=60_000)
+    psf = viewer.layers[-1]
+    assert psf.metadata["optics"]["wavelength_nm"] == pytest.approx(640)
+    viewer.dims.set_current_step(0, 0)
+    assert widget._wavelength.value == pytest.approx(460)

@@ -176,7 +176,11 @@ class IdentifyWidget(JobWidget):
             ]
         )
         self._result_layer = None
+        #: the image's channel axis (among its leading axes) and each channel's emission
+        #: wavelength (nm), when its file states them: the wavelength follows the slider
+        self._channel_wavelengths: tuple[int, list] | None = None
         self._image_layer.changed.connect(self._on_layer_changed)
+        self._viewer.dims.events.current_step.connect(self._on_step_changed)
         for w in (
             self._use_optics,
             self._na,
@@ -210,13 +214,32 @@ class IdentifyWidget(JobWidget):
         if layer is None:
             self._update_fc()
             return
-        optics = layer_optics(layer)
+        self._channel_wavelengths = _channel_wavelengths(layer)
+        optics = layer_optics(layer, self._channel_of(layer))
         self._use_optics.value = optics.complete
         guess = DEFAULT_OPTICS
         self._na.value = optics.na or self._na.value or guess.na
         self._wavelength.value = optics.wavelength_nm or self._wavelength.value
         self._pixel_size.value = optics.pixel_size_nm or self._pixel_size.value
         self._update_fc()
+
+    def _channel_of(self, layer) -> int | None:
+        """The channel shown now, for a layer whose channels state their wavelengths."""
+        if self._channel_wavelengths is None:
+            return None
+        axis, _ = self._channel_wavelengths
+        plane = self._plane_of(layer)
+        return plane[axis] if axis < len(plane) else None
+
+    def _on_step_changed(self, *_: Any) -> None:
+        """Another channel shown: its own emission wavelength (when its file states it)."""
+        layer = self._image_layer.value
+        if self._gone() or layer is None or self._channel_wavelengths is None:
+            return
+        channel = self._channel_of(layer)
+        wavelengths = self._channel_wavelengths[1]
+        if channel is not None and channel < len(wavelengths) and wavelengths[channel]:
+            self._wavelength.value = wavelengths[channel]
 
     def _on_use_optics(self, value: bool) -> None:
         for w in (self._na, self._wavelength, self._pixel_size):
@@ -391,3 +414,17 @@ def _export_folder(layer) -> Path:
 def _safe(name: str) -> str:
     text = "".join(c if c.isalnum() or c in "-." else "_" for c in name)
     return "_".join(part for part in text.split("_") if part) or "psf"
+
+
+def _channel_wavelengths(layer) -> tuple[int, list] | None:
+    """``(channel axis among the leading axes, [emission wavelength per channel, nm])`` of
+    a layer whose file states one per channel (an OME-TIFF opened by napari's reader keeps
+    its channels as a stack axis), else None."""
+    axes = layer_axes(layer)
+    if "C" not in axes[:-2]:
+        return None
+    channels = (layer.data[0] if layer.multiscale else layer.data).shape[axes.index("C")]
+    wavelengths = [layer_optics(layer, c).wavelength_nm for c in range(channels)]
+    if len({w for w in wavelengths if w}) < 2:  # one wavelength (or none) for all
+        return None
+    return axes.index("C"), wavelengths

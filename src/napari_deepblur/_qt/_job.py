@@ -442,9 +442,10 @@ class JobWidget(ScrollableDock, Container):
         return plane_index(shape, position)
 
 
-def layer_optics(layer):
+def layer_optics(layer, channel: int | None = None):
     """The optics known for ``layer`` (:func:`napari_deepblur.formats.known_optics`):
-    its metadata, the TIFF it was opened from, its scale and units."""
+    its metadata, the TIFF it was opened from, its scale and units; ``channel``: at that
+    channel's emission wavelength where the file states one per channel."""
     from .._napari import known_optics
 
     return known_optics(
@@ -452,6 +453,7 @@ def layer_optics(layer):
         tuple(layer.scale),
         tuple(getattr(layer, "units", ()) or ()),
         getattr(getattr(layer, "source", None), "path", None),
+        channel,
     )
 
 

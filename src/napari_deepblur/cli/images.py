@@ -108,7 +108,7 @@ def _run_identify(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .. import formats, pipeline
-    from ..batch import check_image_axes, image_sampling
+    from ..batch import check_image_axes, stack_sampling
     from ..chunked import identify_large, read_any
     from ..models import load_model
     from ..omezarr import is_zarr
@@ -131,7 +131,7 @@ def _run_identify(args: argparse.Namespace) -> int:
     image = read_any(args.image)
     mode, plane = stack_mode(args)
     check_image_axes(image, args.image, mode)
-    sampling, sampling_text = image_sampling(image, optics_args(args))
+    sampling, sampling_text = stack_sampling(image, optics_args(args), mode)
     model = load_model(args.model, device=args.device, precision=args.precision)
     if is_zarr(args.image) and not args.refine:  # planes read where sliced (sampled if huge)
         steps = identify_large(

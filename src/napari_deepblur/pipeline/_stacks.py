@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import replace
 
 import numpy as np
@@ -121,6 +121,20 @@ def combine_estimates(estimates: list[BlurEstimate], model=None) -> BlurEstimate
 #: or one estimate per plane.
 STACK_MODES = ("plane", "median", "per-plane")
 
+#: Each plane's sampling, by its index over the leading axes (channels at their wavelengths).
+PlaneSampling = Callable[[tuple[int, ...]], Sampling]
+
+
+def _per_plane(sampling: Sampling | PlaneSampling | None, optics: dict) -> PlaneSampling:
+    """``sampling`` as a function of the plane index: one :class:`Sampling` (or ``optics``)
+    is every plane's; a function gives each plane its own."""
+    if callable(sampling):
+        if optics:
+            raise ValueError("give the planes' sampling function or optics, not both")
+        return sampling
+    shared = Sampling.given(sampling, **optics)
+    return lambda index: shared
+
 
 def iter_identify_stack(
     stack,
@@ -130,7 +144,7 @@ def iter_identify_stack(
     plane=None,
     max_planes: int = 8,
     device="auto",
-    sampling: Sampling | None = None,
+    sampling: Sampling | PlaneSampling | None = None,
     augment: bool = True,
     tile_px: int = DEFAULT_TILE_PX,
     refine: bool = False,
@@ -145,15 +159,17 @@ def iter_identify_stack(
     (:func:`combine_estimates`) over up to ``max_planes`` evenly spaced planes.
     ``"per-plane"``: a list with one estimate per plane, in :func:`plane_indices` order.
     ``sampling`` (or ``optics``), ``augment``, ``tile_px``, ``refine``: as for
-    :func:`identify`. A 2D image is a stack of one plane. ``prepared``: a dict that receives
-    each plane identified, prepared (by index), for :func:`iter_deblur_stack` of the same
-    stack to reuse.
+    :func:`identify`; ``sampling`` may also be a function of the plane index giving each
+    plane its own (channels imaged at different wavelengths: see
+    :func:`~napari_deepblur.batch.stack_sampling`). A 2D image is a stack of one plane.
+    ``prepared``: a dict that receives each plane identified, prepared (by index), for
+    :func:`iter_deblur_stack` of the same stack to reuse.
     """
     if mode not in STACK_MODES:
         raise ValueError(f"mode must be one of {', '.join(STACK_MODES)}, got {mode!r}")
     _check_stack(stack)
     model = as_model(model, device)
-    sampling = Sampling.given(sampling, **optics)
+    sampling_of = _per_plane(sampling, optics)
     indices = plane_indices(stack.shape)
     if mode == "plane":
         chosen = [representative_plane(stack) if plane is None else plane_index(stack.shape, plane)]
@@ -162,6 +178,11 @@ def iter_identify_stack(
         chosen = [indices[int(i)] for i in picks]
     else:
         chosen = indices
+    if mode != "per-plane" and len({sampling_of(index).fc for index in chosen}) > 1:
+        raise ValueError(
+            "the planes are sampled differently (channels imaged at different wavelengths): "
+            "they cannot share one estimate; identify each plane on its own"
+        )
     prepared = {} if prepared is None else prepared
     estimates: dict[tuple[int, ...], BlurEstimate] = {}
     tiles = len(chosen) == 1  # one plane: its tiles are the steps; else the planes are
@@ -169,7 +190,7 @@ def iter_identify_stack(
     for k, index in enumerate(chosen):
         label = plane_label(index, stack.shape)
         inner = _identify_plane_of(
-            stack, index, min_size, model, sampling, augment, tile_px, refine
+            stack, index, min_size, model, sampling_of(index), augment, tile_px, refine
         )
         p = Progress(0, 1)
         while True:
@@ -230,7 +251,7 @@ def iter_deblur_stack(
     mode: str = "plane",
     plane=None,
     out=None,
-    sampling: Sampling | None = None,
+    sampling: Sampling | PlaneSampling | None = None,
     noise=None,
     strength: float = 1.0,
     device="auto",
@@ -244,14 +265,15 @@ def iter_deblur_stack(
     ``estimate``: one :class:`BlurEstimate` shared by all planes, a list with one per plane,
     or None to identify first with :func:`iter_identify_stack` (``mode``, ``plane``).
     ``out``: where to write (an array-like of the stack's shape, e.g. a memory-mapped TIFF;
-    default a new float32 array), returned at the end. ``sampling`` (or ``optics``),
-    ``noise``, ``strength``: as for :func:`deblur`. Each plane is normalised on its own and
+    default a new float32 array), returned at the end. ``sampling`` (or ``optics``; or a
+    function of the plane index, as for :func:`iter_identify_stack`), ``noise``,
+    ``strength``: as for :func:`deblur`. Each plane is normalised on its own and
     tiled like :func:`deblur`; the planes identified are prepared once for both (and so are
     those in ``prepared``, the dict given to :func:`iter_identify_stack` of this stack).
     """
     _check_stack(stack)
     model = _deblurring_model(model, device)
-    sampling = Sampling.given(sampling, **optics)
+    sampling_of = _per_plane(sampling, optics)
     check_noise_and_strength(noise, strength)
     check_finite(stack)
     indices = plane_indices(stack.shape)
@@ -264,7 +286,7 @@ def iter_deblur_stack(
             mode=mode,
             plane=plane,
             device=device,
-            sampling=sampling,
+            sampling=sampling_of,
             tile_px=tile_px,
             prepared=prepared,
         )
@@ -286,7 +308,9 @@ def iter_deblur_stack(
         try:
             try:
                 _check_estimate(est)
-                plane_sampling = sampling.for_deblurring(est, of_this_image=identified_here)
+                plane_sampling = sampling_of(index).for_deblurring(
+                    est, of_this_image=identified_here
+                )
                 setup = deblur_setup(source, est, model, plane_sampling, noise, strength, ready)
             except ConstantImageError:
                 if not index:
