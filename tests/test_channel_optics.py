@@ -59,7 +59,7 @@ def test_each_channel_is_identified_and_deblurred_at_its_own_wavelength(tmp_path
         argv = ["identify", str(path), "--all-planes", "--no-augment", "--json", str(est)]
         assert cli.main(argv) == 0
     out = capsys.readouterr().out
-    assert "each channel at its own emission wavelength (460, 640 nm)" in out
+    assert "each channel at its own emission wavelength instead (460, 640 nm)" in out
     planes = json.loads(est.read_text())["planes"]
     fc = [p["fc"] for p in planes]
     assert fc == pytest.approx([1.3 * 74 / 460, 1.3 * 74 / 640], rel=1e-3)

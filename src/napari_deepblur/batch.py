@@ -161,7 +161,7 @@ def stack_sampling(image, optics: dict | None = None, mode: str | None = None):
         listed = ", ".join(f"{w:g}" for w in wavelengths)
         return (
             lambda index: per_channel[index[axis]],
-            f"{text}; each channel at its own emission wavelength ({listed} nm)",
+            f"{text}; each channel at its own emission wavelength instead ({listed} nm)",
         )
     notices.warn(
         f"each of the {channels} channels gets its own estimate, but all are taken as "
