@@ -101,3 +101,44 @@ def test_planes_sampled_differently_cannot_share_an_estimate():
         )
     )  # fmt: skip
     assert [e.fc for e in per_plane] == pytest.approx([0.21, 0.15])
+
+
+def test_a_given_estimate_deblurs_each_channel_at_its_own_sampling(tmp_path, monkeypatch):
+    """Estimates given (per plane, or one for all) to deblur a 2-channel OME-TIFF: each
+    channel is deblurred at its own wavelength's sampling, into a TIFF and into an
+    OME-Zarr (found in review: the first channel's was used for both)."""
+    from napari_deepblur import pipeline
+    from napari_deepblur.pipeline import _stacks
+
+    path = write_ome(tmp_path / "two.ome.tif", np.stack([_image(0), _image(1)]), [460, 640])
+    expected = pytest.approx([1.3 * 74 / 460, 1.3 * 74 / 640], rel=1e-3)
+    est = tmp_path / "est.json"
+    argv = ["identify", str(path), "--all-planes", "--no-augment", "--json", str(est)]
+    assert cli.main([*argv, "--quiet"]) == 0
+    used: list[float] = []
+
+    def spy(setup):
+        def deblur_setup(plane, estimate, model, sampling, *rest, **kw):
+            used.append(sampling.fc)
+            return setup(plane, estimate, model, sampling, *rest, **kw)
+
+        return deblur_setup
+
+    monkeypatch.setattr(_stacks, "deblur_setup", spy(_stacks.deblur_setup))
+    out = tmp_path / "out.tif"
+    argv = ["deblur", str(path), "-o", str(out), "--estimate", str(est), "--quiet"]
+    assert cli.main(argv) == 0
+    assert used == expected
+
+    pytest.importorskip("ome_zarr")
+    from napari_deepblur import formats
+
+    sampling = pipeline.Sampling.of(na=1.3, wavelength_nm=460, pixel_size_nm=74)
+    first = pipeline.identify(_image(0), device="cpu", augment=False, sampling=sampling)
+    one = formats.write_estimate_json(tmp_path / "one.json", first)  # for both channels
+    used.clear()
+    monkeypatch.setattr(pipeline, "deblur_setup", spy(pipeline.deblur_setup))
+    zarr_out = tmp_path / "out.ome.zarr"
+    argv = ["deblur", str(path), "-o", str(zarr_out), "--estimate", str(one), "--quiet"]
+    assert cli.main(argv) == 0
+    assert used == expected

@@ -103,6 +103,9 @@ def image_sampling(
             raise ValueError("give either --fc or the optics (NA, wavelength, pixel size)")
         return Sampling.of(fc=optics["fc"]), f"fc {optics['fc']} cycles/pixel (given)"
     stored = formats.known_optics(image.metadata, channel=channel).known()
+    for key, value in ((image.metadata or {}).get("optics") or {}).items():
+        if key in ("na", "wavelength_nm") and value is not None:
+            stored.setdefault(key, value)  # not positive: the checks below say so
     if explicit or ("na" in stored and "wavelength_nm" in stored):
 
         def first(*values):  # the first value given (0 included: the optics then say it is wrong)
@@ -140,37 +143,38 @@ def image_sampling(
 
 
 def stack_sampling(image, optics: dict | None = None, mode: str | None = None):
-    """:func:`image_sampling` for a stack identified with ``mode``: a
-    :class:`~napari_deepblur.pipeline.Sampling` shared by its planes, or, plane by plane
-    (``"per-plane"``) over channels that state their own emission wavelengths (an OME-TIFF)
-    when no wavelength or ``fc`` is given, a function giving each plane (its index over the
-    leading axes) the sampling of its channel; and a short text. Plane by plane over
-    channels taken with one wavelength, it warns that they are."""
+    """:func:`image_sampling` for a stack: a :class:`~napari_deepblur.pipeline.Sampling`
+    shared by its planes, or, for channels that state their own emission wavelengths (an
+    OME-TIFF) when no wavelength or ``fc`` is given, a function giving each plane (its index
+    over the leading axes) the sampling of its channel; and a short text. Identified plane
+    by plane (``mode`` ``"per-plane"``) over channels taken with one wavelength, it warns
+    that they are."""
     sampling, text = image_sampling(image, optics)
     axes, shape = image.axes or "", tuple(image.data.shape)
     channels = shape[axes.index("C")] if "C" in axes and len(axes) == len(shape) else 1
-    if mode != "per-plane" or channels == 1:
+    if channels == 1:
         return sampling, text
     given = {k for k, v in (optics or {}).items() if v is not None}
     wavelengths = (image.metadata or {}).get("channel_wavelengths_nm") or []
     if len(wavelengths) == channels and sampling.known and not given & {"wavelength_nm", "fc"}:
         per_channel = [image_sampling(image, optics, channel=c)[0] for c in range(channels)]
-        if len({s.fc for s in per_channel}) == 1:  # the channels state one wavelength
-            return sampling, text
-        axis = axes.index("C")
-        listed = ", ".join(f"{w:g}" for w in wavelengths)
-        return (
-            lambda index: per_channel[index[axis]],
-            f"{text}; each channel at its own emission wavelength instead ({listed} nm)",
+        if len({s.fc for s in per_channel}) > 1:
+            axis = axes.index("C")
+            listed = ", ".join(f"{w:g}" for w in wavelengths)
+            return (
+                lambda index: per_channel[index[axis]],
+                f"{text}; each channel at its own emission wavelength instead ({listed} nm)",
+            )
+        return sampling, text  # the channels state one wavelength
+    if mode == "per-plane":
+        notices.warn(
+            f"each of the {channels} channels gets its own estimate, but all are taken as "
+            "imaged with the same optics (one emission wavelength); a channel imaged at "
+            "another wavelength gets a PSF of the wrong width. Give each channel's "
+            "wavelength in the file (OME Channel EmissionWavelength), or save each channel "
+            "as its own file with its --wavelength-nm",
+            RuntimeWarning,
         )
-    notices.warn(
-        f"each of the {channels} channels gets its own estimate, but all are taken as "
-        "imaged with the same optics (one emission wavelength); a channel imaged at "
-        "another wavelength gets a PSF of the wrong width. Give each channel's "
-        "wavelength in the file (OME Channel EmissionWavelength), or save each channel "
-        "as its own file with its --wavelength-nm",
-        RuntimeWarning,
-    )
     return sampling, text
 
 

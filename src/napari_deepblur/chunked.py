@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from . import formats, io, omezarr
-from .batch import DeblurOptions, check_image_axes, check_options, image_sampling
+from .batch import DeblurOptions, check_image_axes, check_options, stack_sampling
 from .outputs import OutputExistsError, check_free_space, claim_output
 from .pipeline import DEFAULT_TILE_PX, Progress
 
@@ -124,7 +124,8 @@ def iter_deblur_zarr(
     :class:`Progress`. An unfinished output of the same input is resumed; a finished one
     is refused unless ``options.overwrite``. ``image``: the input already open (a napari
     layer's array; ``input_path`` then only names it, and blocks run in this process);
-    ``sampling``: the input's, instead of :func:`batch.image_sampling`'s. Returns
+    ``sampling``: the input's (or a function of the plane index), instead of
+    :func:`batch.stack_sampling`'s. Returns
     ``{"input", "output", "seconds", "shape", "estimate", "blocks", "resumed", "levels"}``."""
     options = options or DeblurOptions()
     input_path, output_path = Path(input_path), Path(output_path)
@@ -167,7 +168,8 @@ def _deblur_claimed(input_path, output_path, options, chunk_px, client, image, s
         raise OutputExistsError(output_path)  # before identifying
     model = load_model(options.model, device=options.device, precision=options.precision)
     if sampling is None:
-        sampling, _ = image_sampling(image, options.optics)
+        sampling, _ = stack_sampling(image, options.optics)
+    sampling_of = sampling if callable(sampling) else (lambda index: sampling)
     if resumed:
         chunk_px = record["chunk_px"]
         estimate = formats.estimate_from_json(record["estimate"])
@@ -180,6 +182,8 @@ def _deblur_claimed(input_path, output_path, options, chunk_px, client, image, s
         check_free_space(output_path, nbytes * 4 // 3)
         estimate = options.estimate
         if estimate is None:
+            if callable(sampling):  # (channels: refused before, by check_image_axes)
+                raise ValueError("channels imaged at different wavelengths: give an estimate")
             estimate = yield from identify_large(
                 data,
                 model,
@@ -190,17 +194,17 @@ def _deblur_claimed(input_path, output_path, options, chunk_px, client, image, s
             )
         if isinstance(estimate, list):
             raise ValueError("an OME-Zarr output is deblurred with one estimate for all planes")
-        depth, align = pipeline.block_margin(
-            data.shape[-2:], sampling.zoom(model.fc), options.tile_px, model
-        )
+        planes = list(np.ndindex(*data.shape[:-2]))
+        zoom = max(sampling_of(index).zoom(model.fc) for index in planes)  # the widest margin
+        depth, align = pipeline.block_margin(data.shape[-2:], zoom, options.tile_px, model)
         chunk_px = _check_chunk_px(chunk_px, depth, align)
         omezarr.input_chunks_warning(data, pipeline.TILE_OVERLAP_PX, input_path)
-        deblur_sampling = sampling.for_deblurring(estimate)
         setups = {}
-        for index in np.ndindex(*data.shape[:-2]):
+        for index in planes:
             plane = data[index] if index else data
+            plane_sampling = sampling_of(index).for_deblurring(estimate)
             setups[index] = pipeline.deblur_setup(
-                plane, estimate, model, deblur_sampling, options.noise, options.strength
+                plane, estimate, model, plane_sampling, options.noise, options.strength
             )
         metadata = {
             "deblurred_from": input_path.name,

@@ -219,12 +219,14 @@ def _ome_optics(tif: tifffile.TiffFile) -> dict:
         return {}
     found: dict[str, float] = {}
     emissions: list[float | None] = []
+    images = 0
     for element in root.iter():
         tag = element.tag.rsplit("}", 1)[-1]
+        images += tag == "Image"
         try:
             if tag == "Objective" and "LensNA" in element.attrib and "na" not in found:
                 found["na"] = float(element.attrib["LensNA"])
-            elif tag == "Channel":
+            elif tag == "Channel" and images <= 1:  # the first image's (the series read)
                 emissions.append(_ome_emission_nm(element.attrib))
         except ValueError:
             continue

@@ -90,3 +90,10 @@ def test_the_wavelength_follows_the_channel_shown(
     assert psf.metadata["optics"]["wavelength_nm"] == pytest.approx(640)
     viewer.dims.set_current_step(0, 0)
     assert widget._wavelength.value == pytest.approx(460)
+    # a wavelength typed stays while the channel shown does not change (found in review)
+    widget._wavelength.value = 600
+    viewer.add_image(np.zeros((3, 2, 8, 8), np.float32), name="other")  # one more slider
+    viewer.dims.set_current_step(0, 2)  # that slider, not the channel's
+    assert widget._wavelength.value == pytest.approx(600)
+    viewer.dims.set_current_step(1, 1)  # the channel's
+    assert widget._wavelength.value == pytest.approx(640)

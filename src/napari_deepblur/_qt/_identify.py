@@ -179,6 +179,7 @@ class IdentifyWidget(JobWidget):
         #: the image's channel axis (among its leading axes) and each channel's emission
         #: wavelength (nm), when its file states them: the wavelength follows the slider
         self._channel_wavelengths: tuple[int, list] | None = None
+        self._shown_channel: int | None = None  # the channel whose wavelength is shown
         self._image_layer.changed.connect(self._on_layer_changed)
         self._viewer.dims.events.current_step.connect(self._on_step_changed)
         for w in (
@@ -215,7 +216,8 @@ class IdentifyWidget(JobWidget):
             self._update_fc()
             return
         self._channel_wavelengths = _channel_wavelengths(layer)
-        optics = layer_optics(layer, self._channel_of(layer))
+        self._shown_channel = self._channel_of(layer)
+        optics = layer_optics(layer, self._shown_channel)
         self._use_optics.value = optics.complete
         guess = DEFAULT_OPTICS
         self._na.value = optics.na or self._na.value or guess.na
@@ -232,13 +234,17 @@ class IdentifyWidget(JobWidget):
         return plane[axis] if axis < len(plane) else None
 
     def _on_step_changed(self, *_: Any) -> None:
-        """Another channel shown: its own emission wavelength (when its file states it)."""
-        layer = self._image_layer.value
-        if self._gone() or layer is None or self._channel_wavelengths is None:
+        """Another channel shown: its own emission wavelength (when its file states it).
+        Moving another slider (Z, T) keeps the wavelength as it is (typed or not)."""
+        if self._gone() or self._channel_wavelengths is None:
             return
-        channel = self._channel_of(layer)
+        layer = self._image_layer.value
+        channel = None if layer is None else self._channel_of(layer)
+        if channel is None or channel == self._shown_channel:
+            return
+        self._shown_channel = channel
         wavelengths = self._channel_wavelengths[1]
-        if channel is not None and channel < len(wavelengths) and wavelengths[channel]:
+        if channel < len(wavelengths) and wavelengths[channel]:
             self._wavelength.value = wavelengths[channel]
 
     def _on_use_optics(self, value: bool) -> None:

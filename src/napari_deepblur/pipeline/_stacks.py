@@ -129,7 +129,7 @@ def _per_plane(sampling: Sampling | PlaneSampling | None, optics: dict) -> Plane
     """``sampling`` as a function of the plane index: one :class:`Sampling` (or ``optics``)
     is every plane's; a function gives each plane its own."""
     if callable(sampling):
-        if optics:
+        if any(value is not None for value in optics.values()):
             raise ValueError("give the planes' sampling function or optics, not both")
         return sampling
     shared = Sampling.given(sampling, **optics)
