@@ -155,8 +155,9 @@ def stack_sampling(image, optics: dict | None = None, mode: str | None = None):
     if channels == 1:
         return sampling, text
     given = {k for k, v in (optics or {}).items() if v is not None}
-    wavelengths = (image.metadata or {}).get("channel_wavelengths_nm") or []
-    if len(wavelengths) == channels and sampling.known and not given & {"wavelength_nm", "fc"}:
+    wavelengths = formats.channel_wavelengths_nm(image.metadata)
+    stated = len(wavelengths) == channels and all(wavelengths)
+    if stated and sampling.known and not given & {"wavelength_nm", "fc"}:
         per_channel = [image_sampling(image, optics, channel=c)[0] for c in range(channels)]
         if len({s.fc for s in per_channel}) > 1:
             axis = axes.index("C")

@@ -474,15 +474,10 @@ def known_optics(
     its ``units`` are lengths (:func:`~napari_deepblur.io.unit_to_nm`). ``channel``: the
     wavelength is that channel's where the image states one per channel
     (``channel_wavelengths_nm``, from an OME-TIFF). Unknown values are None."""
-    metadata = metadata or {}
-    sources = [
-        metadata.get("optics"),
-        (metadata.get("estimate") or {}).get("optics"),
-        metadata,
-        *_file_optics(source_path),
-    ]
-    if channel is not None:
-        sources.insert(0, {"wavelength_nm": channel_wavelength_nm(sources, channel)})
+    sources = _optics_sources(metadata, source_path)
+    wavelengths = _stated_channel_wavelengths(sources) if channel is not None else []
+    if channel is not None and 0 <= channel < len(wavelengths):
+        sources.insert(0, {"wavelength_nm": wavelengths[channel]})
     found: dict[str, float | None] = dict.fromkeys(_OPTICS_KEYS)
     for source in sources:
         if not isinstance(source, Mapping):
@@ -498,18 +493,36 @@ def known_optics(
     return KnownOptics(**found)
 
 
-def channel_wavelength_nm(sources: Sequence[Mapping | None], channel: int) -> float | None:
-    """The emission wavelength (nm) of ``channel`` from the first of ``sources`` (metadata
-    dicts) that states one per channel (``channel_wavelengths_nm``); None when none does.
+def channel_wavelengths_nm(
+    metadata: Mapping | None, source_path: str | os.PathLike | None = None
+) -> list[float | None]:
+    """Each channel's emission wavelength (nm; None where not positive) where the image (its
+    metadata, or the TIFF it was opened from) states one per channel
+    (``channel_wavelengths_nm``, from an OME-TIFF); [] when it does not.
 
-    >>> channel_wavelength_nm([{}, {"channel_wavelengths_nm": [460.0, 640.0]}], 1)
-    640.0
+    >>> channel_wavelengths_nm({"channel_wavelengths_nm": [460, 640]})
+    [460.0, 640.0]
     """
+    return _stated_channel_wavelengths(_optics_sources(metadata, source_path))
+
+
+def _optics_sources(metadata: Mapping | None, source_path) -> list:
+    """Where an image's optics are read, first first (:func:`known_optics`)."""
+    metadata = metadata or {}
+    return [
+        metadata.get("optics"),
+        (metadata.get("estimate") or {}).get("optics"),
+        metadata,
+        *_file_optics(source_path),
+    ]
+
+
+def _stated_channel_wavelengths(sources: Sequence) -> list[float | None]:
     for source in sources:
         stated = source.get("channel_wavelengths_nm") if isinstance(source, Mapping) else None
-        if isinstance(stated, Sequence) and 0 <= channel < len(stated):
-            return _positive(stated[channel])
-    return None
+        if isinstance(stated, Sequence) and not isinstance(stated, str):
+            return [_positive(w) for w in stated]
+    return []
 
 
 def _file_optics(path) -> list[Mapping]:

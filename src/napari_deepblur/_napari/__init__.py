@@ -18,7 +18,14 @@ The PSF layers' metadata and the optics known for a layer are
 :mod:`napari_deepblur.formats`' (re-exported here for the docks).
 """
 
-from ..formats import PSF_FORMAT, KnownOptics, is_psf_metadata, known_optics, psf_metadata
+from ..formats import (
+    PSF_FORMAT,
+    KnownOptics,
+    channel_wavelengths_nm,
+    is_psf_metadata,
+    known_optics,
+    psf_metadata,
+)
 from .channels import channel_count, check_not_across_channels, layer_axes
 from .estimates import (
     OTHER_IMAGE_LABEL,
@@ -127,6 +134,7 @@ __all__ = [
     "iter_deblur_layers",
     "iter_identify_layers",
     "kernel_map_layer_data",
+    "channel_wavelengths_nm",
     "known_optics",
     "layer_axes",
     "layer_geometry",

@@ -430,7 +430,8 @@ def _channel_wavelengths(layer) -> tuple[int, list] | None:
     if "C" not in axes[:-2]:
         return None
     channels = (layer.data[0] if layer.multiscale else layer.data).shape[axes.index("C")]
-    wavelengths = [layer_optics(layer, c).wavelength_nm for c in range(channels)]
-    if len({w for w in wavelengths if w}) < 2:  # one wavelength (or none) for all
-        return None
+    source = getattr(getattr(layer, "source", None), "path", None)
+    wavelengths = logic.channel_wavelengths_nm(layer.metadata, source)
+    if len(wavelengths) != channels or len({w for w in wavelengths if w}) < 2:
+        return None  # not stated for every channel, or one wavelength for all
     return axes.index("C"), wavelengths
