@@ -194,13 +194,20 @@ def _json_description(description: str | None) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
+def _ome_root(tif: tifffile.TiffFile) -> ET.Element | None:
+    """The OME-XML of an OME-TIFF, parsed; None for other TIFFs or unreadable XML."""
+    if not (tif.is_ome and tif.ome_metadata):
+        return None
+    try:
+        return ET.fromstring(tif.ome_metadata)
+    except ET.ParseError:
+        return None
+
+
 def _ome_pixels(tif: tifffile.TiffFile) -> dict:
     """The attributes of the first OME ``Pixels`` element (sizes, physical sizes), or {}."""
-    if not (tif.is_ome and tif.ome_metadata):
-        return {}
-    try:
-        root = ET.fromstring(tif.ome_metadata)
-    except ET.ParseError:
+    root = _ome_root(tif)
+    if root is None:
         return {}
     pixels = next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
     return {} if pixels is None else dict(pixels.attrib)
@@ -211,11 +218,8 @@ def _ome_optics(tif: tifffile.TiffFile) -> dict:
     EmissionWavelength, OME's default unit nm) of an OME-TIFF, where it states them; with
     several channels that all state one, ``channel_wavelengths_nm`` too (in channel order:
     channels imaged at different wavelengths have different PSFs); {}."""
-    if not (tif.is_ome and tif.ome_metadata):
-        return {}
-    try:
-        root = ET.fromstring(tif.ome_metadata)
-    except ET.ParseError:
+    root = _ome_root(tif)
+    if root is None:
         return {}
     found: dict[str, float] = {}
     emissions: list[float | None] = []
