@@ -51,12 +51,12 @@ def test_identify_adds_psf_layer(viewer_with_sample, qtbot, notes):
     assert "fc = 0.199" in widget._fc_label.value
     widget._device.value = "cpu"
 
-    steps = []  # (status, progress bar's maximum) at each step
+    steps = []  # (message, total) of each step, in the order they arrive
     shown = widget._on_yielded
 
     def on_yielded(step):
+        steps.append((step.message, step.total))
         shown(step)
-        steps.append((widget._status.value, widget._progress.max))
 
     widget._on_yielded = on_yielded  # (run connects the worker to it)
     widget._run_button.native.click()
@@ -66,7 +66,7 @@ def test_identify_adds_psf_layer(viewer_with_sample, qtbot, notes):
     assert notes["error"] == [], notes["error"]
     assert widget.state == RunState.DONE
     # the preparation is reported (busy bar) before the tiles count
-    assert steps[0] == ("Identify blur: loading the model", 0), steps
+    assert steps[0] == ("loading the model", 0), steps
     assert any("preparing the image" in text and top == 0 for text, top in steps), steps
     assert steps[-1][1] > 0
     psf = viewer.layers[f"{layer.name} PSF"]
@@ -153,9 +153,9 @@ def test_identify_all_planes_median(make_napari_viewer, small_sample, qtbot, not
     widget._planes.value = ALL_PLANES_MEDIAN
     widget._device.value = "cpu"
     widget._augment.value = False
-    statuses = []
+    statuses = []  # the message of every step, in the order they arrive
     shown = widget._on_yielded
-    widget._on_yielded = lambda step: (shown(step), statuses.append(widget._status.value))
+    widget._on_yielded = lambda step: (statuses.append(step.message), shown(step))
     _run(qtbot, widget)
 
     assert notes["error"] == [], notes["error"]
@@ -365,6 +365,37 @@ def _slow_generator(steps=400, delay=0.01):
         raise AssertionError("the job should have been cancelled")
 
     return slow
+
+
+def test_a_step_arriving_while_napari_draws_the_last_is_not_overwritten(viewer_with_sample):
+    """napari's activity bar processes Qt events when it is updated, so the worker's next
+    step can be shown in the middle of showing the previous one: the newer step must stay."""
+    from napari.utils import progress
+    from qtpy.QtCore import QTimer
+
+    from napari_deepblur._qt import IdentifyWidget
+    from napari_deepblur.pipeline import Progress
+
+    viewer, _ = viewer_with_sample
+    widget = IdentifyWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._run_state.set(RunState.RUNNING)
+    widget._pbar = pbar = progress(total=0, desc=widget.action)
+    arrived_inside = []
+
+    def newer_step():
+        arrived_inside.append(widget._updating_activity)
+        widget._on_yielded(Progress(1, 4, "tile 1 of 4"))
+
+    QTimer.singleShot(0, newer_step)
+    widget._on_yielded(Progress(0, 0, "loading the model"))
+    assert arrived_inside == [True]  # it did arrive while the older step was being shown
+    assert widget._status.value == "Identify blur: tile 1 of 4"
+    assert (widget._progress.value, widget._progress.max) == (1, 4)
+    assert (pbar.n, pbar.total) == (1, 4) and "tile 1 of 4" in pbar.desc
+    pbar.close()
+    widget._pbar = None
+    widget._run_state.set(RunState.DONE)
 
 
 def test_cancel_adds_no_layer(viewer_with_sample, qtbot, notes, monkeypatch):

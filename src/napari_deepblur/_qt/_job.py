@@ -169,6 +169,8 @@ class JobWidget(ScrollableDock, Container):
         self._run_state = RunStateMachine()
         self._worker = None
         self._pbar = None
+        self._activity_queue: list[tuple[int, int, str]] = []  # steps not yet shown there
+        self._updating_activity = False
         self._run_button = PushButton(text=self.action)
         self._progress = ProgressBar(value=0, min=0, max=1, visible=False, label="")
         self._status = Label(value="", label="")
@@ -317,17 +319,32 @@ class JobWidget(ScrollableDock, Container):
             self._progress.value = min(done, total)
         else:  # preparing (reading, loading, resampling): busy, not a long "0 %"
             self._progress.max, self._progress.value = 0, 0
-        pbar = self._pbar  # (updating it may process events, finishing the job meanwhile)
-        if pbar is not None:
-            if total and pbar.total != total:
-                pbar.total = total
-                pbar.n = 0
-            if done > pbar.n:
-                pbar.update(done - pbar.n)
-            if message:
-                pbar.set_description(f"{self.action}: {message}")
         if self.state == RunState.RUNNING:
             self._status.value = f"{self.action}: {message or f'{done} of {total}'}"
+        self._show_in_activity(done, total, message)
+
+    def _show_in_activity(self, done: int, total: int, message: str) -> None:
+        """Move napari's activity bar to this step. Its setters process Qt events, so the
+        next steps can arrive (re-entering :meth:`_on_yielded`) while it is being updated:
+        they are queued and shown after, never overwritten by an older step."""
+        self._activity_queue.append((done, total, message))
+        if self._updating_activity:
+            return
+        self._updating_activity = True
+        try:
+            while self._activity_queue and self._pbar is not None:
+                done, total, message = self._activity_queue.pop(0)
+                pbar = self._pbar
+                if total and pbar.total != total:
+                    pbar.total = total
+                    pbar.n = 0
+                if done > pbar.n:
+                    pbar.update(done - pbar.n)
+                if message:
+                    pbar.set_description(f"{self.action}: {message}")
+        finally:
+            self._activity_queue.clear()
+            self._updating_activity = False
 
     def _on_returned(self, result: Any) -> None:
         if self._gone():
