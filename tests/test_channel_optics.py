@@ -106,8 +106,10 @@ def test_planes_sampled_differently_cannot_share_an_estimate():
 def test_a_given_estimate_deblurs_each_channel_at_its_own_sampling(tmp_path, monkeypatch):
     """Estimates given (per plane, or one for all) to deblur a 2-channel OME-TIFF: each
     channel is deblurred at its own wavelength's sampling, into a TIFF and into an
-    OME-Zarr (found in review: the first channel's was used for both)."""
-    from napari_deepblur import pipeline
+    OME-Zarr (found in review: the first channel's was used for both), and each output
+    keeps the channels' wavelengths."""
+    from napari_deepblur import formats, pipeline
+    from napari_deepblur.chunked import read_any
     from napari_deepblur.pipeline import _stacks
 
     path = write_ome(tmp_path / "two.ome.tif", np.stack([_image(0), _image(1)]), [460, 640])
@@ -129,10 +131,10 @@ def test_a_given_estimate_deblurs_each_channel_at_its_own_sampling(tmp_path, mon
     argv = ["deblur", str(path), "-o", str(out), "--estimate", str(est), "--quiet"]
     assert cli.main(argv) == 0
     assert used == expected
+    kept = formats.channel_wavelengths_nm(read_any(out).metadata)
+    assert kept == [460.0, 640.0]  # the output read again: each channel at its own wavelength
 
     pytest.importorskip("ome_zarr")
-    from napari_deepblur import formats
-
     sampling = pipeline.Sampling.of(na=1.3, wavelength_nm=460, pixel_size_nm=74)
     first = pipeline.identify(_image(0), device="cpu", augment=False, sampling=sampling)
     one = formats.write_estimate_json(tmp_path / "one.json", first)  # for both channels
@@ -142,3 +144,4 @@ def test_a_given_estimate_deblurs_each_channel_at_its_own_sampling(tmp_path, mon
     argv = ["deblur", str(path), "-o", str(zarr_out), "--estimate", str(one), "--quiet"]
     assert cli.main(argv) == 0
     assert used == expected
+    assert formats.channel_wavelengths_nm(read_any(zarr_out).metadata) == [460.0, 640.0]

@@ -309,6 +309,7 @@ def _deblur_claimed(input_path: Path, output_path: Path, sidecar: Path | None, o
         "precision": resolve_precision(model.device, model.precision),  # of the networks
         "strength": options.strength,
         "estimate": summary,
+        **formats.kept_channel_metadata(image.metadata),
     }
     try:
         with io.create_image(

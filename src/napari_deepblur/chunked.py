@@ -211,6 +211,7 @@ def _deblur_claimed(input_path, output_path, options, chunk_px, client, image, s
             "model": model.name,
             "strength": options.strength,
             "estimate": formats.estimate_json(estimate),
+            **formats.kept_channel_metadata(image.metadata),
         }
         group = omezarr.create_output(
             output_path, data.shape, dtype, chunk_px, metadata, overwrite=options.overwrite

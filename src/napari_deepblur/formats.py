@@ -506,6 +506,14 @@ def channel_wavelengths_nm(
     return _stated_channel_wavelengths(_optics_sources(metadata, source_path))
 
 
+def kept_channel_metadata(metadata: Mapping | None) -> dict:
+    """What an output written from an image keeps of its channels: their emission
+    wavelengths (``channel_wavelengths_nm``) where the image states them, else nothing; so
+    that the output, read again, has each channel at its own wavelength too."""
+    wavelengths = channel_wavelengths_nm(metadata)
+    return {"channel_wavelengths_nm": wavelengths} if wavelengths else {}
+
+
 def _optics_sources(metadata: Mapping | None, source_path) -> list:
     """Where an image's optics are read, first first (:func:`known_optics`)."""
     metadata = metadata or {}
