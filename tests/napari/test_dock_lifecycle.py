@@ -65,6 +65,25 @@ def test_closing_the_window_during_a_job_raises_nothing(make_napari_viewer, qtbo
     qtbot.wait(300)  # pytest-qt fails the test on any exception raised in a slot meanwhile
 
 
+def test_closing_after_qt_deleted_the_job_s_signals_raises_nothing(make_napari_viewer):
+    """At Python's exit Qt may delete a worker's signals before the dock hears it is
+    destroyed: closing then must not raise (it did, building the list of signals to
+    disconnect)."""
+    from napari.qt.threading import create_worker
+    from qtpy import sip
+
+    from napari_deepblur._qt import DeblurWidget
+
+    def job():
+        yield
+
+    widget = DeblurWidget(make_napari_viewer())
+    widget._worker = worker = create_worker(job, _start_thread=False)
+    sip.delete(worker.signals)  # as at exit
+    widget._on_closed()
+    assert widget.worker is None and worker.abort_requested
+
+
 def test_a_double_click_on_run_does_not_cancel(make_napari_viewer, small_sample, qtbot, notes):
     from napari_deepblur._qt import IdentifyWidget
 

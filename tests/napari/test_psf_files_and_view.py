@@ -94,3 +94,42 @@ def test_compare_fits_wide_images_in_their_grid_cells(make_napari_viewer, small_
     assert zoom < before * 0.75  # two images side by side: each fitted at half the width
     deblur._compare_button.native.click()  # End comparison: the view of before
     assert float(camera(viewer).zoom) == pytest.approx(before)
+
+
+def test_end_comparison_gives_the_contrast_back_and_a_new_layer_ends_it(
+    make_napari_viewer, small_sample, qtbot, notes
+):
+    from napari_deepblur._qt import DeblurWidget, IdentifyWidget
+    from napari_deepblur._qt._view import grid
+
+    viewer = make_napari_viewer()
+    data, kwargs = small_sample
+    raw = viewer.add_image(data.copy(), **kwargs)
+    deblur = DeblurWidget(viewer)
+    deblur._device.value = "cpu"
+    _run(qtbot, deblur)
+    low, high = np.percentile(data, [20, 60])
+    raw.contrast_limits = chosen = (float(low), float(high))  # the user's contrast
+    deblur._compare_button.native.click()
+    assert not np.allclose(raw.contrast_limits, chosen)  # matched to the deblurred image
+    deblur._compare_button.native.click()  # End comparison
+    np.testing.assert_allclose(raw.contrast_limits, chosen)
+
+    deblur._compare_button.native.click()
+    raw.contrast_limits = changed = (float(low), float(np.percentile(data, 90)))
+    deblur._compare_button.native.click()
+    np.testing.assert_allclose(raw.contrast_limits, changed)  # changed meanwhile: kept
+
+    # Identify during a comparison: the comparison ends, the new PSF is seen
+    deblur._compare_button.native.click()
+    identify = IdentifyWidget(viewer)
+    identify._device.value = "cpu"
+    _run(qtbot, identify)
+    assert identify.state == RunState.DONE
+    assert not grid(viewer).enabled and deblur._compare_button.text == "Compare side by side"
+    assert viewer.layers[-1].metadata["format"] == PSF_FORMAT and viewer.layers[-1].visible
+    np.testing.assert_allclose(raw.contrast_limits, changed)
+
+    viewer.layers.remove(raw)
+    deblur._compare_button.native.click()
+    assert f"'{raw.name}' is no longer in the viewer" in notes["error"][-1]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, PushButton
 
 from .. import _napari as logic
@@ -188,8 +189,10 @@ class DeblurWidget(JobWidget):
     def _on_layer_inserted(self, event) -> None:
         """A new PSF layer (identified or opened) of the chosen image becomes the estimate
         to use (one of another image is only offered, with "Show estimates of other
-        images")."""
+        images"). Any new layer ends a comparison (it would take a grid cell, unseen)."""
         layer = event.value
+        if self._comparing:  # a layer added meanwhile (Identify): it is shown, in no grid
+            self.end_comparison()
         settle_psf_layer(self._viewer, layer)  # a PSF file opened by napari's reader
         if logic.is_psf_metadata(getattr(layer, "metadata", None)):
             self._psf_layer.reset_choices()
@@ -327,8 +330,15 @@ class DeblurWidget(JobWidget):
         contrast limits; the cameras are shared, so zoom and pan stay linked."""
         raw, result = self._raw_layer, self._result_layer
         layers = self._viewer.layers
-        if raw is None or result is None or raw not in layers or result not in layers:
-            notify_error("Compare failed: deblur an image first (its result layer is missing).")
+        if raw is None or result is None:
+            notify_error("Compare failed: deblur an image first.")
+            return
+        missing = [layer.name for layer in (raw, result) if layer not in layers]
+        if missing:
+            notify_error(
+                f"Compare failed: '{missing[0]}' is no longer in the viewer; deblur an image "
+                "to compare it with its result."
+            )
             return
         limits = logic.matched_contrast_limits(_current(raw, self._viewer), result.data)
         view = camera(self._viewer)
@@ -337,6 +347,7 @@ class DeblurWidget(JobWidget):
             "visible": {layer: layer.visible for layer in layers},
             "grid": _grid(self._viewer).enabled,
             "limits": {raw: tuple(raw.contrast_limits), result: tuple(result.contrast_limits)},
+            "matched": limits,
         }
         for layer in layers:
             layer.visible = layer in (raw, result)
@@ -356,6 +367,12 @@ class DeblurWidget(JobWidget):
         for layer, visible in saved.get("visible", {}).items():
             if layer in self._viewer.layers:
                 layer.visible = visible
+        for layer, before in saved.get("limits", {}).items():
+            # (unless changed meanwhile: the user's own contrast stays)
+            if layer in self._viewer.layers and np.allclose(
+                layer.contrast_limits, saved["matched"]
+            ):
+                layer.contrast_limits = before
         _grid(self._viewer).enabled = saved.get("grid", False)
         if "camera" in saved:
             camera(self._viewer).center, camera(self._viewer).zoom = saved["camera"]

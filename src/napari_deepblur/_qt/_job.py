@@ -252,16 +252,18 @@ class JobWidget(ScrollableDock, Container):
         self._closed = True
         worker, self._worker = self._worker, None
         if worker is not None:
-            for signal, slot in (
-                (worker.yielded, self._on_yielded),
-                (worker.returned, self._on_returned),
-                (worker.errored, self._on_errored),
-                (worker.aborted, self._on_aborted),
-                (worker.warned, self._on_warned),
-                (worker.finished, self._on_finished),
-            ):
+            slots = {
+                "yielded": self._on_yielded,
+                "returned": self._on_returned,
+                "errored": self._on_errored,
+                "aborted": self._on_aborted,
+                "warned": self._on_warned,
+                "finished": self._on_finished,
+            }
+            for name, slot in slots.items():
+                # (RuntimeError: at Python's exit Qt may have deleted the signals already)
                 with contextlib.suppress(TypeError, RuntimeError):
-                    signal.disconnect(slot)
+                    getattr(worker, name).disconnect(slot)
             worker.quit()
         if self._pbar is not None:
             self._pbar.close()
