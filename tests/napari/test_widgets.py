@@ -610,6 +610,33 @@ def test_the_optics_of_our_tiff_opened_by_naparis_reader_are_prefilled(
     assert widget._pixel_size.value == pytest.approx(90)
 
 
+def test_optics_typed_for_an_image_come_back_with_it(viewer_with_sample):
+    """Optics typed for an image that states none stay with it: choosing another image
+    fills in that one's, choosing the first again gives back what was typed."""
+    from napari_deepblur._qt import IdentifyWidget
+
+    viewer, sample = viewer_with_sample  # states NA 1.4, 520 nm, 74 nm
+    plain = viewer.add_image(sample.data.copy(), name="no optics")
+    widget = IdentifyWidget(viewer)
+    widget._image_layer.value = plain
+    assert not widget._use_optics.value  # nothing stated: assumed
+    widget._use_optics.value = True
+    widget._na.value, widget._wavelength.value, widget._pixel_size.value = 1.0, 540, 108
+    typed = widget._fc_label.value
+    widget._image_layer.value = sample
+    assert widget._use_optics.value and widget._pixel_size.value == pytest.approx(74)
+    widget._image_layer.value = plain
+    assert widget._use_optics.value, "the optics typed for this image were forgotten"
+    assert (widget._na.value, widget._wavelength.value, widget._pixel_size.value) == (
+        pytest.approx(1.0),
+        pytest.approx(540),
+        pytest.approx(108),
+    )
+    assert widget._fc_label.value == typed
+    widget._image_layer.value = sample  # its own, filled in again (nothing typed for it)
+    assert widget._pixel_size.value == pytest.approx(74) and widget._na.value == 1.4
+
+
 def test_choosing_a_model_reads_only_its_header(viewer_with_sample):
     """Changing the Model combo updates the sampling text and the field options from the
     file's header: no weights are loaded on the UI thread (it stalled the UI 0.45 s)."""

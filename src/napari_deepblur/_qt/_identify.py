@@ -8,6 +8,7 @@ thread worker.
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -180,6 +181,11 @@ class IdentifyWidget(JobWidget):
         #: wavelength (nm), when its file states them: the wavelength follows the slider
         self._channel_wavelengths: tuple[int, list] | None = None
         self._shown_channel: int | None = None  # the channel whose wavelength is shown
+        #: optics typed for an image, given back when it is chosen again: (Optics known, NA,
+        #: wavelength nm, pixel size nm) by layer; and the layer the fields show, with what
+        #: was filled in for it (to tell typed values from filled ones)
+        self._typed_optics: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._optics_of: tuple[Any, tuple] | None = None
         self._image_layer.changed.connect(self._on_layer_changed)
         self._viewer.dims.events.current_step.connect(self._on_step_changed)
         for w in (
@@ -215,15 +221,52 @@ class IdentifyWidget(JobWidget):
         if layer is None:
             self._update_fc()
             return
+        self._remember_typed_optics()
         self._channel_wavelengths = _channel_wavelengths(layer)
         self._shown_channel = self._channel_of(layer)
-        optics = layer_optics(layer, self._shown_channel)
-        self._use_optics.value = optics.complete
-        guess = DEFAULT_OPTICS
-        self._na.value = optics.na or self._na.value or guess.na
-        self._wavelength.value = optics.wavelength_nm or self._wavelength.value
-        self._pixel_size.value = optics.pixel_size_nm or self._pixel_size.value
+        typed = self._typed_optics.get(layer)
+        if typed is not None:
+            self._set_optics_fields(typed)
+        else:
+            optics = layer_optics(layer, self._shown_channel)
+            guess = DEFAULT_OPTICS
+            self._set_optics_fields(
+                (
+                    optics.complete,
+                    optics.na or self._na.value or guess.na,
+                    optics.wavelength_nm or self._wavelength.value,
+                    optics.pixel_size_nm or self._pixel_size.value,
+                )
+            )
+        self._optics_of = (weakref.ref(layer), self._optics_fields())
         self._update_fc()
+
+    def _optics_fields(self) -> tuple:
+        return (
+            bool(self._use_optics.value),
+            float(self._na.value),
+            float(self._wavelength.value),
+            float(self._pixel_size.value),
+        )
+
+    def _set_optics_fields(self, values: tuple) -> None:
+        use, na, wavelength_nm, pixel_size_nm = values
+        self._use_optics.value = use
+        self._na.value, self._wavelength.value, self._pixel_size.value = (
+            na,
+            wavelength_nm,
+            pixel_size_nm,
+        )
+
+    def _remember_typed_optics(self) -> None:
+        """The optics fields of the image shown until now, kept for it if the user changed
+        them (another image chosen, then this one again: what was typed comes back)."""
+        if self._optics_of is None:
+            return
+        ref, filled = self._optics_of
+        layer, now = ref(), self._optics_fields()
+        if layer is not None and now != filled:
+            self._typed_optics[layer] = now
 
     def _channel_of(self, layer) -> int | None:
         """The channel shown now, for a layer whose channels state their wavelengths."""
@@ -246,6 +289,9 @@ class IdentifyWidget(JobWidget):
         wavelengths = self._channel_wavelengths[1]
         if channel < len(wavelengths) and wavelengths[channel]:
             self._wavelength.value = wavelengths[channel]
+            if self._optics_of is not None:  # filled in, not typed
+                ref, (use, na, _, pixel_size_nm) = self._optics_of
+                self._optics_of = (ref, (use, na, float(wavelengths[channel]), pixel_size_nm))
 
     def _on_use_optics(self, value: bool) -> None:
         for w in (self._na, self._wavelength, self._pixel_size):
