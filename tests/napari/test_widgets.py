@@ -72,6 +72,7 @@ def test_identify_adds_psf_layer(viewer_with_sample, qtbot, notes):
     psf = viewer.layers[f"{layer.name} PSF"]
     assert psf.data.shape == (31, 31)
     assert psf.data.sum() == pytest.approx(1.0, abs=1e-4)
+    assert list(widget._image_layer.choices) == [layer]  # a PSF is no image to identify
     np.testing.assert_allclose(psf.scale, (74.0, 74.0))
     assert psf.colormap.name == "magma"
     md = psf.metadata

@@ -143,15 +143,6 @@ class DeblurWidget(JobWidget):
         self._on_layer_changed(self._image_layer.value)
 
     # -- choices --------------------------------------------------------------------------
-    def _image_layer_choices(self, _widget=None) -> list:
-        """Image layers that are not PSFs (and Labels, refused with a message)."""
-        return [
-            layer
-            for layer in super()._image_layer_choices()
-            if not logic.is_psf_metadata(layer.metadata)
-            and not logic.is_auxiliary_layer(layer.metadata)  # PSF, kernel and weight maps
-        ]
-
     def _psf_choices(self, _widget=None) -> list:
         """ "identify first", the PSF layers of the chosen image (latest first), then, when
         "Show estimates of other images" is ticked, the others (labelled as such)."""

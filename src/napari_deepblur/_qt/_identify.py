@@ -205,14 +205,6 @@ class IdentifyWidget(JobWidget):
         self._on_layer_changed(self._image_layer.value)
 
     # -- controls → request ---------------------------------------------------------------
-    def _image_layer_choices(self, _widget=None) -> list:
-        """Image (and Labels, refused when run) layers, but not the maps we draw."""
-        return [
-            layer
-            for layer in super()._image_layer_choices()
-            if not logic.is_auxiliary_layer(layer.metadata)
-        ]
-
     def _on_layer_changed(self, layer: Any) -> None:
         """Prefill the optics from the layer's metadata and scale/units; offer the choice of
         planes for stacks only."""

@@ -25,6 +25,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QSizePolicy
 
+from .. import _napari as logic
 from .._napari import RunState, RunStateMachine, UserError, guarded, user_message
 
 if TYPE_CHECKING:
@@ -412,10 +413,17 @@ class JobWidget(ScrollableDock, Container):
 
     # -- shared pieces ------------------------------------------------------------------
     def _image_layer_choices(self, _widget=None) -> list:
-        """Image and Labels layers (Labels are refused with a message when run)."""
+        """Image and Labels layers (Labels are refused with a message when run), but not
+        the PSFs and maps the docks draw."""
         from napari.layers import Image, Labels
 
-        return [layer for layer in self._viewer.layers if isinstance(layer, Image | Labels)]
+        return [
+            layer
+            for layer in self._viewer.layers
+            if isinstance(layer, Image | Labels)
+            and not logic.is_psf_metadata(layer.metadata)
+            and not logic.is_auxiliary_layer(layer.metadata)  # PSF, kernel and weight maps
+        ]
 
     def _make_model_widgets(self) -> tuple[ComboBox, FileEdit]:
         model = ComboBox(label="Model", choices=model_choices())
