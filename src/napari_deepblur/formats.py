@@ -260,6 +260,25 @@ def estimate_from_psf_metadata(psf, metadata: Mapping | None, default_fc: float 
 
 
 # -- PSF files ----------------------------------------------------------------------------
+def psf_file_path(path: str | os.PathLike) -> Path:
+    """``path`` named as a PSF file that napari-deepblur's reader claims (``*.psf.tif``):
+    a ``.tif``, ``.tiff`` or ``.json`` name, or one without them, gets ``.psf.tif``.
+
+    >>> [psf_file_path(p).name for p in ("cell.psf.tif", "cell.tif", "cell", "cell.v2")]
+    ['cell.psf.tif', 'cell.psf.tif', 'cell.psf.tif', 'cell.v2.psf.tif']
+    """
+    path = Path(path)
+    name = path.name
+    if name.lower().endswith((".psf.tif", ".psf.tiff")):
+        return path
+    for suffixes in ((*_PSF_SUFFIXES, ".json"), (".psf",)):
+        for suffix in suffixes:
+            if name.lower().endswith(suffix):
+                name = name[: -len(suffix)]
+                break
+    return path.with_name(f"{name}.psf.tif")
+
+
 def write_psf(
     path: str | os.PathLike, psf: np.ndarray, *, metadata: dict, overwrite: bool = False
 ) -> tuple[Path, Path]:

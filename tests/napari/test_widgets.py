@@ -564,6 +564,13 @@ def test_export_psf_and_read_back(viewer_with_sample, qtbot, notes, tmp_path):
     assert target.is_file() and target.with_suffix(".json").is_file()
     widget._export_button.native.click()
     assert "exists" in notes["error"][-1] and "another file name" in notes["error"][-1]
+    # a name without .psf: written as one, so that our reader opens it (found in review)
+    widget._export_path.value = tmp_path / "plain.tif"
+    widget._export_button.native.click()
+    assert (tmp_path / "plain.psf.tif").is_file() and (tmp_path / "plain.psf.json").is_file()
+    assert not (tmp_path / "plain.tif").exists()
+    [plain] = viewer.open(str(tmp_path / "plain.psf.tif"), plugin="napari-deepblur")
+    assert plain.metadata["format"] == PSF_FORMAT
 
     # napari's writer (File > Save Selected Layers… as *.psf.tif)
     viewer.layers.selection.active = psf

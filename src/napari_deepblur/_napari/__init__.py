@@ -24,6 +24,7 @@ from ..formats import (
     channel_wavelengths_nm,
     is_psf_metadata,
     known_optics,
+    psf_file_path,
     psf_metadata,
 )
 from .channels import channel_count, check_not_across_channels, layer_axes
@@ -142,6 +143,7 @@ __all__ = [
     "matched_contrast_limits",
     "model_to_follow",
     "optics_differences",
+    "psf_file_path",
     "order_estimates",
     "plane_index",
     "psf_layer_data",

@@ -421,7 +421,8 @@ class IdentifyWidget(JobWidget):
         if layer is None or layer not in self._viewer.layers:
             notify_error("Export PSF failed: identify the blur first (no PSF layer to export).")
             return []
-        path = Path(str(path)).expanduser()  # a typed "~/psfs/cell.psf.tif"
+        # a typed "~/psfs/cell.tif" is written as cell.psf.tif: the name our reader opens
+        path = logic.psf_file_path(Path(str(path)).expanduser())
         folder = path.parent
         if not folder.is_dir():
             notify_error(
