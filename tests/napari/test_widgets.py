@@ -399,6 +399,32 @@ def test_a_step_arriving_while_napari_draws_the_last_is_not_overwritten(viewer_w
     widget._run_state.set(RunState.DONE)
 
 
+def test_a_library_deprecation_warning_is_not_shown_to_the_user(
+    viewer_with_sample, qtbot, notes, monkeypatch
+):
+    """A job's warnings become notifications, but not a library's DeprecationWarning
+    (ome-zarr's "Call to deprecated class Scaler" reached users): nothing to act on."""
+    import warnings
+
+    from napari_deepblur._qt import IdentifyWidget
+    from napari_deepblur.pipeline import Progress
+
+    def job(*args, **kwargs):
+        warnings.warn("Call to deprecated class Scaler.", DeprecationWarning, stacklevel=1)
+        warnings.warn("refinement skipped: the image is too small", UserWarning, stacklevel=1)
+        yield Progress(1, 1, "tile 1 of 1")
+        raise ValueError("stopped here")
+
+    monkeypatch.setattr("napari_deepblur.pipeline.iter_identify", job)
+    viewer, _ = viewer_with_sample
+    widget = IdentifyWidget(viewer)
+    widget._device.value = "cpu"
+    _run(qtbot, widget)
+    qtbot.waitUntil(lambda: bool(notes["warning"]), timeout=5000)
+    qtbot.wait(50)
+    assert notes["warning"] == ["refinement skipped: the image is too small"]
+
+
 def test_cancel_adds_no_layer(viewer_with_sample, qtbot, notes, monkeypatch):
     from napari_deepblur import _napari
     from napari_deepblur._qt import IdentifyWidget

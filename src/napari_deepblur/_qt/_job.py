@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
+import logging
 import threading
 import weakref
 from collections.abc import Generator
@@ -30,6 +31,8 @@ from .._napari import RunState, RunStateMachine, UserError, guarded, user_messag
 
 if TYPE_CHECKING:
     import napari
+
+_log = logging.getLogger(__name__)
 
 MODEL_FILE_CHOICE = "model file…"
 #: Docks stay narrow enough to leave the canvas most of the window.
@@ -369,9 +372,16 @@ class JobWidget(ScrollableDock, Container):
         self._fail(str(exc) if isinstance(exc, UserError) else user_message(exc, self.action))
 
     def _on_warned(self, showwarning_args: tuple) -> None:
+        """A warning of the job, shown to the user; a library's deprecation warnings (for
+        developers: nothing a user can act on) only logged."""
         if self._gone():
             return
-        notify_warning(str(showwarning_args[0]))
+        message, category = showwarning_args[0], showwarning_args[1]
+        if issubclass(category, DeprecationWarning | PendingDeprecationWarning):
+            # (not warnings.showwarning: while a job runs, superqt has replaced it by a relay)
+            _log.debug("%s: %s", category.__name__, message)
+            return
+        notify_warning(str(message))
 
     def _on_aborted(self) -> None:
         if self._gone():
