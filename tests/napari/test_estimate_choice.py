@@ -159,3 +159,25 @@ def test_opening_another_images_psf_file_chooses_it(two_images, qtbot, notes, tm
     opened = viewer.layers["a"]
     assert deblur._psf_layer.value is opened and deblur._other_estimates.value
     assert notes["error"] == []
+
+
+def test_a_renamed_image_keeps_its_estimate(two_images, qtbot, notes):
+    """Renaming an image in the layer list keeps its PSF as its estimate (it fell back to
+    "identify first", re-identifying silently: found in review); another image's PSF that
+    happens to carry the new name's prefix is not taken."""
+    from napari_deepblur._qt import DeblurWidget
+
+    viewer, a, b = two_images
+    psf_a = _identify(qtbot, viewer, a)
+    deblur = DeblurWidget(viewer)
+    deblur._image_layer.value = a
+    assert deblur._psf_layer.value is psf_a
+    a.name = "cell A"
+    assert deblur._psf_layer.value is psf_a, _shown(deblur._psf_layer)
+    assert psf_a.metadata["source"] == "cell A"
+    deblur._image_layer.value = b
+    deblur._image_layer.value = a
+    assert deblur._psf_layer.value is psf_a
+    b.name = "A"  # the old name, now another image's: A's PSF stays A's
+    deblur._image_layer.value = b
+    assert deblur._psf_layer.value is not psf_a

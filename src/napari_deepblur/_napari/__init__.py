@@ -55,6 +55,7 @@ from .layers import (
     plane_index,
     psf_layer_data,
     psf_map_layer_data,
+    renamed_source,
     weight_map_layers_data,
 )
 from .messages import UserError, guarded, user_message
@@ -144,6 +145,7 @@ __all__ = [
     "model_to_follow",
     "optics_differences",
     "psf_file_path",
+    "renamed_source",
     "order_estimates",
     "plane_index",
     "psf_layer_data",

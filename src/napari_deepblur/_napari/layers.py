@@ -171,6 +171,22 @@ def is_psf_of(metadata: Mapping | None, image: str) -> bool:
     return metadata.get("source") == source
 
 
+def renamed_source(metadata: Mapping | None, old_image: str, new_image: str) -> str | None:
+    """The ``source`` a PSF identified from the image layer ``old_image`` has once that
+    image is renamed ``new_image`` (so that it stays that image's estimate); None for
+    anything else.
+
+    >>> from napari_deepblur.formats import PSF_FORMAT
+    >>> meta = {"format": PSF_FORMAT, "source": "cell [2]", "planes": [[2]]}
+    >>> renamed_source(meta, "cell", "cell A"), renamed_source(meta, "other", "cell A")
+    ('cell A [2]', None)
+    """
+    if not is_psf_of(metadata, old_image):
+        return None
+    planes = metadata.get("planes") or [()]
+    return estimate_source(new_image, metadata.get("stack_mode", "plane"), planes[0])
+
+
 def is_auxiliary_layer(metadata: Mapping | None) -> bool:
     """True for the layers that illustrate an estimate (PSF map, kernel map, PSF weight
     maps): not images to identify or deblur."""

@@ -137,15 +137,46 @@ def settle_psf_layer(viewer, layer: Any) -> None:
 
 
 _WATCHED: weakref.WeakSet = weakref.WeakSet()
+#: Each layer's name, to know the old one when it is renamed.
+_NAMES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _follow_renames(viewer, layer) -> None:
+    """An image layer renamed keeps its PSFs: their ``source`` follows its new name.
+    Connected first, so that the docks list the estimates by the new name."""
+    _NAMES[layer] = layer.name
+    layer_ref = weakref.ref(layer)
+
+    def renamed(*_: Any) -> None:
+        layer = layer_ref()
+        if layer is None:
+            return
+        old, new = _NAMES.get(layer), layer.name
+        _NAMES[layer] = new
+        if old is None or old == new:
+            return
+        for other in viewer.layers:
+            source = logic.renamed_source(getattr(other, "metadata", None), old, new)
+            if source is not None:
+                other.metadata["source"] = source
+
+    layer.events.name.connect(renamed, position="first")
 
 
 def watch_psf_files(viewer) -> None:
     """Once per viewer: prefer our reader for PSF files (:func:`prefer_psf_reader`), settle
-    the PSF files open now and every one opened later (:func:`settle_psf_layer`)."""
+    the PSF files open now and every one opened later (:func:`settle_psf_layer`), and keep
+    the PSFs of an image renamed (:func:`_follow_renames`)."""
     if viewer in _WATCHED:
         return
     _WATCHED.add(viewer)
     prefer_psf_reader()
     for layer in list(viewer.layers):
         settle_psf_layer(viewer, layer)
-    viewer.layers.events.inserted.connect(lambda event: settle_psf_layer(viewer, event.value))
+        _follow_renames(viewer, layer)
+
+    def inserted(event) -> None:
+        settle_psf_layer(viewer, event.value)
+        _follow_renames(viewer, event.value)
+
+    viewer.layers.events.inserted.connect(inserted)
