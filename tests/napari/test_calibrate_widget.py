@@ -253,3 +253,119 @@ def test_calibrate_reads_na_and_emission_of_an_ome_tiff(make_napari_viewer, tmp_
     assert widget._wavelength.value == pytest.approx(600)
     assert widget._pixel_size.value == pytest.approx(22)
     assert widget.assumed_text() == "" and widget._optics_note.native.isHidden()
+
+
+def test_another_bead_image_refills_the_optics_from_its_own_metadata(
+    make_napari_viewer, qtbot, notes, confocal_stack
+):
+    """After calibrating beads with 22 nm pixels, choosing an image that states no pixel
+    size shows the default as assumed (it kept 22 nm and called it assumed); an image with
+    its own pixel size gets it; a value typed for one image does not carry over."""
+    from napari_deepblur._qt import CalibrateWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(
+        confocal_stack, name="Bead_Image1_crop", scale=(125.0, 22.49, 22.49), units="nm"
+    )
+    viewer.dims.set_point(0, 125.0)
+    plain = viewer.add_image(confocal_stack[1].copy(), name="no pixel size")
+    coarse = viewer.add_image(
+        confocal_stack[1].copy(), name="coarse", scale=(50.0, 50.0), units=("nm", "nm")
+    )
+    widget = CalibrateWidget(viewer)
+    widget._image_layer.value = viewer.layers["Bead_Image1_crop"]
+    assert widget._pixel_size.value == pytest.approx(22.49)
+    widget._na.value = 1.3  # typed for these beads
+    _run(qtbot, widget)
+    assert widget.state == RunState.DONE, notes["error"]
+
+    widget._image_layer.value = plain
+    assert widget._pixel_size.value == pytest.approx(74)
+    assert widget._na.value == pytest.approx(1.4)
+    note = widget._optics_note
+    assert "assumed NA 1.4, wavelength 520 nm, pixel size 74 nm" in note.value
+    assert not note.native.isHidden()
+    widget._image_layer.value = coarse
+    assert widget._pixel_size.value == pytest.approx(50)
+    assert "pixel size" not in widget._optics_note.value
+
+
+def test_a_failed_run_leaves_no_older_family_to_save(
+    make_napari_viewer, qtbot, notes, confocal_stack, tmp_path
+):
+    """A run that fails after one that worked: no summary, plot or Save of the older run
+    is left (saving wrote the older family)."""
+    from napari_deepblur._qt import CalibrateWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(confocal_stack, name="beads", scale=(125.0, 22.0, 22.0), units="nm")
+    viewer.dims.set_point(0, 125.0)
+    widget = CalibrateWidget(viewer)
+    _run(qtbot, widget)
+    assert widget.state == RunState.DONE and widget._save_button.enabled
+    assert not widget._summary.native.isHidden() and not widget._plot.isHidden()
+
+    widget._planes.value = "all planes (one state each)"  # plane 1 has no bead
+    _run(qtbot, widget)
+    assert widget.state == RunState.FAILED
+    assert "no usable bead in plane 1" in widget._status.value
+    assert widget.result is None and not widget._save_button.enabled
+    assert widget._summary.native.isHidden() and widget._plot.isHidden()
+    assert widget.save_family(tmp_path / "old.safetensors") is None
+    assert not (tmp_path / "old.safetensors").exists()
+
+
+def test_the_family_file_follows_the_bead_image(
+    make_napari_viewer, qtbot, notes, confocal_stack, tmp_path, monkeypatch
+):
+    """The family file is named after the chosen image, in the folder chosen before (it
+    kept the first image's name); the other image's family is not offered for saving."""
+    from napari_deepblur._qt import CalibrateWidget
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    viewer = make_napari_viewer()
+    viewer.add_image(confocal_stack[1].copy(), name="beads", scale=(22.0, 22.0), units="nm")
+    other = viewer.add_image(confocal_stack[2].copy(), name="other beads")
+    widget = CalibrateWidget(viewer)
+    assert widget._save_path.value == tmp_path / "beads-family.safetensors"
+    folder = tmp_path / "families"
+    folder.mkdir()
+    widget._save_path.value = folder / "mine.safetensors"
+    _run(qtbot, widget)
+    assert widget.state == RunState.DONE and widget._save_button.enabled
+    assert widget._save_path.value == folder / "mine.safetensors"  # typed: kept
+
+    widget._image_layer.value = other
+    assert widget._save_path.value == folder / "other_beads-family.safetensors"
+    assert widget.result is None and not widget._save_button.enabled
+
+
+def test_the_calibrate_dock_fits_its_width(make_napari_viewer, qtbot, notes, confocal_stack):
+    """In a 1600×900 window, with a long layer name, a stack and the results shown (then the
+    dock scrolls), no control is cut off on the right (the content was 392 px wide in a
+    366 px viewport: the spin boxes' "+" and "Select file" were hidden)."""
+    from napari_deepblur._qt import CalibrateWidget
+
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    window.resize(1600, 900)
+    viewer.add_image(
+        confocal_stack, name="Bead_Image1_crop", scale=(125.0, 22.49, 22.49), units="nm"
+    )
+    viewer.dims.set_point(0, 125.0)
+    widget = CalibrateWidget(viewer)
+    viewer.window.add_dock_widget(widget, area="right")
+    viewport = widget.native.viewport()
+
+    def fits() -> bool:
+        qtbot.wait(100)
+        content = widget.content
+        return max(content.width(), content.minimumSizeHint().width()) <= viewport.width()
+
+    assert fits(), (widget.content.minimumSizeHint().width(), viewport.width())
+    _run(qtbot, widget)
+    assert widget.state == RunState.DONE, notes["error"]
+    scrollbar = widget.native.verticalScrollBar()
+    qtbot.waitUntil(scrollbar.isVisible, timeout=3000)  # the results make it scroll
+    assert fits(), (widget.content.minimumSizeHint().width(), viewport.width())
+    assert window.width() == 1600

@@ -137,7 +137,7 @@ def iter_calibrate_layers(request: CalibrateRequest) -> Generator[Any, None, Cal
 
 
 #: Size of the results plot, px (it fits the dock's width).
-PLOT_PX = (340, 190)
+PLOT_PX = (300, 180)
 
 
 def plot_image(result, size_px: tuple[int, int] = PLOT_PX, dpi: int = 80):

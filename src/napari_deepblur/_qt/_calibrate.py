@@ -27,7 +27,14 @@ from magicgui.widgets import (
 from .. import _napari as logic
 from .._napari import calibrate as calib
 from . import _job
-from ._job import JobWidget, layer_optics, wrap_to_dock_width
+from ._job import (
+    DEFAULT_OPTICS,
+    JobWidget,
+    export_folder,
+    layer_optics,
+    safe_file_name,
+    wrap_to_dock_width,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -38,6 +45,9 @@ ALL_PLANES = "all planes (one state each)"
 AUTO = "auto"
 #: The optics fields, by the name :class:`~napari_deepblur.formats.KnownOptics` gives them.
 _OPTICS_NAMES = {"na": "NA", "wavelength_nm": "wavelength", "pixel_size_nm": "pixel size"}
+#: The Bead image and Planes boxes ask this many characters' width, not their longest
+#: choice's ("all planes (one state each)", a long layer name): the dock must fit its width.
+COMBO_CHARS = 8
 
 
 class CalibrateWidget(JobWidget):
@@ -104,6 +114,11 @@ class CalibrateWidget(JobWidget):
         wrap_to_dock_width(self._summary)
         self._summary.native.setWordWrap(True)
         self._save_path = FileEdit(label="Family file", mode="w", filter="*.safetensors")
+        for combo in (self._image_layer, self._planes):  # the full text shows when open
+            combo.native.setSizeAdjustPolicy(
+                combo.native.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+            )
+            combo.native.setMinimumContentsLength(COMBO_CHARS)
         self._save_button = PushButton(text="Save family…", enabled=False)
         settings = Container(
             labels=True,
@@ -166,8 +181,13 @@ class CalibrateWidget(JobWidget):
         self._show_assumed()
 
     def _on_layer_changed(self, layer: Any) -> None:
+        """Another bead image: the optics refilled from its metadata, file and scale (what
+        it does not state: the defaults, shown as assumed, never another image's values),
+        the family file named after it, and the last result forgotten (it is another
+        image's)."""
         shape = () if layer is None else tuple(_data(layer).shape)
         self._planes.visible = len(shape) > 2
+        self._clear_result()
         if layer is None:
             return
         optics = layer_optics(layer)
@@ -176,13 +196,29 @@ class CalibrateWidget(JobWidget):
         try:
             for name, box in self._optics_boxes().items():
                 value = getattr(optics, name)
-                if value:
-                    box.value = value
-                else:
+                if not value:
                     self._assumed.add(name)
+                box.value = value or getattr(DEFAULT_OPTICS, name)
         finally:
             self._reading_layer = False
         self._show_assumed()
+        self._name_family_file(layer.name, layer)
+
+    def _name_family_file(self, name: str, layer: Any = None) -> None:
+        """The family file path follows the image: ``<name>-family.safetensors`` in the
+        folder chosen before, else the folder of the image's file (``layer``), else home."""
+        chosen = Path(str(self._save_path.value))
+        folder = chosen.parent if str(chosen) != "." else export_folder(layer)
+        self._save_path.value = folder / f"{safe_file_name(name, 'beads')}-family.safetensors"
+
+    def _clear_result(self) -> None:
+        """Forget the last calibration (a new run, or another image): nothing to save, and
+        no summary or plot of it left showing."""
+        self._result = None
+        self._save_button.enabled = False
+        self._summary.value, self._summary.visible = "", False
+        if self._plot is not None:
+            self._plot.hide()
 
     def _on_optics_edited(self, name: str) -> None:
         if not self._reading_layer:  # set by the user: no longer an assumption
@@ -216,6 +252,7 @@ class CalibrateWidget(JobWidget):
     def _prepare(self):
         from napari.layers import Image
 
+        self._clear_result()  # a failed run leaves no older family to save
         layer = self._image_layer.value
         if layer is None:
             raise logic.UserError("open an image of beads first (File > Open)")
@@ -252,7 +289,6 @@ class CalibrateWidget(JobWidget):
             self._viewer.reset_view()  # the eigen-PSFs sit right of the bead image
         assumed = self.assumed_text()
         if result.error:  # too few beads: the detections are shown, with their reasons
-            self._summary.visible = False
             raise logic.UserError(result.error + (f" ({assumed})" if assumed else ""))
         self._result = result.result
         r = result.result
@@ -270,8 +306,8 @@ class CalibrateWidget(JobWidget):
         self._summary.visible = True
         self._show_plot(result.plot)
         self._save_button.enabled = True
-        if not str(self._save_path.value) or str(self._save_path.value) == ".":
-            self._save_path.value = Path.home() / f"{_safe(self._source)}-family.safetensors"
+        if getattr(self._image_layer.value, "name", None) != self._source:  # chosen meanwhile
+            self._name_family_file(self._source)
         rejected = ", ".join(f"{n} {k}" for k, n in r.rejection_counts().items())
         self._status.value = f"Calibrated from {len(r.accepted)} beads" + (
             f" (rejected: {rejected})." if rejected else "."
@@ -288,6 +324,7 @@ class CalibrateWidget(JobWidget):
         if self._plot is None:
             self._plot = QLabel()
             self.content.layout().insertWidget(5, self._plot)
+        self._plot.show()
         height, width = pixels.shape[:2]
         image = QImage(pixels.data, width, height, 4 * width, QImage.Format.Format_RGBA8888)
         self._plot.setPixmap(QPixmap.fromImage(image.copy()))
@@ -323,8 +360,3 @@ class CalibrateWidget(JobWidget):
 
 def _data(layer):
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-
-
-def _safe(name: str) -> str:
-    text = "".join(c if c.isalnum() or c in "-." else "_" for c in name)
-    return "_".join(part for part in text.split("_") if part) or "beads"

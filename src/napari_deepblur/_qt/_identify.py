@@ -28,13 +28,16 @@ from qtpy.QtWidgets import QHeaderView, QStyledItemDelegate
 
 from .. import _napari as logic
 from ._job import (
+    DEFAULT_OPTICS,
     JobWidget,
     device_choices,
+    export_folder,
     layer_axes,
     layer_geometry,
     layer_optics,
     notify_error,
     notify_info,
+    safe_file_name,
     wrap_to_dock_width,
 )
 from ._psf_files import watch_psf_files
@@ -43,8 +46,6 @@ from ._view import reveal
 if TYPE_CHECKING:
     import napari
 
-#: Shown when a layer has no optics in its metadata.
-DEFAULT_OPTICS = logic.KnownOptics(na=1.4, wavelength_nm=520.0, pixel_size_nm=74.0)
 #: The choices for a stack (Z, T, C), and the pipeline's stack mode for each.
 CURRENT_PLANE = "current plane"
 ALL_PLANES_MEDIAN = "all planes (median)"
@@ -354,8 +355,8 @@ class IdentifyWidget(JobWidget):
         self._export_button.enabled = True
         # the export path follows the latest PSF, in the folder chosen before (if any)
         chosen = Path(str(self._export_path.value))
-        folder = chosen.parent if str(chosen) != "." else _export_folder(self._image_layer.value)
-        self._export_path.value = folder / f"{_safe(added[0].name)}.psf.tif"
+        folder = chosen.parent if str(chosen) != "." else export_folder(self._image_layer.value)
+        self._export_path.value = folder / f"{safe_file_name(added[0].name, 'psf')}.psf.tif"
         tiles = len(result.estimate.tiles)
         planes = added[0].metadata.get("planes") or []
         kinds = [layer.metadata.get("deepblur_layer") for layer in added]
@@ -446,19 +447,6 @@ class IdentifyWidget(JobWidget):
 def _data(layer):
     """The layer's array (the full-resolution level of a multiscale layer)."""
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-
-
-def _export_folder(layer) -> Path:
-    """The folder of the image's file when it came from one, else the home folder."""
-    path = getattr(getattr(layer, "source", None), "path", None)
-    if path and Path(path).parent.is_dir():
-        return Path(path).parent
-    return Path.home()
-
-
-def _safe(name: str) -> str:
-    text = "".join(c if c.isalnum() or c in "-." else "_" for c in name)
-    return "_".join(part for part in text.split("_") if part) or "psf"
 
 
 def _channel_wavelengths(layer) -> tuple[int, list] | None:

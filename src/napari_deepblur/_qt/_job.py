@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import sys
 import logging
+import sys
 import threading
 import weakref
 from collections.abc import Generator
@@ -37,6 +37,8 @@ _log = logging.getLogger(__name__)
 MODEL_FILE_CHOICE = "model file…"
 #: Docks stay narrow enough to leave the canvas most of the window.
 MAX_WIDTH_PX = 480
+#: The optics a dock shows for an image that states none (NA, emission nm, pixel nm).
+DEFAULT_OPTICS = logic.KnownOptics(na=1.4, wavelength_nm=520.0, pixel_size_nm=74.0)
 #: After Run, the button (which now reads Cancel) stays disabled for this long: the second
 #: click of a double-click must not cancel the job it started.
 CANCEL_GRACE_MS = 600
@@ -518,6 +520,26 @@ def layer_geometry(layer, axes: int = 2) -> dict:
         affine=layer.affine.affine_matrix,
         axes=axes,
     )
+
+
+def export_folder(layer) -> Path:
+    """Where a dock first offers to save what it made of ``layer``: the folder of the
+    image's file when it came from one, else the home folder."""
+    path = getattr(getattr(layer, "source", None), "path", None)
+    if path and Path(path).parent.is_dir():
+        return Path(path).parent
+    return Path.home()
+
+
+def safe_file_name(name: str, fallback: str) -> str:
+    """A layer name as a file name: letters, digits, "-" and "." kept, runs of anything
+    else one "_"; ``fallback`` when nothing is left.
+
+    >>> safe_file_name("cell 2 / [1] PSF", "psf"), safe_file_name("///", "psf")
+    ('cell_2_1_PSF', 'psf')
+    """
+    text = "".join(c if c.isalnum() or c in "-." else "_" for c in name)
+    return "_".join(part for part in text.split("_") if part) or fallback
 
 
 def _on_destroyed(widget_ref, *_: Any) -> None:
