@@ -133,3 +133,32 @@ def test_end_comparison_gives_the_contrast_back_and_a_new_layer_ends_it(
     viewer.layers.remove(raw)
     deblur._compare_button.native.click()
     assert f"'{raw.name}' is no longer in the viewer" in notes["error"][-1]
+
+
+def test_a_stack_in_3d_view_has_no_current_plane_and_compares_in_2d(
+    make_napari_viewer, small_sample, qtbot, notes
+):
+    """In napari's 3D view, "current plane" of a stack is refused with a sentence (plane 0
+    was taken without a word); Compare shows the two side by side in 2D, and End
+    comparison goes back to 3D."""
+    from napari_deepblur._qt import DeblurWidget, IdentifyWidget
+
+    viewer = make_napari_viewer()
+    data, kwargs = small_sample
+    stack = viewer.add_image(np.stack([data, data[::-1]]), name="zs")
+    viewer.dims.ndisplay = 3
+    identify, deblur = IdentifyWidget(viewer), DeblurWidget(viewer)
+    for widget in (identify, deblur):
+        widget._device.value = "cpu"
+        assert widget.run() is None
+        assert "3D" in notes["error"][-1] and "2D view" in notes["error"][-1]
+    assert [layer.name for layer in viewer.layers] == ["zs"]
+
+    deblur._planes.value = "all planes"
+    _run(qtbot, deblur)
+    assert deblur.state == RunState.DONE, notes["error"]
+    deblur._compare_button.native.click()
+    assert viewer.dims.ndisplay == 2
+    deblur._compare_button.native.click()
+    assert viewer.dims.ndisplay == 3
+    assert stack.data.shape == (2, *data.shape)

@@ -265,7 +265,7 @@ class CalibrateWidget(JobWidget):
             calib.CalibrateRequest(
                 data=data,
                 source=layer.name,
-                plane=None if all_planes else self._plane_of(layer),
+                plane=None if all_planes else self._current_plane(layer),
                 optics=logic.KnownOptics(
                     float(self._na.value),
                     float(self._wavelength.value),

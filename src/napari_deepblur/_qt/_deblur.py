@@ -268,7 +268,7 @@ class DeblurWidget(JobWidget):
         request = logic.DeblurRequest(
             data=data,
             source=layer.name,
-            plane=None if all_planes else self._plane_of(layer),
+            plane=None if all_planes else self._current_plane(layer),
             estimate=estimate,
             of_this_image=of_this_image,
             model=model,
@@ -317,8 +317,8 @@ class DeblurWidget(JobWidget):
             self.compare()
 
     def compare(self) -> None:
-        """Raw and deblurred side by side (grid mode, only those two visible), with the same
-        contrast limits; the cameras are shared, so zoom and pan stay linked."""
+        """Raw and deblurred side by side (grid mode, only those two visible, in 2D), with
+        the same contrast limits; the cameras are shared, so zoom and pan stay linked."""
         raw, result = self._raw_layer, self._result_layer
         layers = self._viewer.layers
         if raw is None or result is None:
@@ -339,7 +339,9 @@ class DeblurWidget(JobWidget):
             "grid": _grid(self._viewer).enabled,
             "limits": {raw: tuple(raw.contrast_limits), result: tuple(result.contrast_limits)},
             "matched": limits,
+            "ndisplay": self._viewer.dims.ndisplay,
         }
+        self._viewer.dims.ndisplay = 2  # side by side in 3D: small, clipped views
         for layer in layers:
             layer.visible = layer in (raw, result)
         for layer in (raw, result):
@@ -353,7 +355,8 @@ class DeblurWidget(JobWidget):
         self._compare_button.text = "End comparison"
 
     def end_comparison(self) -> None:
-        """Back to the view before :meth:`compare` (visibility, grid mode, contrast)."""
+        """Back to the view before :meth:`compare` (visibility, grid mode, 2D or 3D view,
+        contrast)."""
         saved = self._saved_view
         for layer, visible in saved.get("visible", {}).items():
             if layer in self._viewer.layers:
@@ -365,6 +368,7 @@ class DeblurWidget(JobWidget):
             ):
                 layer.contrast_limits = before
         _grid(self._viewer).enabled = saved.get("grid", False)
+        self._viewer.dims.ndisplay = saved.get("ndisplay", self._viewer.dims.ndisplay)
         if "camera" in saved:
             camera(self._viewer).center, camera(self._viewer).zoom = saved["camera"]
         self._comparing = False

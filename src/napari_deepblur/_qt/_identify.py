@@ -332,7 +332,7 @@ class IdentifyWidget(JobWidget):
         request = logic.IdentifyRequest(
             data=data,
             source=layer.name,
-            plane=self._plane_of(layer),
+            plane=self._current_plane(layer) if stack_mode == "plane" else (),
             stack_mode=stack_mode,
             model=self._model_value(),
             optics=self._optics(),

@@ -470,6 +470,19 @@ class JobWidget(ScrollableDock, Container):
     def _refresh_choices(self, *_: Any) -> None:
         self.reset_choices()
 
+    def _current_plane(self, layer) -> tuple[int, ...]:
+        """The plane of ``layer`` to process when "current plane" is chosen: the one shown
+        (:meth:`_plane_of`). A stack seen in napari's 3D view shows no one plane: refused
+        with a sentence (it took plane 0 without a word)."""
+        shape = layer.data[0].shape if layer.multiscale else layer.data.shape
+        if len(shape) > 2 and self._viewer.dims.ndisplay == 3:
+            raise UserError(
+                "napari shows this stack in 3D, where no plane is the current one: switch "
+                "to the 2D view (the 2D/3D button, bottom left) and choose the plane with "
+                "the slider, or choose all planes"
+            )
+        return self._plane_of(layer)
+
     def _plane_of(self, layer) -> tuple[int, ...]:
         """The indices of the plane shown now for ``layer``'s leading axes."""
         from .._napari import plane_index
