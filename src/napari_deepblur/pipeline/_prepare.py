@@ -53,7 +53,7 @@ def as_image(image, min_size: int = 1) -> np.ndarray:
     if bad.any():
         raise ValueError(
             f"the image has {int(bad.sum())} NaN or infinite pixels; replace them "
-            "(e.g. with numpy.nan_to_num or an inpainting) before deblurring"
+            "(e.g. with numpy.nan_to_num or an inpainting) first"
         )
     return image32
 
@@ -258,7 +258,7 @@ def check_finite(stack, rows_per_block: int = 1024) -> None:
         where = f" in {len(bad_planes)} plane(s) ({shown}{more})"
     raise ValueError(
         f"the image has {sum(bad_planes.values())} NaN or infinite pixels{where}; replace "
-        "them (e.g. with numpy.nan_to_num or an inpainting) before deblurring"
+        "them (e.g. with numpy.nan_to_num or an inpainting) first"
     )
 
 

@@ -107,8 +107,7 @@ def _read_tile(
         bad = int((~np.isfinite(block)).sum())
         raise ValueError(
             f"the image has NaN or infinite pixels ({bad} in the tile at y={rows[0]}, "
-            f"x={cols[0]}); replace them (e.g. with numpy.nan_to_num or an inpainting) "
-            "before deblurring"
+            f"x={cols[0]}); replace them (e.g. with numpy.nan_to_num or an inpainting) first"
         )
     return block
 
