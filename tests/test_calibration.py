@@ -266,6 +266,13 @@ def test_cli_calibrate_end_to_end(tmp_path, capsys, strong_image):
     assert card["inputs"][0]["path"] == str(beads)
     assert card["calibration"]["beads_accepted"] == 36
     assert json.loads(out.with_suffix(".json").read_text())["sha256"] == card["sha256"]
+    # a family file is no model: said by its header as by load_model (a dock showed the
+    # sampling of a "model" that could not load)
+    from napari_deepblur.models import ModelFileError, load_model, model_header
+
+    for read in (model_header, load_model):
+        with pytest.raises(ModelFileError, match="is a family file, not a model"):
+            read(out)
     # refuses to overwrite; --overwrite replaces
     assert main(argv) == 2
     assert "exists" in capsys.readouterr().err

@@ -91,4 +91,12 @@ def _header_cached(path: str, mtime_ns: int, size: int) -> tuple[float, str]:
         fc, kind = float(config["fc"]), str(config["family"]["kind"])
     except Exception as err:  # noqa: BLE001 - any unreadable header is one error
         raise ModelFileError(f"{path} is not a readable napari-deepblur file: {err}") from err
+    check_is_model(path, config)
     return fc, kind
+
+
+def check_is_model(path, config: dict) -> None:
+    """Refuse a family file (from calibration: the operators, no networks) where a model
+    is needed, from its configuration (a model file's header)."""
+    if "identification" not in config:
+        raise ModelFileError(f"{path} is a family file, not a model (train one with it)")

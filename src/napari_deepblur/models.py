@@ -35,6 +35,7 @@ from .model_files import (  # noqa: F401 - the model-file names, without torch, 
     WEIGHTS_DIR,
     ModelFileError,
     ModelNotFoundError,
+    check_is_model,
     list_models,
     model_header,
     resolve_model_path,
@@ -421,8 +422,7 @@ def load_family(path: str | Path) -> tuple[OperatorFamily, float, dict]:
 def _load_cached(path: str, mtime_ns: int, size: int) -> DeepBlurModel:
     path = Path(path)
     config, tensors, card = _read_file(path)
-    if "identification" not in config:
-        raise ModelFileError(f"{path} is a family file, not a model (train one with it)")
+    check_is_model(path, config)
     family = _family(path, config, tensors)
     configs = {"identification": _network_config(path, "identification", config["identification"])}
     if config.get("deblurring"):
