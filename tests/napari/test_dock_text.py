@@ -128,3 +128,21 @@ def test_the_coefficient_table_fits_the_dock(make_napari_viewer, qtbot):
     qtbot.waitUntil(lambda: table.isVisible(), timeout=3000)
     qtbot.wait(50)
     assert table.horizontalScrollBar().maximum() == 0, "the table scrolls sideways"
+
+
+@pytest.mark.parametrize("dock", ["IdentifyWidget", "DeblurWidget", "DeepBlurPanel"])
+def test_a_long_layer_name_does_not_cut_the_dock_off(make_napari_viewer, qtbot, dock):
+    """A layer named as microscope software names files: the docks' combo boxes do not
+    grow with it (the content was 663 px wide in a 611 px scroll area: cut off)."""
+    from napari_deepblur import _qt
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1600, 900)
+    name = "2024-05-17 HeLa actin phalloidin 63x oil widefield stack 03 channel 2 raw"
+    viewer.add_image(np.zeros((3, 128, 128), np.float32), name=name)
+    widget = getattr(_qt, dock)(viewer)
+    viewer.window.add_dock_widget(widget, area="right")
+    qtbot.wait(100)
+    needed = max(widget.content.width(), widget.content.minimumSizeHint().width())
+    assert needed <= widget.native.viewport().width()
+    assert viewer.window._qt_window.width() == 1600

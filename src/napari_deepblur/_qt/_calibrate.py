@@ -31,6 +31,7 @@ from ._job import (
     DEFAULT_OPTICS,
     JobWidget,
     export_folder,
+    fit_combo_boxes,
     layer_optics,
     safe_file_name,
     wrap_to_dock_width,
@@ -45,9 +46,6 @@ ALL_PLANES = "all planes (one state each)"
 AUTO = "auto"
 #: The optics fields, by the name :class:`~napari_deepblur.formats.KnownOptics` gives them.
 _OPTICS_NAMES = {"na": "NA", "wavelength_nm": "wavelength", "pixel_size_nm": "pixel size"}
-#: The Bead image and Planes boxes ask this many characters' width, not their longest
-#: choice's ("all planes (one state each)", a long layer name): the dock must fit its width.
-COMBO_CHARS = 8
 
 
 class CalibrateWidget(JobWidget):
@@ -114,11 +112,6 @@ class CalibrateWidget(JobWidget):
         wrap_to_dock_width(self._summary)
         self._summary.native.setWordWrap(True)
         self._save_path = FileEdit(label="Family file", mode="w", filter="*.safetensors")
-        for combo in (self._image_layer, self._planes):  # the full text shows when open
-            combo.native.setSizeAdjustPolicy(
-                combo.native.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
-            )
-            combo.native.setMinimumContentsLength(COMBO_CHARS)
         self._save_button = PushButton(text="Save family…", enabled=False)
         settings = Container(
             labels=True,
@@ -148,6 +141,7 @@ class CalibrateWidget(JobWidget):
                 self._save_button,
             ]
         )
+        fit_combo_boxes(self)
         self._result = None
         self._source = ""
         self._plot = None  # the results plot (a QLabel showing its pixels)

@@ -19,6 +19,7 @@ from ._job import (
     MODEL_FILE_CHOICE,
     JobWidget,
     device_choices,
+    fit_combo_boxes,
     layer_axes,
     layer_geometry,
     layer_optics,
@@ -126,6 +127,7 @@ class DeblurWidget(JobWidget):
                 self._compare_button,
             ]
         )
+        fit_combo_boxes(self)
         self._raw_layer = None
         self._result_layer = None
         self._comparing = False

@@ -32,6 +32,7 @@ from ._job import (
     JobWidget,
     device_choices,
     export_folder,
+    fit_combo_boxes,
     layer_axes,
     layer_geometry,
     layer_optics,
@@ -177,6 +178,7 @@ class IdentifyWidget(JobWidget):
                 self._export_button,
             ]
         )
+        fit_combo_boxes(self)
         self._result_layer = None
         #: the image's channel axis (among its leading axes) and each channel's emission
         #: wavelength (nm), when its file states them: the wavelength follows the slider

@@ -578,6 +578,24 @@ def wrap_to_dock_width(label: Label) -> None:
     label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
 
 
+#: A dock's combo boxes ask this many characters' width, not their longest choice's (a long
+#: layer name, "all planes (one state each)"): the full text shows when the list is open.
+COMBO_CHARS = 8
+
+
+def fit_combo_boxes(container: Container) -> None:
+    """Make every combo box in ``container`` (and the containers in it) as narrow as
+    :data:`COMBO_CHARS` allows: a long layer name made the docks wider than their scroll
+    area (controls cut off on the right)."""
+    for widget in container:
+        if isinstance(widget, Container):
+            fit_combo_boxes(widget)
+        elif isinstance(widget, ComboBox):
+            combo = widget.native
+            combo.setSizeAdjustPolicy(combo.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(COMBO_CHARS)
+
+
 class _RemovalFilter(QObject):
     """Calls ``on_removed`` when the widget it watches loses its parent: napari takes a dock
     widget out of its dock (then deletes the dock) when the dock is closed or removed."""
