@@ -425,6 +425,22 @@ def test_a_library_deprecation_warning_is_not_shown_to_the_user(
     assert notes["warning"] == ["refinement skipped: the image is too small"]
 
 
+def test_an_image_removed_during_its_job_is_said(viewer_with_sample, qtbot, notes):
+    """The image deleted while Identify runs: the PSF is added all the same, and a
+    notification says so (it appeared beside nothing, without a word)."""
+    from napari_deepblur._qt import IdentifyWidget
+
+    viewer, layer = viewer_with_sample
+    widget = IdentifyWidget(viewer)
+    widget._device.value = "cpu"
+    widget._run_button.native.click()
+    viewer.layers.remove(layer)  # (before any event: the job has not returned)
+    _wait_idle(qtbot, widget)
+    assert widget.state == RunState.DONE and notes["error"] == []
+    assert f"'{layer.name}' was removed from the viewer" in notes["info"][-1]
+    assert viewer.layers[-1].name == f"{layer.name} PSF"
+
+
 def test_cancel_adds_no_layer(viewer_with_sample, qtbot, notes, monkeypatch):
     from napari_deepblur import _napari
     from napari_deepblur._qt import IdentifyWidget

@@ -175,6 +175,7 @@ class JobWidget(ScrollableDock, Container):
         self._run_state = RunStateMachine()
         self._worker = None
         self._pbar = None
+        self._job_layer = None  # the image the running (or last) job was started on
         self._activity_queue: list[tuple[int, int, str]] = []  # steps not yet shown there
         self._updating_activity = False
         self._run_button = PushButton(text=self.action)
@@ -287,6 +288,7 @@ class JobWidget(ScrollableDock, Container):
         except Exception as exc:  # noqa: BLE001 - every error becomes a notification
             self._fail(user_message(exc, self.action))
             return None
+        self._job_layer = getattr(getattr(self, "_image_layer", None), "value", None)
         self._run_state.set(RunState.RUNNING)
         self._run_button.enabled = False  # Cancel, once a double-click on Run is over
         QTimer.singleShot(CANCEL_GRACE_MS, self._enable_cancel)
@@ -361,6 +363,12 @@ class JobWidget(ScrollableDock, Container):
             self._run_state.set(RunState.IDLE)
             self._status.value = f"{self.action}: cancelled."
             return
+        source = self._job_layer
+        if source is not None and source not in self._viewer.layers:
+            notify_info(
+                f"'{source.name}' was removed from the viewer while {self.action} ran: "
+                "its result is added all the same."
+            )
         try:
             self._finish(result)
         except Exception as exc:  # noqa: BLE001
