@@ -69,6 +69,8 @@ def test_calibrate_adds_beads_and_eigen_psfs(
     assert widget._save_button.enabled
     # the input is untouched
     np.testing.assert_array_equal(layer.data, data)
+    # the eigen-PSFs are no image to calibrate, identify or deblur
+    assert list(widget._image_layer.choices) == [layer]
 
     monkeypatch.setenv("HOME", str(tmp_path))  # "~" is the home folder; .safetensors added
     path = widget.save_family("~/beads-family")
@@ -368,3 +370,30 @@ def test_the_calibrate_dock_fits_its_width(make_napari_viewer, qtbot, notes, con
     qtbot.wait(200)  # the results shown (the dock may scroll: a narrower viewport)
     assert fits(), (widget.content.minimumSizeHint().width(), viewport.width())
     assert window.width() == 1600
+
+
+def test_the_family_stays_when_its_bead_image_is_removed(
+    make_napari_viewer, qtbot, notes, bead_image, tmp_path
+):
+    """Calibrate, then delete the bead image (to free memory): the family can still be
+    saved, under the bead image's name (the result was dropped and the file renamed after
+    the layer the list moved on to)."""
+    from napari_deepblur._qt import CalibrateWidget
+
+    viewer = make_napari_viewer()
+    data, _ = bead_image
+    layer = viewer.add_image(data.copy(), name="beads", scale=(74.0, 74.0), units=("nm", "nm"))
+    other = viewer.add_image(data[::-1].copy(), name="other beads")
+    widget = CalibrateWidget(viewer)
+    widget._image_layer.value = layer
+    widget._use_fc.value = True
+    widget._fc.value = 0.2
+    widget._map_degree.value = 1
+    _run(qtbot, widget)
+    assert widget.state == RunState.DONE, notes["error"]
+    widget._save_path.value = named = tmp_path / "x.safetensors"
+    viewer.layers.remove(layer)
+    assert widget._image_layer.value is other
+    assert widget._save_button.enabled and widget._result is not None
+    assert widget._save_path.value == named
+    assert widget.save_family(widget._save_path.value).exists()

@@ -97,3 +97,33 @@ def test_the_wavelength_follows_the_channel_shown(
     assert widget._wavelength.value == pytest.approx(600)
     viewer.dims.set_current_step(1, 1)  # the channel's
     assert widget._wavelength.value == pytest.approx(640)
+
+
+def test_optics_typed_on_a_channel_stack_keep_the_channel_s_wavelength(
+    make_napari_viewer, small_sample, tmp_path
+):
+    """An NA typed for a two-channel stack (460 / 640 nm) comes back with it, and the
+    wavelength is still the one of the channel shown then (found in review: the channel
+    shown when leaving it came back with the NA)."""
+    import sys
+    from pathlib import Path
+
+    from napari_deepblur._qt import IdentifyWidget
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from test_channel_optics import write_ome
+
+    data, _ = small_sample
+    path = write_ome(tmp_path / "two.ome.tif", np.stack([data, data[::-1]]), [460, 640])
+    viewer = make_napari_viewer()
+    [stack] = viewer.open(path, plugin="napari")
+    other = viewer.add_image(data.copy(), name="other")
+    widget = IdentifyWidget(viewer)
+    widget._image_layer.value = stack
+    assert widget._wavelength.value == pytest.approx(460)
+    widget._na.value = 1.2  # typed
+    widget._image_layer.value = other
+    viewer.dims.set_current_step(0, 1)  # channel 1 (640 nm) shown meanwhile
+    widget._image_layer.value = stack
+    assert widget._na.value == pytest.approx(1.2)
+    assert widget._wavelength.value == pytest.approx(640)

@@ -162,3 +162,45 @@ def test_a_stack_in_3d_view_has_no_current_plane_and_compares_in_2d(
     deblur._compare_button.native.click()
     assert viewer.dims.ndisplay == 3
     assert stack.data.shape == (2, *data.shape)
+
+
+def test_compare_after_a_refused_run_shows_the_image_deblurred(
+    make_napari_viewer, small_sample, qtbot, notes
+):
+    """Deblur A, then a run refused on stack B (3D view): Compare still shows A beside
+    its result (it showed B: the image was taken before the refusal)."""
+    from napari_deepblur._qt import DeblurWidget
+
+    viewer = make_napari_viewer()
+    data, kwargs = small_sample
+    a = viewer.add_image(data.copy(), **{**kwargs, "name": "A"})
+    b = viewer.add_image(np.stack([data, data[::-1]]), name="B")
+    deblur = DeblurWidget(viewer)
+    deblur._device.value = "cpu"
+    deblur._image_layer.value = a
+    _run(qtbot, deblur)
+    result = viewer.layers["A deblurred"]
+    viewer.dims.ndisplay = 3
+    deblur._image_layer.value = b
+    assert deblur.run() is None and "3D" in notes["error"][-1]
+    viewer.dims.ndisplay = 2
+    deblur._compare_button.native.click()
+    assert [layer for layer in viewer.layers if layer.visible] == [a, result]
+
+
+def test_an_image_renamed_while_identified_keeps_its_psf(
+    make_napari_viewer, small_sample, qtbot, notes
+):
+    from napari_deepblur._qt import DeblurWidget, IdentifyWidget
+
+    viewer = make_napari_viewer()
+    data, kwargs = small_sample
+    image = viewer.add_image(data.copy(), **{**kwargs, "name": "cell"})
+    identify, deblur = IdentifyWidget(viewer), DeblurWidget(viewer)
+    identify._device.value = "cpu"
+    identify._run_button.native.click()
+    image.name = "cell A"  # (before any event: the job has not returned)
+    qtbot.waitUntil(lambda: not identify.busy and identify.worker is None, timeout=TIMEOUT_MS)
+    psf = viewer.layers[-1]
+    assert psf.metadata["format"] == PSF_FORMAT and psf.metadata["source"] == "cell A"
+    assert deblur._psf_layer.value is psf

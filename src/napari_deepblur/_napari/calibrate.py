@@ -289,7 +289,7 @@ def eigen_psf_layer_data(
         "contrast_limits": (-1.0, 1.0),
         "scale": scale,
         "translate": translate,
-        "metadata": {"calibration": result.summary()},
+        "metadata": {"calibration": result.summary(), "deepblur_layer": "eigen-PSFs"},
     }
     for key in ("units", "affine"):
         if geometry.get(key) is not None:

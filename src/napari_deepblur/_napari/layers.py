@@ -30,7 +30,7 @@ WEIGHT_MAP_COLORMAP = "PiYG"
 
 #: ``metadata["deepblur_layer"]`` of the layers that only illustrate an estimate (not images
 #: to identify or deblur).
-AUXILIARY_LAYERS = ("psf map", "kernel map", "weight map")
+AUXILIARY_LAYERS = ("psf map", "kernel map", "weight map", "eigen-PSFs")
 
 
 LayerDataTuple = tuple[Any, dict, str]

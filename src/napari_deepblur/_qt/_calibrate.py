@@ -30,10 +30,11 @@ from . import _job
 from ._job import (
     DEFAULT_OPTICS,
     JobWidget,
-    export_folder,
     fit_combo_boxes,
+    full_resolution,
     layer_optics,
     safe_file_name,
+    save_path_for,
     wrap_to_dock_width,
 )
 
@@ -178,10 +179,16 @@ class CalibrateWidget(JobWidget):
         """Another bead image: the optics refilled from its metadata, file and scale (what
         it does not state: the defaults, shown as assumed, never another image's values),
         the family file named after it, and the last result forgotten (it is another
-        image's)."""
-        shape = () if layer is None else tuple(_data(layer).shape)
+        image's). When the calibrated image was removed from the viewer (the list moved on
+        by itself), its family stays, to be saved under its name."""
+        shape = () if layer is None else tuple(full_resolution(layer).shape)
         self._planes.visible = len(shape) > 2
-        self._clear_result()
+        calibrated = self._job_layer
+        keep = self._result is not None and (
+            calibrated is None or calibrated not in self._viewer.layers
+        )
+        if not keep:
+            self._clear_result()
         if layer is None:
             return
         optics = layer_optics(layer)
@@ -196,14 +203,14 @@ class CalibrateWidget(JobWidget):
         finally:
             self._reading_layer = False
         self._show_assumed()
-        self._name_family_file(layer.name, layer)
+        if not keep:
+            self._name_family_file(layer.name, layer)
 
     def _name_family_file(self, name: str, layer: Any = None) -> None:
         """The family file path follows the image: ``<name>-family.safetensors`` in the
         folder chosen before, else the folder of the image's file (``layer``), else home."""
-        chosen = Path(str(self._save_path.value))
-        folder = chosen.parent if str(chosen) != "." else export_folder(layer)
-        self._save_path.value = folder / f"{safe_file_name(name, 'beads')}-family.safetensors"
+        file_name = f"{safe_file_name(name, 'beads')}-family.safetensors"
+        self._save_path.value = save_path_for(self._save_path, layer, file_name)
 
     def _clear_result(self) -> None:
         """Forget the last calibration (a new run, or another image): nothing to save, and
@@ -252,7 +259,7 @@ class CalibrateWidget(JobWidget):
             raise logic.UserError("open an image of beads first (File > Open)")
         if not isinstance(layer, Image) or getattr(layer, "rgb", False):
             raise logic.UserError("choose a grey-level image layer of beads")
-        data = _data(layer)
+        data = full_resolution(layer)
         all_planes = self._planes.value == ALL_PLANES and data.ndim > 2
         self._source = layer.name
         return calib.iter_calibrate_layers(
@@ -350,7 +357,3 @@ class CalibrateWidget(JobWidget):
             return None
         _job.notify_info(f"Family written to {written} (card: {written.with_suffix('.json')}).")
         return written
-
-
-def _data(layer):
-    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data

@@ -20,6 +20,7 @@ from ._job import (
     JobWidget,
     device_choices,
     fit_combo_boxes,
+    full_resolution,
     layer_axes,
     layer_geometry,
     layer_optics,
@@ -240,9 +241,9 @@ class DeblurWidget(JobWidget):
         layer = self._image_layer.value
         if layer is None:
             raise logic.UserError("open an image first (File > Open, or File > Open Sample)")
-        shape = layer.data[0].shape if layer.multiscale else layer.data.shape
+        shape = full_resolution(layer).shape
         logic.check_layer(type(layer).__name__, rgb=getattr(layer, "rgb", False), shape=shape)
-        data = layer.data[0] if layer.multiscale else layer.data
+        data = full_resolution(layer)
         all_planes = len(shape) > 2 and self._planes.value == ALL_PLANES
         if all_planes:
             logic.check_not_across_channels(
@@ -266,7 +267,6 @@ class DeblurWidget(JobWidget):
         noise = None
         if self._noise_override.value:
             noise = {"alpha": float(self._noise_alpha.value), "beta": float(self._noise_beta.value)}
-        self._raw_layer = layer
         request = logic.DeblurRequest(
             data=data,
             source=layer.name,
@@ -301,7 +301,7 @@ class DeblurWidget(JobWidget):
         added = self._add_layers(result.layers)
         reveal(self._viewer, added)
         self._result_layer = added[-1]
-        raw = self._raw_layer
+        self._raw_layer = raw = self._job_layer  # (the image the job ran on)
         if raw is not None and raw in self._viewer.layers:
             self._result_layer.contrast_limits = logic.matched_contrast_limits(
                 _current(raw, self._viewer), self._result_layer.data
@@ -333,17 +333,19 @@ class DeblurWidget(JobWidget):
                 "to compare it with its result."
             )
             return
-        limits = logic.matched_contrast_limits(_current(raw, self._viewer), result.data)
         view = camera(self._viewer)
         self._saved_view = {
             "camera": (tuple(view.center), float(view.zoom)),
             "visible": {layer: layer.visible for layer in layers},
             "grid": _grid(self._viewer).enabled,
             "limits": {raw: tuple(raw.contrast_limits), result: tuple(result.contrast_limits)},
-            "matched": limits,
             "ndisplay": self._viewer.dims.ndisplay,
         }
-        self._viewer.dims.ndisplay = 2  # side by side in 3D: small, clipped views
+        # side by side in 3D: small, clipped views; and going to 2D may move the sliders,
+        # so the contrast is matched on the plane shown after
+        self._viewer.dims.ndisplay = 2
+        limits = logic.matched_contrast_limits(_current(raw, self._viewer), result.data)
+        self._saved_view["matched"] = limits
         for layer in layers:
             layer.visible = layer in (raw, result)
         for layer in (raw, result):
@@ -414,7 +416,7 @@ def _identified(psf) -> str:
 
 def _current(layer, viewer):
     """The plane of ``layer`` shown now (for contrast limits of large stacks)."""
-    data = layer.data[0] if layer.multiscale else layer.data
+    data = full_resolution(layer)
     if data.ndim <= 2:
         return data
     from .._napari import plane_index

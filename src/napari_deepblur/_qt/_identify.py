@@ -31,14 +31,15 @@ from ._job import (
     DEFAULT_OPTICS,
     JobWidget,
     device_choices,
-    export_folder,
     fit_combo_boxes,
+    full_resolution,
     layer_axes,
     layer_geometry,
     layer_optics,
     notify_error,
     notify_info,
     safe_file_name,
+    save_path_for,
     wrap_to_dock_width,
 )
 from ._psf_files import watch_psf_files
@@ -184,9 +185,9 @@ class IdentifyWidget(JobWidget):
         #: wavelength (nm), when its file states them: the wavelength follows the slider
         self._channel_wavelengths: tuple[int, list] | None = None
         self._shown_channel: int | None = None  # the channel whose wavelength is shown
-        #: optics typed for an image, given back when it is chosen again: (Optics known, NA,
-        #: wavelength nm, pixel size nm) by layer; and the layer the fields show, with what
-        #: was filled in for it (to tell typed values from filled ones)
+        #: optics typed for an image, given back when it is chosen again: by layer, the
+        #: fields changed ({index in (Optics known, NA, wavelength nm, pixel size nm):
+        #: value}); and the layer the fields show, with what was filled in for it
         self._typed_optics: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._optics_of: tuple[Any, tuple] | None = None
         self._image_layer.changed.connect(self._on_layer_changed)
@@ -211,7 +212,7 @@ class IdentifyWidget(JobWidget):
     def _on_layer_changed(self, layer: Any) -> None:
         """Prefill the optics from the layer's metadata and scale/units; offer the choice of
         planes for stacks only."""
-        shape = () if layer is None else tuple(_data(layer).shape)
+        shape = () if layer is None else tuple(full_resolution(layer).shape)
         self._planes.visible = len(shape) > 2 and not getattr(layer, "rgb", False)
         if layer is None:
             self._update_fc()
@@ -219,21 +220,21 @@ class IdentifyWidget(JobWidget):
         self._remember_typed_optics()
         self._channel_wavelengths = _channel_wavelengths(layer)
         self._shown_channel = self._channel_of(layer)
-        typed = self._typed_optics.get(layer)
-        if typed is not None:
-            self._set_optics_fields(typed)
-        else:
-            optics = layer_optics(layer, self._shown_channel)
-            guess = DEFAULT_OPTICS
-            self._set_optics_fields(
-                (
-                    optics.complete,
-                    optics.na or self._na.value or guess.na,
-                    optics.wavelength_nm or self._wavelength.value,
-                    optics.pixel_size_nm or self._pixel_size.value,
-                )
+        optics = layer_optics(layer, self._shown_channel)
+        guess = DEFAULT_OPTICS
+        self._set_optics_fields(
+            (
+                optics.complete,
+                optics.na or self._na.value or guess.na,
+                optics.wavelength_nm or self._wavelength.value,
+                optics.pixel_size_nm or self._pixel_size.value,
             )
-        self._optics_of = (weakref.ref(layer), self._optics_fields())
+        )
+        filled = self._optics_fields()
+        typed = self._typed_optics.get(layer, {})
+        if typed:  # over what is filled in (the wavelength of the channel shown now)
+            self._set_optics_fields(tuple(typed.get(i, v) for i, v in enumerate(filled)))
+        self._optics_of = (weakref.ref(layer), filled)
         self._update_fc()
 
     def _optics_fields(self) -> tuple:
@@ -254,14 +255,16 @@ class IdentifyWidget(JobWidget):
         )
 
     def _remember_typed_optics(self) -> None:
-        """The optics fields of the image shown until now, kept for it if the user changed
-        them (another image chosen, then this one again: what was typed comes back)."""
+        """The optics fields the user changed for the image shown until now, kept for it
+        (another image chosen, then this one again: what was typed comes back; the rest is
+        filled in again)."""
         if self._optics_of is None:
             return
         ref, filled = self._optics_of
         layer, now = ref(), self._optics_fields()
-        if layer is not None and now != filled:
-            self._typed_optics[layer] = now
+        if layer is not None:
+            typed = {i: v for i, (v, f) in enumerate(zip(now, filled, strict=True)) if v != f}
+            self._typed_optics[layer] = typed
 
     def _channel_of(self, layer) -> int | None:
         """The channel shown now, for a layer whose channels state their wavelengths."""
@@ -284,9 +287,9 @@ class IdentifyWidget(JobWidget):
         wavelengths = self._channel_wavelengths[1]
         if channel < len(wavelengths) and wavelengths[channel]:
             self._wavelength.value = wavelengths[channel]
-            if self._optics_of is not None:  # filled in, not typed
+            if self._optics_of is not None:  # filled in, not typed (as the field rounds it)
                 ref, (use, na, _, pixel_size_nm) = self._optics_of
-                self._optics_of = (ref, (use, na, float(wavelengths[channel]), pixel_size_nm))
+                self._optics_of = (ref, (use, na, float(self._wavelength.value), pixel_size_nm))
 
     def _on_use_optics(self, value: bool) -> None:
         for w in (self._na, self._wavelength, self._pixel_size):
@@ -324,7 +327,7 @@ class IdentifyWidget(JobWidget):
         layer = self._image_layer.value
         if layer is None:
             raise logic.UserError("open an image first (File > Open, or File > Open Sample)")
-        data = _data(layer)
+        data = full_resolution(layer)
         logic.check_layer(type(layer).__name__, rgb=getattr(layer, "rgb", False), shape=data.shape)
         stack_mode = STACK_MODES[self._planes.value] if len(data.shape) > 2 else "plane"
         if stack_mode == "median":
@@ -356,9 +359,11 @@ class IdentifyWidget(JobWidget):
         self.show_estimate(added[0].metadata)
         self._export_button.enabled = True
         # the export path follows the latest PSF, in the folder chosen before (if any)
-        chosen = Path(str(self._export_path.value))
-        folder = chosen.parent if str(chosen) != "." else export_folder(self._image_layer.value)
-        self._export_path.value = folder / f"{safe_file_name(added[0].name, 'psf')}.psf.tif"
+        self._export_path.value = save_path_for(
+            self._export_path,
+            self._image_layer.value,
+            f"{safe_file_name(added[0].name, 'psf')}.psf.tif",
+        )
         tiles = len(result.estimate.tiles)
         planes = added[0].metadata.get("planes") or []
         kinds = [layer.metadata.get("deepblur_layer") for layer in added]
@@ -446,11 +451,6 @@ class IdentifyWidget(JobWidget):
         return written
 
 
-def _data(layer):
-    """The layer's array (the full-resolution level of a multiscale layer)."""
-    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-
-
 def _channel_wavelengths(layer) -> tuple[int, list] | None:
     """``(channel axis among the leading axes, [emission wavelength per channel, nm])`` of
     a layer whose file states one per channel (an OME-TIFF opened by napari's reader keeps
@@ -458,7 +458,7 @@ def _channel_wavelengths(layer) -> tuple[int, list] | None:
     axes = layer_axes(layer)
     if "C" not in axes[:-2]:
         return None
-    channels = (layer.data[0] if layer.multiscale else layer.data).shape[axes.index("C")]
+    channels = full_resolution(layer).shape[axes.index("C")]
     source = getattr(getattr(layer, "source", None), "path", None)
     wavelengths = logic.channel_wavelengths_nm(layer.metadata, source)
     if len(wavelengths) != channels or len({w for w in wavelengths if w}) < 2:

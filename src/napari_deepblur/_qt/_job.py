@@ -175,7 +175,8 @@ class JobWidget(ScrollableDock, Container):
         self._run_state = RunStateMachine()
         self._worker = None
         self._pbar = None
-        self._job_layer = None  # the image the running (or last) job was started on
+        self._job_layer_ref = None  # the image the running (or last) job was started on
+        self._job_layer_name = ""  # its name then
         self._activity_queue: list[tuple[int, int, str]] = []  # steps not yet shown there
         self._updating_activity = False
         self._run_button = PushButton(text=self.action)
@@ -288,7 +289,9 @@ class JobWidget(ScrollableDock, Container):
         except Exception as exc:  # noqa: BLE001 - every error becomes a notification
             self._fail(user_message(exc, self.action))
             return None
-        self._job_layer = getattr(getattr(self, "_image_layer", None), "value", None)
+        layer = getattr(getattr(self, "_image_layer", None), "value", None)
+        self._job_layer_ref = None if layer is None else weakref.ref(layer)
+        self._job_layer_name = getattr(layer, "name", "")
         self._run_state.set(RunState.RUNNING)
         self._run_button.enabled = False  # Cancel, once a double-click on Run is over
         QTimer.singleShot(CANCEL_GRACE_MS, self._enable_cancel)
@@ -313,6 +316,11 @@ class JobWidget(ScrollableDock, Container):
         self._run_state.set(RunState.CANCELLING)
         self._status.value = f"{self.action}: cancelling…"
         self._worker.quit()
+
+    @property
+    def _job_layer(self) -> Any:
+        """The image layer the last job was started on (None once it is deleted)."""
+        return None if self._job_layer_ref is None else self._job_layer_ref()
 
     def _gone(self) -> bool:
         """The dock was closed or its widgets deleted: the worker's signals must be
@@ -363,12 +371,18 @@ class JobWidget(ScrollableDock, Container):
             self._run_state.set(RunState.IDLE)
             self._status.value = f"{self.action}: cancelled."
             return
-        source = self._job_layer
-        if source is not None and source not in self._viewer.layers:
+        source, name = self._job_layer, self._job_layer_name
+        if name and (source is None or source not in self._viewer.layers):
             notify_info(
-                f"'{source.name}' was removed from the viewer while {self.action} ran: "
+                f"'{name}' was removed from the viewer while {self.action} ran: "
                 "its result is added all the same."
             )
+        elif name and source.name != name:  # renamed meanwhile: its PSFs go by the new name
+            for _, kwargs, _ in getattr(result, "layers", ()):
+                metadata = kwargs.get("metadata")
+                renamed = logic.renamed_source(metadata, name, source.name)
+                if renamed is not None:
+                    metadata["source"] = renamed
         try:
             self._finish(result)
         except Exception as exc:  # noqa: BLE001
@@ -482,7 +496,7 @@ class JobWidget(ScrollableDock, Container):
         """The plane of ``layer`` to process when "current plane" is chosen: the one shown
         (:meth:`_plane_of`). A stack seen in napari's 3D view shows no one plane: refused
         with a sentence (it took plane 0 without a word)."""
-        shape = layer.data[0].shape if layer.multiscale else layer.data.shape
+        shape = full_resolution(layer).shape
         if len(shape) > 2 and self._viewer.dims.ndisplay == 3:
             raise UserError(
                 "napari shows this stack in 3D, where no plane is the current one: switch "
@@ -495,7 +509,7 @@ class JobWidget(ScrollableDock, Container):
         """The indices of the plane shown now for ``layer``'s leading axes."""
         from .._napari import plane_index
 
-        shape = layer.data[0].shape if layer.multiscale else layer.data.shape
+        shape = full_resolution(layer).shape
         if len(shape) <= 2:
             return ()
         position = layer.world_to_data(self._viewer.dims.point)
@@ -517,12 +531,17 @@ def layer_optics(layer, channel: int | None = None):
     )
 
 
+def full_resolution(layer) -> Any:
+    """The layer's array: the full-resolution level of a multiscale layer."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
 def layer_axes(layer) -> str:
     """The axes of ``layer``'s data when known ("CYX"…: :func:`napari_deepblur._napari.
     layer_axes`, from its metadata or the TIFF it was opened from), else ""."""
     from .._napari import layer_axes as axes
 
-    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    data = full_resolution(layer)
     return axes(layer.metadata, data.shape, getattr(getattr(layer, "source", None), "path", None))
 
 
@@ -543,13 +562,17 @@ def layer_geometry(layer, axes: int = 2) -> dict:
     )
 
 
-def export_folder(layer) -> Path:
-    """Where a dock first offers to save what it made of ``layer``: the folder of the
-    image's file when it came from one, else the home folder."""
+def save_path_for(file_box: FileEdit, layer, file_name: str) -> Path:
+    """Where a dock offers to save what it made of ``layer``: ``file_name`` in the folder
+    of the path ``file_box`` shows (the one chosen before), else in the folder of the
+    image's file when it came from one, else in the home folder."""
+    chosen = Path(str(file_box.value))
+    if str(chosen) != ".":
+        return chosen.parent / file_name
     path = getattr(getattr(layer, "source", None), "path", None)
     if path and Path(path).parent.is_dir():
-        return Path(path).parent
-    return Path.home()
+        return Path(path).parent / file_name
+    return Path.home() / file_name
 
 
 def safe_file_name(name: str, fallback: str) -> str:

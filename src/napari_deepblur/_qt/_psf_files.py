@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .. import _napari as logic
-from ._job import layer_geometry
+from ._job import full_resolution, layer_geometry
 
 PLUGIN = "napari-deepblur"
 #: The patterns of the manifest's reader (read from the manifest when napari knows it).
@@ -115,7 +115,7 @@ def place_psf_layer(viewer, layer: Any) -> bool:
     )
     if image is None:
         return False
-    shape = (image.data[0] if image.multiscale else image.data).shape
+    shape = full_resolution(image).shape
     placed = logic.beside_image(layer_geometry(image), shape)
     if "units" in placed:
         layer.units = placed["units"]
@@ -144,12 +144,14 @@ _NAMES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def _follow_renames(viewer, layer) -> None:
     """An image layer renamed keeps its PSFs: their ``source`` follows its new name.
     Connected first, so that the docks list the estimates by the new name."""
+    if layer in _NAMES:  # (removed and added again: followed already)
+        return
     _NAMES[layer] = layer.name
-    layer_ref = weakref.ref(layer)
+    layer_ref, viewer_ref = weakref.ref(layer), weakref.ref(viewer)
 
     def renamed(*_: Any) -> None:
-        layer = layer_ref()
-        if layer is None:
+        layer, viewer = layer_ref(), viewer_ref()
+        if layer is None or viewer is None:
             return
         old, new = _NAMES.get(layer), layer.name
         _NAMES[layer] = new
