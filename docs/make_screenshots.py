@@ -78,7 +78,9 @@ def main() -> int:
 
     # 1. the sample and the Identify blur dock
     [raw] = viewer.open_sample("napari-deepblur", "blurred_fluorescence")
-    _, identify = viewer.window.add_plugin_dock_widget("napari-deepblur", "Identify blur")
+    identify_dock, identify = viewer.window.add_plugin_dock_widget(
+        "napari-deepblur", "Identify blur"
+    )
     identify._device.value = "cpu"
     viewer.reset_view()
     shoot(viewer, "01-open-sample-identify.png")
@@ -90,7 +92,8 @@ def main() -> int:
     shoot(viewer, "02-identify-result.png")
 
     # 3. Deblur (with the PSF just identified)
-    _, deblur = viewer.window.add_plugin_dock_widget("napari-deepblur", "Deblur")
+    # (a tab beside Identify: stacked under it, the Deblur dock would show two rows)
+    _, deblur = viewer.window.add_plugin_dock_widget("napari-deepblur", "Deblur", tabify=True)
     deblur._device.value = "cpu"
     deblur._image_layer.value = raw
     deblur.run()
@@ -109,8 +112,10 @@ def main() -> int:
     identify._export_button.native.click()
     viewer.layers[f"{raw.name} deblurred"].visible = False
     [psf] = viewer.open(str(folder / "sample.psf.tif"), plugin="napari-deepblur")
-    viewer.camera.center = (15.5 * psf.scale[-2], 15.5 * psf.scale[-1])
-    viewer.camera.zoom = 400 / (31 * psf.scale[-1])  # the PSF about 400 px wide
+    identify_dock.raise_()  # the Identify tab, where Export is
+    # the reopened PSF, placed beside its image, about 400 px wide
+    viewer.camera.center = tuple(t + 15.5 * s for t, s in zip(psf.translate, psf.scale))
+    viewer.camera.zoom = 400 / (31 * psf.scale[-1])
     shoot(viewer, "05-export-and-reopen.png")
 
     # 6. A map of local PSFs across the field (the real-looking sample, 128 px tiles)

@@ -146,3 +146,26 @@ def test_a_long_layer_name_does_not_cut_the_dock_off(make_napari_viewer, qtbot, 
     needed = max(widget.content.width(), widget.content.minimumSizeHint().width())
     assert needed <= widget.native.viewport().width()
     assert viewer.window._qt_window.width() == 1600
+
+
+@pytest.mark.parametrize("dock", ["DeblurWidget", "CalibrateWidget"])
+def test_room_left_in_a_dock_goes_below_its_controls(make_napari_viewer, qtbot, dock):
+    """A dock taller than its controls keeps them together at the top (the room was spread
+    between them: wide gaps around a status line)."""
+    from napari_deepblur import _qt
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1600, 900)
+    viewer.add_image(np.zeros((128, 128), np.float32), name="image")
+    widget = getattr(_qt, dock)(viewer)
+    viewer.window.add_dock_widget(widget, area="right")
+    widget._status.value = "a status line"
+    qtbot.wait(100)
+    layout = widget.content.layout()
+    items = [layout.itemAt(i) for i in range(layout.count())]
+    shown = [item.widget() for item in items if item.widget() and item.widget().isVisible()]
+    bottom = max(w.geometry().bottom() for w in shown)
+    assert widget.native.viewport().height() - bottom > 200  # room below, in a 900 px window
+    for above, below in zip(shown, shown[1:], strict=False):
+        gap = below.geometry().top() - above.geometry().bottom()
+        assert gap < 3 * max(layout.spacing(), 6) + 20, (above, below, gap)

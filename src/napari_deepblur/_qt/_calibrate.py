@@ -30,7 +30,6 @@ from . import _job
 from ._job import (
     DEFAULT_OPTICS,
     JobWidget,
-    fit_combo_boxes,
     full_resolution,
     layer_optics,
     safe_file_name,
@@ -142,7 +141,7 @@ class CalibrateWidget(JobWidget):
                 self._save_button,
             ]
         )
-        fit_combo_boxes(self)
+        self._settle_layout()
         self._result = None
         self._source = ""
         self._plot = None  # the results plot (a QLabel showing its pixels)

@@ -19,7 +19,6 @@ from ._job import (
     MODEL_FILE_CHOICE,
     JobWidget,
     device_choices,
-    fit_combo_boxes,
     full_resolution,
     layer_axes,
     layer_geometry,
@@ -128,7 +127,7 @@ class DeblurWidget(JobWidget):
                 self._compare_button,
             ]
         )
-        fit_combo_boxes(self)
+        self._settle_layout()
         self._raw_layer = None
         self._result_layer = None
         self._comparing = False

@@ -31,7 +31,6 @@ from ._job import (
     DEFAULT_OPTICS,
     JobWidget,
     device_choices,
-    fit_combo_boxes,
     full_resolution,
     layer_axes,
     layer_geometry,
@@ -179,7 +178,7 @@ class IdentifyWidget(JobWidget):
                 self._export_button,
             ]
         )
-        fit_combo_boxes(self)
+        self._settle_layout()
         self._result_layer = None
         #: the image's channel axis (among its leading axes) and each channel's emission
         #: wavelength (nm), when its file states them: the wavelength follows the slider

@@ -467,6 +467,13 @@ class JobWidget(ScrollableDock, Container):
         model.changed.connect(lambda v: setattr(model_file, "visible", v == MODEL_FILE_CHOICE))
         return model, model_file
 
+    def _settle_layout(self) -> None:
+        """Once a dock's controls are built: its combo boxes as narrow as they fit
+        (:func:`fit_combo_boxes`), and the room the dock has beyond its controls left at
+        the bottom (it was spread between them: a gap under a wrapped status line)."""
+        fit_combo_boxes(self)
+        self.content.layout().addStretch(1)
+
     def _model_value(self) -> str:
         if self._model.value == MODEL_FILE_CHOICE:
             path = self._model_file.value
