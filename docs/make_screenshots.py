@@ -114,7 +114,9 @@ def main() -> int:
     [psf] = viewer.open(str(folder / "sample.psf.tif"), plugin="napari-deepblur")
     identify_dock.raise_()  # the Identify tab, where Export is
     # the reopened PSF, placed beside its image, about 400 px wide
-    viewer.camera.center = tuple(t + 15.5 * s for t, s in zip(psf.translate, psf.scale, strict=True))
+    viewer.camera.center = tuple(
+        t + 15.5 * s for t, s in zip(psf.translate, psf.scale, strict=True)
+    )
     viewer.camera.zoom = 400 / (31 * psf.scale[-1])
     shoot(viewer, "05-export-and-reopen.png")
 
