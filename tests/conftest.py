@@ -1,9 +1,26 @@
 """Fixtures shared by the whole suite: a small space-varying family and a tiny model for it
-(built with the package's own commands, in seconds)."""
+(built with the package's own commands, in seconds); Python code run in a new interpreter."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
+
+
+@pytest.fixture
+def fresh_python():
+    """A function running Python ``code`` in a new interpreter (nothing imported yet, as in
+    a napari session that has not touched the plugin) and returning what it printed; it
+    fails the test, with the interpreter's errors, when the code fails."""
+
+    def run(code: str) -> str:
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -220,12 +220,9 @@ def test_a_card_that_is_not_a_json_object_is_refused(tmp_path):
         load_family(path)
 
 
-def test_model_files_need_no_torch_and_know_the_field_kind():
+def test_model_files_need_no_torch_and_know_the_field_kind(fresh_python):
     """The docks list models and read headers before torch is imported (off napari's main
     thread): model_files must not import it, and its field kind is the family's."""
-    import subprocess
-    import sys
-
     from napari_deepblur.model_files import SPACE_VARYING_KIND
     from napari_deepblur.optics.families import ProductConvolution
 
@@ -237,6 +234,4 @@ def test_model_files_need_no_torch_and_know_the_field_kind():
         "assert model_header('field-default') == (0.2, 'product_convolution')\n"
         "print('torch' in sys.modules)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "False"
+    assert fresh_python(code).strip() == "False"

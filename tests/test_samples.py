@@ -1,9 +1,6 @@
 """The shipped samples are the samples' defaults, and napari's sample menu opens them without
 torch (napari calls sample functions on its main thread)."""
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
@@ -29,7 +26,7 @@ def test_shipped_samples_are_the_defaults_made_again(name, make):
     assert {k: shipped[k] for k in rest} == rest
 
 
-def test_the_sample_menu_needs_no_torch():
+def test_the_sample_menu_needs_no_torch(fresh_python):
     code = (
         "import sys\n"
         "from napari_deepblur._sample_data import blurred_actin, blurred_fluorescence\n"
@@ -39,6 +36,4 @@ def test_the_sample_menu_needs_no_torch():
         "assert blurred_actin()[0][0].dtype.name == 'uint16'\n"
         "print('torch' in sys.modules)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "False"
+    assert fresh_python(code).strip() == "False"

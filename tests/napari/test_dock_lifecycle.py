@@ -148,12 +148,9 @@ def test_a_dock_opened_before_torch_is_imported_fills_in_once_it_is(
     qtbot.waitUntil(lambda: "fc = 0.199" in widget._fc_label.value, timeout=3000)
 
 
-def test_opening_a_dock_imports_no_torch_and_torch_loads_in_a_thread():
+def test_opening_a_dock_imports_no_torch_and_torch_loads_in_a_thread(fresh_python):
     """The docks' modules import without torch (its import would freeze napari for ~1.5 s);
     the background import loads torch's C++ library first, and torch then works."""
-    import subprocess
-    import sys
-
     code = (
         "import sys, threading\n"
         "import napari_deepblur._qt as docks\n"
@@ -165,6 +162,4 @@ def test_opening_a_dock_imports_no_torch_and_torch_loads_in_a_thread():
         "x = torch.nn.functional.conv2d(torch.ones(1, 1, 8, 8), torch.ones(1, 1, 3, 3))\n"
         "print(float(x[0, 0, 3, 3]))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["False", "9.0"]
+    assert fresh_python(code).split() == ["False", "9.0"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 
@@ -11,16 +9,13 @@ from napari_deepblur import _napari as logic
 from napari_deepblur._napari import RunState
 
 
-def test_logic_module_imports_no_gui():
+def test_logic_module_imports_no_gui(fresh_python):
     code = (
         "import sys, napari_deepblur._napari, napari_deepblur._reader, "
         "napari_deepblur._writer; "
         "print([m for m in sys.modules if m.split('.')[0] in ('napari', 'magicgui', 'qtpy')])"
     )
-    import subprocess
-
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert fresh_python(code).strip() == "[]"
 
 
 def test_run_state_machine():
