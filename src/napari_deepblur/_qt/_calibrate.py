@@ -143,7 +143,6 @@ class CalibrateWidget(JobWidget):
         )
         self._settle_layout()
         self._result = None
-        self._source = ""
         self._plot = None  # the results plot (a QLabel showing its pixels)
         self._figure = None
         self._image_layer.changed.connect(self._on_layer_changed)
@@ -260,7 +259,6 @@ class CalibrateWidget(JobWidget):
             raise logic.UserError("choose a grey-level image layer of beads")
         data = full_resolution(layer)
         all_planes = self._planes.value == ALL_PLANES and data.ndim > 2
-        self._source = layer.name
         return calib.iter_calibrate_layers(
             calib.CalibrateRequest(
                 data=data,
@@ -306,8 +304,8 @@ class CalibrateWidget(JobWidget):
         self._summary.visible = True
         self._show_plot(result.plot)
         self._save_button.enabled = True
-        if getattr(self._image_layer.value, "name", None) != self._source:  # chosen meanwhile
-            self._name_family_file(self._source)
+        if self._image_layer.value is not self._job_layer:  # another chosen meanwhile
+            self._name_family_file(self._job_layer_name)
         rejected = ", ".join(f"{n} {k}" for k, n in r.rejection_counts().items())
         self._status.value = f"Calibrated from {len(r.accepted)} beads" + (
             f" (rejected: {rejected})." if rejected else "."
@@ -345,7 +343,7 @@ class CalibrateWidget(JobWidget):
         if path.suffix != ".safetensors":
             path = path.with_name(path.name + ".safetensors")
         card = {
-            "source_layer": self._source,
+            "source_layer": self._job_layer_name,
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "made_with": "napari 'Calibrate from beads' widget",
         }
