@@ -55,6 +55,7 @@ from .layers import (
     plane_index,
     psf_layer_data,
     psf_map_layer_data,
+    rename_sources,
     renamed_source,
     weight_map_layers_data,
 )
@@ -145,6 +146,7 @@ __all__ = [
     "model_to_follow",
     "optics_differences",
     "psf_file_path",
+    "rename_sources",
     "renamed_source",
     "order_estimates",
     "plane_index",

@@ -7,7 +7,7 @@ space-varying estimate). The metadata of PSF layers is :mod:`napari_deepblur.for
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -185,6 +185,15 @@ def renamed_source(metadata: Mapping | None, old_image: str, new_image: str) -> 
         return None
     planes = metadata.get("planes") or [()]
     return estimate_source(new_image, metadata.get("stack_mode", "plane"), planes[0])
+
+
+def rename_sources(metadatas: Iterable, old_image: str, new_image: str) -> None:
+    """The image layer ``old_image`` renamed ``new_image``: its PSFs among ``metadatas``
+    (layer metadata dicts, changed in place) take the new name as their ``source``."""
+    for metadata in metadatas:
+        source = renamed_source(metadata, old_image, new_image)
+        if source is not None:
+            metadata["source"] = source
 
 
 def is_auxiliary_layer(metadata: Mapping | None) -> bool:

@@ -378,11 +378,10 @@ class JobWidget(ScrollableDock, Container):
                 "its result is added all the same."
             )
         elif name and source.name != name:  # renamed meanwhile: its PSFs go by the new name
-            for _, kwargs, _ in getattr(result, "layers", ()):
-                metadata = kwargs.get("metadata")
-                renamed = logic.renamed_source(metadata, name, source.name)
-                if renamed is not None:
-                    metadata["source"] = renamed
+            added = getattr(result, "layers", ())
+            logic.rename_sources(
+                (kwargs.get("metadata") for _, kwargs, _ in added), name, source.name
+            )
         try:
             self._finish(result)
         except Exception as exc:  # noqa: BLE001
@@ -514,22 +513,18 @@ class JobWidget(ScrollableDock, Container):
 
     def _plane_of(self, layer) -> tuple[int, ...]:
         """The indices of the plane shown now for ``layer``'s leading axes."""
-        from .._napari import plane_index
-
         shape = full_resolution(layer).shape
         if len(shape) <= 2:
             return ()
         position = layer.world_to_data(self._viewer.dims.point)
-        return plane_index(shape, position)
+        return logic.plane_index(shape, position)
 
 
 def layer_optics(layer, channel: int | None = None):
     """The optics known for ``layer`` (:func:`napari_deepblur.formats.known_optics`):
     its metadata, the TIFF it was opened from, its scale and units; ``channel``: at that
     channel's emission wavelength where the file states one per channel."""
-    from .._napari import known_optics
-
-    return known_optics(
+    return logic.known_optics(
         layer.metadata,
         tuple(layer.scale),
         tuple(getattr(layer, "units", ()) or ()),
@@ -546,19 +541,17 @@ def full_resolution(layer) -> Any:
 def layer_axes(layer) -> str:
     """The axes of ``layer``'s data when known ("CYX"…: :func:`napari_deepblur._napari.
     layer_axes`, from its metadata or the TIFF it was opened from), else ""."""
-    from .._napari import layer_axes as axes
-
     data = full_resolution(layer)
-    return axes(layer.metadata, data.shape, getattr(getattr(layer, "source", None), "path", None))
+    return logic.layer_axes(
+        layer.metadata, data.shape, getattr(getattr(layer, "source", None), "path", None)
+    )
 
 
 def layer_geometry(layer, axes: int = 2) -> dict:
     """Where the layers made from ``layer`` go: its scale, translate and units of the last
     ``axes`` axes, and its rotation, shear and affine transform as one ``affine``
     (:func:`napari_deepblur._napari.layer_geometry`)."""
-    from .._napari import layer_geometry as geometry
-
-    return geometry(
+    return logic.layer_geometry(
         layer.scale,
         layer.translate,
         getattr(layer, "units", None),

@@ -157,10 +157,7 @@ def _follow_renames(viewer, layer) -> None:
         _NAMES[layer] = new
         if old is None or old == new:
             return
-        for other in viewer.layers:
-            source = logic.renamed_source(getattr(other, "metadata", None), old, new)
-            if source is not None:
-                other.metadata["source"] = source
+        logic.rename_sources((other.metadata for other in viewer.layers), old, new)
 
     layer.events.name.connect(renamed, position="first")
 
